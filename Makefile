@@ -1,0 +1,39 @@
+# chainwarden: `make help` lists the targets.
+SHELL := /bin/bash
+CACHE ?= $(or $(CHAINWARDEN_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/chainwarden)
+export PATH := $(CACHE)/bin:/usr/local/go/bin:$(PATH)
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GO_TEST_FLAGS ?=
+
+.PHONY: help deps build test test-unit bench demo fmt vet clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+deps: ## install everything tests and the demo need (apt packages, pinned Go-built components), idempotent
+	@bash scripts/deps.sh
+
+build: ## build bin/chainwarden
+	go build -trimpath -ldflags "-X main.version=$(VERSION)" -o bin/chainwarden ./cmd/chainwarden
+
+test: deps ## every test, integration included (real Consul, Nomad, geth, CometBFT, nginx, HAProxy)
+	go vet ./...
+	go test -count=1 -timeout 60m $(GO_TEST_FLAGS) ./...
+
+test-unit: ## only the tests that need no real component
+	go test -count=1 -short ./...
+
+bench: deps build ## the agent benchmark (1,000 nodes at 1 s); figures go to docs/BENCHMARKS.md
+	bash scripts/bench-agent.sh
+
+demo: deps build ## the local demo stack: Consul, a geth Clique network, a CometBFT network, the agent
+	bash scripts/demo.sh
+
+fmt: ## gofmt every Go file
+	gofmt -w $$(git ls-files '*.go')
+
+vet: ## go vet
+	go vet ./...
+
+clean: ## remove build outputs
+	rm -rf bin

@@ -1,0 +1,73 @@
+// Package probe asks chain nodes how they are: one prober per node kind, each in a file of its own, looked up by
+// kind in a table (as prometheus/blackbox_exporter does). A probe runs under the caller's deadline, reads at most
+// MaxResponseBytes of any answer, and returns a Result value, never a bare bool.
+package probe
+
+import (
+	"context"
+	"math/big"
+	"net/http"
+	"time"
+)
+
+// MaxResponseBytes caps every answer a prober reads; a larger one is an error, not an out-of-memory.
+const MaxResponseBytes = 4 << 20
+
+// Target is what a prober needs to know about a node.
+type Target struct {
+	Name string
+	Kind string
+	URL  string // base RPC URL, e.g. http://127.0.0.1:8545 or http://127.0.0.1:26657
+
+	// Chainlink API credentials; empty means only /health is checked.
+	APIKey, APISecret string
+}
+
+// Result is what one probe learned. Fields a kind does not have stay zero; Err says why the probe failed.
+type Result struct {
+	Height    uint64    // latest block height
+	BlockTime time.Time // timestamp of the latest block
+	Peers     uint64
+	Syncing   bool   // eth_syncing != false, or CometBFT catching_up
+	ChainID   string // eth_chainId as decimal, or the CometBFT network (chain id)
+	Client    string // client name, e.g. "geth", "cometbft", "chainlink"
+	Version   string // client version string as the node reports it
+	HasHeight bool   // the kind reports heights (ethereum, cometbft)
+
+	// Chainlink.
+	FailingChecks []string // names of /health checks that are failing
+	Wallets       []Wallet // EVM keys and balances, when credentials are configured
+	FailedRuns    int      // failed job runs among the most recent ones
+	RunsChecked   bool     // FailedRuns is meaningful
+
+	Duration time.Duration
+	Err      error
+}
+
+// Wallet is one Chainlink EVM key.
+type Wallet struct {
+	Address  string
+	ChainID  string
+	Balance  *big.Int // wei
+	Disabled bool
+}
+
+// Prober probes one target. It must honour ctx's deadline and never panic on bad input from the network.
+type Prober func(ctx context.Context, client *http.Client, t Target) Result
+
+// Probers is the lookup table of probers by node kind.
+var Probers = map[string]Prober{}
+
+// Run probes t with the prober for its kind, timing it.
+func Run(ctx context.Context, client *http.Client, t Target) Result {
+	start := time.Now()
+	p, ok := Probers[t.Kind]
+	var r Result
+	if !ok {
+		r.Err = errUnknownKind(t.Kind)
+	} else {
+		r = p(ctx, client, t)
+	}
+	r.Duration = time.Since(start)
+	return r
+}
