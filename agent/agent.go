@@ -95,7 +95,7 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 		AgentID: opts.ID, TTL: 3 * cfg.IntervalDur, DeregisterAfter: cfg.Consul.DeregisterAfterDur, Now: opts.Now,
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV(), opts.Consul.Txn(), cfg.Consul.KVPrefix, log.Named("heads"))
-	a.reg.OnRecovered = a.heads.Forget
+	a.reg.OnStateLost = a.heads.Forget
 	a.SetNodes("config", cfg.Nodes)
 	a.SetReferences(cfg.References)
 	return a, nil
