@@ -41,7 +41,7 @@ func StartCometNetwork(t testing.TB, n int) *CometNet {
 	t.Helper()
 	bin := Bin(t, "cometbft")
 	dir := t.TempDir()
-	Run(t, bin, "testnet", "--v", strconv.Itoa(n), "--o", dir, "--starting-ip", "127.0.0.1")
+	Run(t, bin, "testnet", "--v", strconv.Itoa(n), "--o", dir)
 	net := &CometNet{}
 	for i := 0; i < n; i++ {
 		home := filepath.Join(dir, fmt.Sprintf("node%d", i))
@@ -148,7 +148,7 @@ func (c *CometNode) Height() (int64, error) {
 func setTOML(s, section, key, value string) string {
 	lines := strings.Split(s, "\n")
 	cur := ""
-	header := regexp.MustCompile(`^\[([a-z_.]+)\]\s*$`)
+	header := regexp.MustCompile(`^\[([a-z0-9_.]+)\]\s*$`)
 	for i, l := range lines {
 		if m := header.FindStringSubmatch(strings.TrimSpace(l)); m != nil {
 			cur = m[1]
