@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -278,10 +279,12 @@ func cannedBatch(tb testing.TB) http.HandlerFunc {
 		parts = append(parts, []byte(sep+`{"jsonrpc":"2.0","id":`), []byte(","+gethMembers[m]+"}"))
 	}
 	idKey := []byte(`"id":`)
+	bufs := sync.Pool{New: func() any { return new([2][8 << 10]byte) }}
 	return func(w http.ResponseWriter, r *http.Request) {
-		var in, out [8 << 10]byte
-		n, _ := io.ReadFull(r.Body, in[:])
-		req, resp := in[:n], out[:0]
+		buf := bufs.Get().(*[2][8 << 10]byte)
+		defer bufs.Put(buf)
+		n, _ := io.ReadFull(r.Body, buf[0][:])
+		req, resp := buf[0][:n], buf[1][:0]
 		for i := range order {
 			at := bytes.Index(req, idKey)
 			if at < 0 {
@@ -298,4 +301,32 @@ func cannedBatch(tb testing.TB) http.HandlerFunc {
 		w.Header()["Content-Type"] = []string{"application/json"}
 		_, _ = w.Write(resp)
 	}
+}
+
+// TestEthereumProbeConcurrent probes two nodes from many goroutines at once, as the agent does, and checks that no
+// answer ends up in another node's result (the decode buffers are pooled, the rpc clients shared).
+func TestEthereumProbeConcurrent(t *testing.T) {
+	a := newServer(t, newEthNode(t, map[string]string{"eth_chainId": `"result":"0x1"`, "eth_blockNumber": `"result":"0x10"`}))
+	b := newServer(t, newEthNode(t, map[string]string{"eth_chainId": `"result":"0x5"`, "eth_blockNumber": `"result":"0x20"`,
+		"web3_clientVersion": `"error":{"code":-32601,"message":"disabled"}`}))
+	client := NewHTTPClient()
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 25 {
+				srv, chain, height, name := a, "1", uint64(16), "geth"
+				if (g+i)%2 == 1 {
+					srv, chain, height, name = b, "5", 32, ""
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+				r := Run(ctx, client, Target{Name: "n", Kind: "ethereum", URL: srv.URL})
+				cancel()
+				if r.Err != nil || r.ChainID != chain || r.Height != height || r.Client != name {
+					t.Errorf("%s: got chain %q height %d client %q err %v", srv.URL, r.ChainID, r.Height, r.Client, r.Err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
