@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -191,5 +192,21 @@ func TestCometBFTProbe(t *testing.T) {
 			srv := newServer(t, h)
 			tc.check(t, runProbe(t, client, Target{Name: "irita-0", Kind: "cometbft", URL: srv.URL}))
 		})
+	}
+}
+
+// BenchmarkCometBFTProbe is one probe (status + net_info) of a synced node over a keep-alive connection.
+func BenchmarkCometBFTProbe(b *testing.B) {
+	srv := newServer(b, newCometNode(b, nil))
+	client := NewHTTPClient()
+	tg := Target{Name: "irita-0", Kind: "cometbft", URL: srv.URL}
+	b.ReportAllocs()
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+		r := Run(ctx, client, tg)
+		cancel()
+		if r.Err != nil {
+			b.Fatal(r.Err)
+		}
 	}
 }

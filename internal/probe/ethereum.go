@@ -144,7 +144,7 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 	r.HasHeight = true
 	r.Peers = uint64(c.peers)
 	r.ChainID = (*big.Int)(&c.chainID).String()
-	r.BlockTime = time.Unix(int64(*c.block.Timestamp), 0)
+	r.BlockTime = time.Unix(int64(*c.block.Timestamp), 0).UTC()
 	// Some providers disable web3_clientVersion: then the node simply has no version to show.
 	if c.batch[callVersion].Error == nil && c.version != "" {
 		r.Version = clip(c.version, 256)
