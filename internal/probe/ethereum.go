@@ -105,6 +105,13 @@ func getEthCalls() *ethCalls {
 	return c
 }
 
+func putEthCalls(c *ethCalls) {
+	if cap(c.syncing) > 4<<10 { // don't keep a large answer alive in the pool
+		c.syncing = nil
+	}
+	ethCallsPool.Put(c)
+}
+
 // probeEthereum asks an Ethereum execution client (geth, Nethermind, Erigon, Besu, OpenEthereum, or a provider such
 // as Infura) for its head, sync state, peers, chain id and version in one JSON-RPC batch.
 func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
@@ -116,7 +123,7 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 	}
 
 	c := getEthCalls()
-	defer ethCallsPool.Put(c)
+	defer putEthCalls(c)
 	if err := client.BatchCallContext(ctx, c.batch[:]); err != nil {
 		r.Err = fmt.Errorf("json-rpc batch: %w", batchError(err))
 		return r
@@ -129,8 +136,9 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 			errs[i] = callError(c.batch[i].Method, e)
 		}
 	}
+	var syncing bool
 	if errs[callSyncing] == nil {
-		r.Syncing, errs[callSyncing] = decodeSyncing(c.syncing)
+		syncing, errs[callSyncing] = decodeSyncing(c.syncing)
 	}
 	if errs[callBlock] == nil {
 		errs[callBlock] = checkBlock(&c.block)
@@ -142,6 +150,7 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 
 	r.Height = uint64(c.height)
 	r.HasHeight = true
+	r.Syncing = syncing
 	r.Peers = uint64(c.peers)
 	r.ChainID = (*big.Int)(&c.chainID).String()
 	r.BlockTime = time.Unix(int64(*c.block.Timestamp), 0).UTC()
