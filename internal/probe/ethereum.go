@@ -169,7 +169,21 @@ func decodeSyncing(raw json.RawMessage) (bool, error) {
 	switch {
 	case bytes.Equal(v, []byte("false")):
 		return false, nil
-	case bytes.Equal(v, []byte("true")), len(v) > 0 && v[0] == '{':
+	case bytes.Equal(v, []byte("true")):
+		return true, nil
+	case len(v) > 0 && v[0] == '{':
+		// geth keeps answering with a progress object while it only indexes transactions at the chain head
+		// (txIndexRemainingBlocks); its blocks are in sync then. Syncing means currentBlock < highestBlock.
+		var p struct {
+			Current *hexutil.Uint64 `json:"currentBlock"`
+			Highest *hexutil.Uint64 `json:"highestBlock"`
+		}
+		if err := json.Unmarshal(v, &p); err != nil {
+			return false, fmt.Errorf("eth_syncing: %w", tidy(err))
+		}
+		if p.Current != nil && p.Highest != nil && *p.Current >= *p.Highest {
+			return false, nil
+		}
 		return true, nil
 	}
 	return false, fmt.Errorf("eth_syncing: want false or an object, got %s", clip(string(v), 64))

@@ -174,6 +174,15 @@ func TestEthereumProbe(t *testing.T) {
 				t.Error("Syncing false for an eth_syncing object")
 			}
 		}},
+		{name: "only indexing transactions at the head is not syncing", override: map[string]string{
+			"eth_syncing": `"result":{"currentBlock":"0x12a05f3","highestBlock":"0x12a05f3","startingBlock":"0x0",` +
+				`"txIndexFinishedBlocks":"0x100","txIndexRemainingBlocks":"0x2f00"}`,
+		}, check: func(t *testing.T, r Result) {
+			noErr(t, r)
+			if r.Syncing {
+				t.Error("Syncing true for a node at its highest block that only indexes transactions")
+			}
+		}},
 		{name: "eth_syncing null is wrong content", override: map[string]string{"eth_syncing": `"result":null`},
 			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "eth_syncing: want false or an object, got null") }},
 		{name: "no latest block", override: map[string]string{"eth_getBlockByNumber": `"result":null`},
