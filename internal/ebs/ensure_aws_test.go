@@ -218,6 +218,7 @@ func TestEnsureRetriesThrottlingAndReportsErrors(t *testing.T) {
 	before := e.ec2.Calls("DescribeSnapshots")
 	e.ec2.Fail("DescribeSnapshots", "RequestLimitExceeded", 100)
 	_, err := e.m.EnsureAttached(ctxT(t, 30*time.Second), other)
+	t.Logf("reported: %v", err)
 	if !errors.Is(err, ebs.ErrThrottled) {
 		t.Fatalf("error %v, want ErrThrottled", err)
 	}
@@ -234,6 +235,7 @@ func TestEnsureRetriesThrottlingAndReportsErrors(t *testing.T) {
 	e2 := newEnv(t)
 	e2.ec2.Fail("DescribeVolumes", "UnauthorizedOperation", 1)
 	_, err = e2.m.EnsureAttached(ctxT(t, 30*time.Second), e2.volume("geth-data"))
+	t.Logf("reported: %v", err)
 	if !errors.Is(err, ebs.ErrDenied) || !strings.Contains(err.Error(), "IAM") {
 		t.Fatalf("error %v, want ErrDenied mentioning IAM", err)
 	}
@@ -321,7 +323,7 @@ func TestVolumeConfigErrors(t *testing.T) {
 }`: "test.hcl:5,3: volume \"v\": kms_key_id needs encrypted = true",
 	}
 	for src, want := range cases {
-		_, err := config.Parse([]byte(src), "test.hcl")
+		_, err := config.Parse([]byte(src+"\nconsul {}\n"), "test.hcl")
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("config\n%s\nerror %v, want %q", src, err, want)
 		}
@@ -333,7 +335,8 @@ func TestVolumeConfigErrors(t *testing.T) {
   node = "geth-a"
   snapshot_interval = "6h"
   kms_key_id = "alias/x"
-}`), "test.hcl")
+}
+consul {}`), "test.hcl")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -171,6 +171,7 @@ func (e *env) volume(name string, mod ...func(*config.Volume)) config.Volume {
   mount_path = "` + filepath.Join(e.dir, "mnt", name) + `"
   drain_wait = "100ms"
 }
+consul {}
 `
 	cfg, err := config.Parse([]byte(src), "test.hcl")
 	if err != nil {
