@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -31,6 +32,7 @@ const volumeUsage = `usage: chainwarden volume <ensure|snapshot|prune|list> [fla
   snapshot  snapshot the volume of a passing node (drain, freeze, snapshot, resume), then wait for completion
   prune     keep the newest -keep completed snapshots per family (default: keep_snapshots of the volume)
   list      list chainwarden's volumes and snapshots in this region
+  plugin    Nomad dynamic host volume plugin: <fingerprint|create|delete>, request in DHV_* variables
 
 Exit codes: 0 ok, 1 failure, 2 usage, 3 snapshot refused because the node is not passing.
 AWS credentials come only from the SDK's standard chain (the instance role on EC2).
@@ -81,12 +83,19 @@ func volumeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 		fs.BoolVar(&f.dryRun, "dry-run", false, "only say what would be deleted")
 		fs.IntVar(&f.keep, "keep", 0, "completed snapshots to keep per family (default: the volume's keep_snapshots)")
 	case "list":
+	case "plugin":
+		fs.StringVar(&f.fstab, "fstab", "/etc/fstab", "fstab file to keep the mount entries in")
+		fs.StringVar(&f.byIDDir, "by-id-dir", "/dev/disk/by-id", "directory of the NVMe by-id links")
+		fs.StringVar(&f.lockDir, "lock-dir", "/run/chainwarden", "directory of the lock files")
 	default:
 		fmt.Fprintf(stderr, "chainwarden volume: unknown subcommand %q\n\n%s", sub, volumeUsage)
 		return 2
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2
+	}
+	if sub == "plugin" {
+		return volumePlugin(ctx, f, fs.Arg(0), stdout)
 	}
 	cfg, err := config.Load(f.config)
 	if err != nil {
@@ -271,4 +280,63 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// pluginScript is what to install in Nomad's host_volume_plugin_dir: Nomad runs plugins with only the DHV_*
+// variables set, so the script provides PATH (blkid, mkfs, mount) before handing over.
+const pluginScript = `#!/bin/sh
+# Nomad dynamic host volume plugin "chainwarden-ebs": EBS-backed host volumes (see docs/VOLUMES.md).
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+exec /usr/local/bin/chainwarden volume plugin "$@"
+`
+
+// volumePlugin speaks Nomad's dynamic host volume plugin protocol: the operation in $1 and DHV_OPERATION, JSON on
+// stdout (logs go to stderr), exit 0 on success, {"error": ...} and exit 1 on failure.
+func volumePlugin(ctx context.Context, f volumeFlags, op string, stdout io.Writer) int {
+	log := newLogger("info").Named("volume-plugin")
+	req, err := ebs.PluginRequestFromEnv(os.Getenv)
+	if err == nil && op == "" {
+		op = req.Operation
+	}
+	fail := func(err error) int {
+		log.Error("plugin operation failed", "operation", op, "error", err)
+		_ = json.NewEncoder(stdout).Encode(map[string]string{"error": err.Error()})
+		return 1
+	}
+	if err != nil {
+		return fail(err)
+	}
+	switch op {
+	case "fingerprint":
+		_ = json.NewEncoder(stdout).Encode(map[string]string{"version": ebs.PluginVersion})
+		return 0
+	case "create", "delete":
+	case "script":
+		fmt.Fprint(stdout, pluginScript)
+		return 0
+	default:
+		return fail(fmt.Errorf("unknown operation %q (want fingerprint, create or delete)", op))
+	}
+	// Nomad's RPC gives create and delete 60 s.
+	ctx, cancel := context.WithTimeout(ctx, 55*time.Second)
+	defer cancel()
+	m := &ebs.Manager{Log: log, Devices: ebs.NVMe{ByIDDir: f.byIDDir},
+		Paths: ebs.Paths{Fstab: f.fstab, LockDir: f.lockDir}}
+	if op == "delete" {
+		if err := m.PluginDelete(ctx, req); err != nil {
+			return fail(err)
+		}
+		return 0
+	}
+	client, host, err := ebs.Connect(ctx, ebs.AWSOptions{EC2Endpoint: f.ec2Endpoint, IMDSEndpoint: f.imdsEndpoint})
+	if err != nil {
+		return fail(err)
+	}
+	m.EC2, m.Host = client, host
+	res, err := m.PluginCreate(ctx, req)
+	if err != nil {
+		return fail(err)
+	}
+	_ = json.NewEncoder(stdout).Encode(res)
+	return 0
 }

@@ -359,6 +359,9 @@ func (m *Manager) prepare(ctx context.Context, vol config.Volume, dev Device, re
 	if changed {
 		log.Info("fstab entry written", "fstab", m.Paths.Fstab, "source", res.Source)
 	}
+	if m.NoNomadConfig {
+		return nil
+	}
 	res.NomadConfig = filepath.Join(m.Paths.NomadConfigDir, "chainwarden-volume-"+vol.Name+".hcl")
 	want := NomadHostVolume(vol)
 	if have, err := os.ReadFile(res.NomadConfig); err != nil || string(have) != want {

@@ -67,6 +67,8 @@ type Manager struct {
 	// BootID makes the CreateVolume ClientToken unique per boot, so two ensures at once create one volume but a
 	// volume deleted since the last boot is not "found again" by an old token. Default: the kernel's boot_id.
 	BootID string
+	// NoNomadConfig skips the static host_volume file (the Nomad dynamic host volume plugin path).
+	NoNomadConfig bool
 	// Freezer overrides the writer freeze of Snapshot (tests); nil = from the volume's config.
 	Freezer func(vol config.Volume) Freezer
 }
