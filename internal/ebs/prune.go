@@ -108,6 +108,7 @@ type Scheduler struct {
 	Volumes    []config.Volume
 	Log        hclog.Logger
 	RetryAfter time.Duration // default 15m
+	Jitter     time.Duration // up to this much is added to each wait (default 1m); negative: none
 	Now        func() time.Time
 }
 
@@ -121,6 +122,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 	}
 	if s.Now == nil {
 		s.Now = time.Now
+	}
+	if s.Jitter == 0 {
+		s.Jitter = time.Minute
 	}
 	var wg sync.WaitGroup
 	for _, vol := range s.Volumes {
@@ -146,7 +150,9 @@ func (s *Scheduler) loop(ctx context.Context, vol config.Volume) {
 		}
 		if wait > 0 {
 			// A little jitter keeps hosts of one family from snapshotting in the same second.
-			wait += time.Duration(rand.Int64N(int64(time.Minute)))
+			if s.Jitter > 0 {
+				wait += time.Duration(rand.Int64N(int64(s.Jitter)))
+			}
 			log.Debug("next snapshot", "in", wait.Round(time.Second))
 			select {
 			case <-ctx.Done():

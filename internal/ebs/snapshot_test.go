@@ -225,3 +225,49 @@ func TestSnapshotRefusesNodeNotPassing(t *testing.T) {
 		t.Fatalf("CreateSnapshot called %d times", n)
 	}
 }
+
+// The agent's scheduler: a volume whose family has no snapshot is snapshotted at once (gated, drained), pruned,
+// and the next one is due an interval later.
+func TestSchedulerSnapshotsAndPrunes(t *testing.T) {
+	e := newEnv(t)
+	c := testenv.StartConsul(t)
+	e.m.Consul = c.Client.Agent()
+	e.m.Freezer = func(config.Volume) ebs.Freezer { return ebs.NoFreeze{} }
+	vol := e.volume("geth-data")
+	vol.SnapshotDur = 24 * time.Hour
+	vol.Keep = 1
+	if _, err := e.m.EnsureAttached(ctxT(t, 30*time.Second), vol); err != nil {
+		t.Fatal(err)
+	}
+	old := e.ec2.PutSnapshot(ec2test.Snapshot{Region: testRegion, VolumeSize: 1, Started: time.Now().Add(-48 * time.Hour),
+		Tags: snapTags(ebs.Family(vol))})
+	registerNode(t, c, "geth-a", consulapi.HealthPassing, "height 777, 0 behind head 777")
+	s := &ebs.Scheduler{Manager: e.m, Volumes: []config.Volume{vol, e.volume("no-schedule")}, Log: e.m.Log, Jitter: -1,
+		RetryAfter: 100 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Run(ctx); close(done) }()
+	testenv.Eventually(t, 30*time.Second, "a scheduled snapshot, the old one pruned", func() error {
+		snaps := e.ec2.Snapshots()
+		if len(snaps) != 1 || snaps[0].ID == old || snaps[0].State != "completed" {
+			return fmt.Errorf("snapshots %v", snaps)
+		}
+		return nil
+	})
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("scheduler did not stop")
+	}
+	if tagMap(e.ec2.Snapshots()[0].Tags)[ebs.TagHeight] != "777" {
+		t.Fatalf("tags %v", e.ec2.Snapshots()[0].Tags)
+	}
+	due, err := s.Due(ctxT(t, 10*time.Second), vol)
+	if err != nil || due < 23*time.Hour {
+		t.Fatalf("next due in %v, %v", due, err)
+	}
+	if n := e.ec2.Calls("CreateSnapshot"); n != 1 {
+		t.Fatalf("CreateSnapshot called %d times", n)
+	}
+}
