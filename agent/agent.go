@@ -95,7 +95,7 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 		AgentID: opts.ID, TTL: 3 * cfg.IntervalDur, DeregisterAfter: cfg.Consul.DeregisterAfterDur, Now: opts.Now,
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV(), opts.Consul.Txn(), cfg.Consul.KVPrefix, log.Named("heads"))
-	a.reg.OnRecovered = a.heads.Forget
+	a.reg.OnStateLost = a.heads.Forget
 	a.SetNodes("config", cfg.Nodes)
 	a.SetReferences(cfg.References)
 	return a, nil
@@ -203,6 +203,7 @@ const maxParallelProbes = 256
 
 // Step does one pass: probe every node and reference, judge, publish heads and checks.
 func (a *Agent) Step(ctx context.Context) {
+	started := time.Now()
 	a.mu.Lock()
 	states := make([]*nodeState, 0, len(a.nodes))
 	for _, st := range a.nodes {
@@ -240,6 +241,7 @@ func (a *Agent) Step(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
+	probed := time.Now()
 	now := a.now()
 
 	// Network heads: fresh heads from KV, this pass's own nodes, and references.
@@ -319,11 +321,18 @@ func (a *Agent) Step(ctx context.Context) {
 		a.mu.Unlock()
 		a.log.Debug("publish heads failed", "error", err)
 	}
+	published := time.Now()
 	err := a.reg.Sync(ctx, services)
 	a.metrics.consulUp.Set(boolGauge(!a.reg.Down()))
 	a.metrics.consulWrites.Set(float64(a.reg.Writes()))
 	if err != nil {
 		a.log.Debug("consul sync failed", "error", err)
+	}
+	took := time.Since(started)
+	a.metrics.stepSeconds.Observe(took.Seconds())
+	if took > a.cfg.IntervalDur {
+		a.log.Warn("a pass took longer than the interval", "took", took, "probe", probed.Sub(started),
+			"publish", published.Sub(probed), "consul", time.Since(published), "nodes", len(states))
 	}
 }
 
