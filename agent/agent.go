@@ -101,6 +101,9 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	return a, nil
 }
 
+// Consul is the client the agent talks to Consul with.
+func (a *Agent) Consul() *consulapi.Client { return a.consul }
+
 // ID is the agent's identity in Consul.
 func (a *Agent) ID() string { return a.id }
 
