@@ -2,73 +2,25 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/ethfake"
 	"github.com/chainwarden/chainwarden/internal/heads"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
-// fakeEth answers Ethereum JSON-RPC batches like a node at a settable height on chain 1.
-type fakeEth struct {
-	height  atomic.Uint64
-	chainID atomic.Uint64
-	down    atomic.Bool
-	clock   func() time.Time
-}
-
-func newFakeEth(t *testing.T, height uint64, clock func() time.Time) (*fakeEth, string) {
-	f := &fakeEth{clock: clock}
-	f.height.Store(height)
-	f.chainID.Store(1)
-	srv := httptest.NewServer(f)
+func newFakeEth(t *testing.T, height uint64, clock func() time.Time) (*ethfake.Node, string) {
+	n := ethfake.New(height, 1, clock)
+	srv := httptest.NewServer(n)
 	t.Cleanup(srv.Close)
-	return f, srv.URL
-}
-
-func (f *fakeEth) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if f.down.Load() {
-		http.Error(w, "node is down", http.StatusBadGateway)
-		return
-	}
-	var batch []struct {
-		ID     json.RawMessage `json:"id"`
-		Method string          `json:"method"`
-	}
-	if err := json.NewDecoder(r.Body).Decode(&batch); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	h := f.height.Load()
-	var out []map[string]any
-	for _, q := range batch {
-		var res any
-		switch q.Method {
-		case "eth_blockNumber":
-			res = fmt.Sprintf("0x%x", h)
-		case "eth_syncing":
-			res = false
-		case "net_peerCount":
-			res = "0x5"
-		case "eth_chainId":
-			res = fmt.Sprintf("0x%x", f.chainID.Load())
-		case "eth_getBlockByNumber":
-			res = map[string]string{"number": fmt.Sprintf("0x%x", h), "timestamp": fmt.Sprintf("0x%x", f.clock().Add(-time.Second).Unix())}
-		case "web3_clientVersion":
-			res = "Geth/v1.16.7-stable/linux-amd64/go1.26"
-		}
-		out = append(out, map[string]any{"jsonrpc": "2.0", "id": q.ID, "result": res})
-	}
-	_ = json.NewEncoder(w).Encode(out)
+	return n, srv.URL
 }
 
 // stepAgent builds an agent whose passes the test drives with Step, on a clock the test sets.
@@ -126,7 +78,7 @@ func TestStepDampingAndLag(t *testing.T) {
 		t.Fatalf("consul: %s %q", st, out)
 	}
 
-	a1.height.Store(95) // 5 behind geth-b: warning after 2 passes
+	a1.Height.Store(95) // 5 behind geth-b: warning after 2 passes
 	a.Step(ctx)
 	if h := health(t, a, "geth-a"); h.Status != "passing" || h.Lag != 5 {
 		t.Fatalf("one bad pass is damped: %+v", h)
@@ -187,20 +139,20 @@ func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
 	}
 
 	// The reference runs ahead at 120: critical (16 > max_lag 10), named as the head.
-	ref.height.Store(120)
+	ref.Height.Store(120)
 	a.Step(ctx)
 	a.Step(ctx)
 	if h := health(t, a, "geth-a"); h.Head != 120 || h.HeadNode != "provider" || h.Status != "critical" {
 		t.Fatalf("reference head: %+v", h)
 	}
 	// A failing reference is ignored; so is one on another chain.
-	ref.down.Store(true)
+	ref.Down.Store(true)
 	a.Step(ctx)
 	if h := health(t, a, "geth-a"); h.Head != 104 {
 		t.Fatalf("failing reference still counted: %+v", h)
 	}
-	ref.down.Store(false)
-	ref.chainID.Store(5)
+	ref.Down.Store(false)
+	ref.ChainID.Store(5)
 	a.Step(ctx)
 	if h := health(t, a, "geth-a"); h.Head != 104 {
 		t.Fatalf("wrong-chain reference counted: %+v", h)

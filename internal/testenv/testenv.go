@@ -4,14 +4,10 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -127,11 +123,9 @@ func WaitHTTP(t testing.TB, p *Process, url string, timeout time.Duration) {
 // Run runs a command to completion and returns its combined output, failing the test on error.
 func Run(t testing.TB, bin string, args ...string) string {
 	t.Helper()
-	var out bytes.Buffer
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out.String())
+	out, err := devnet.Output(bin, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out.String()
+	return out
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/chainwarden/chainwarden/internal/devnet"
+	"github.com/chainwarden/chainwarden/internal/ethfake"
 )
 
 func main() {
@@ -57,7 +58,13 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 		return err
 	}
 	start := time.Now()
-	srv := &http.Server{Handler: fakeNodes{start: start, blockTime: blockTime}}
+	// One fake node answers for every /n/<i>: a chain on id 1 that makes a block every blockTime.
+	node := ethfake.New(0, 1, nil)
+	node.HeightFunc = func() (uint64, time.Time) {
+		n := uint64(time.Since(start) / blockTime)
+		return 1000 + n, start.Add(time.Duration(n) * blockTime)
+	}
+	srv := &http.Server{Handler: node}
 	go srv.Serve(l)
 	defer srv.Close()
 
@@ -119,52 +126,6 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 		fmt.Printf("\nagent log (last lines):\n%s\n", tail)
 	}
 	return nil
-}
-
-// fakeNodes answers Ethereum JSON-RPC batches for /n/<i> as a node on chain 1 whose head advances every blockTime.
-type fakeNodes struct {
-	start     time.Time
-	blockTime time.Duration
-}
-
-type rpcReq struct {
-	ID     json.RawMessage `json:"id"`
-	Method string          `json:"method"`
-}
-
-func (f fakeNodes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	var batch []rpcReq
-	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&batch); err != nil {
-		http.Error(w, "batch expected", http.StatusBadRequest)
-		return
-	}
-	elapsed := time.Since(f.start)
-	height := 1000 + uint64(elapsed/f.blockTime)
-	blockTS := f.start.Add(time.Duration(height-1000) * f.blockTime).Unix()
-	out := make([]map[string]any, 0, len(batch))
-	for _, q := range batch {
-		var res any
-		switch q.Method {
-		case "eth_blockNumber":
-			res = fmt.Sprintf("0x%x", height)
-		case "eth_syncing":
-			res = false
-		case "net_peerCount":
-			res = "0x19"
-		case "eth_chainId":
-			res = "0x1"
-		case "eth_getBlockByNumber":
-			res = map[string]string{"number": fmt.Sprintf("0x%x", height), "timestamp": fmt.Sprintf("0x%x", blockTS)}
-		case "web3_clientVersion":
-			res = "Geth/v1.16.7-stable/linux-amd64/go1.26"
-		default:
-			out = append(out, map[string]any{"jsonrpc": "2.0", "id": q.ID, "error": map[string]any{"code": -32601, "message": "method not found"}})
-			continue
-		}
-		out = append(out, map[string]any{"jsonrpc": "2.0", "id": q.ID, "result": res})
-	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(out)
 }
 
 func cpuTicks(pid int) (int64, error) {
