@@ -72,6 +72,12 @@ variable "extra_args" {
   default     = []
 }
 
+variable "min_healthy_time" {
+  description = "how long the task must run before a deployment counts it healthy"
+  type        = string
+  default     = "30s"
+}
+
 variable "cpu" {
   type    = number
   default = 4000
@@ -125,7 +131,7 @@ job "geth" {
     update {
       max_parallel      = 1
       health_check      = "task_states"
-      min_healthy_time  = "30s"
+      min_healthy_time  = var.min_healthy_time
       healthy_deadline  = "10m"
       progress_deadline = "15m"
       auto_revert       = false

@@ -80,6 +80,12 @@ variable "extra_args" {
   default = []
 }
 
+variable "min_healthy_time" {
+  description = "how long the task must run before a deployment counts it healthy"
+  type        = string
+  default     = "30s"
+}
+
 variable "cpu" {
   type    = number
   default = 2000
@@ -123,7 +129,7 @@ job "irita" {
     update {
       max_parallel      = 1
       health_check      = "task_states"
-      min_healthy_time  = "30s"
+      min_healthy_time  = var.min_healthy_time
       healthy_deadline  = "10m"
       progress_deadline = "15m"
       auto_revert       = false

@@ -260,3 +260,39 @@ func (d *Docker) RemoveContainersOf(t testing.TB, allocIDs []string) {
 		}
 	}
 }
+
+// idleSource is a program that waits for SIGTERM/SIGINT: the stand-in for images that can't be built here
+// (Chainlink, IRITA), so Nomad renders a spec's templates and keeps its task running.
+const idleSource = `package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGINT, syscall.SIGTERM)
+	<-c
+}
+`
+
+// IdleImage is a FROM-scratch image whose entrypoint, /idle, ignores its arguments and waits to be stopped.
+func (d *Docker) IdleImage(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(idleSource), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module idle\n\ngo 1.21\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("go", "build", "-trimpath", "-o", "idle", ".")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOFLAGS=-mod=mod")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build idle: %v\n%s", err, out)
+	}
+	return d.ImportImage(t, "idle", []string{"/idle"}, ImageFile{Path: "/idle", From: filepath.Join(dir, "idle")})
+}

@@ -1,0 +1,349 @@
+package discovery_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/discovery"
+	"github.com/chainwarden/chainwarden/internal/nomadjob"
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+// logWriter sends the deployment watcher's progress to the test log.
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// cluster is a real Nomad (docker driver, host volumes) with Consul and the local images.
+type cluster struct {
+	consul *testenv.Consul
+	docker *testenv.Docker
+	nomad  *testenv.Nomad
+	jobs   *nomadjob.Client
+}
+
+func startCluster(t *testing.T, volumes ...string) *cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a real Nomad and dockerd")
+	}
+	c := &cluster{consul: testenv.StartConsul(t), docker: testenv.StartDocker(t)}
+	c.nomad = testenv.StartNomad(t, testenv.NomadOptions{HostVolumes: volumes, Docker: c.docker, ConsulAddr: c.consul.Addr})
+	c.jobs = &nomadjob.Client{API: c.nomad.Client, Out: logWriter{t}, Poll: time.Second}
+	return c
+}
+
+// run runs an embedded spec as `chainwarden job run NAME -var ...` does and waits for its deployment.
+func (c *cluster) run(t *testing.T, name string, vars map[string]string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	spec, err := nomadjob.Load(name, vars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	job, err := c.jobs.Parse(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evalID, err := c.jobs.Register(ctx, spec, job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.jobs.Watch(ctx, evalID); err != nil {
+		t.Fatalf("run %s: %v", name, err)
+	}
+}
+
+func (c *cluster) stop(t *testing.T, jobID string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := c.jobs.Stop(ctx, jobID, false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// watch runs a discovery Watcher on the cluster's client until the test ends and returns a function giving the
+// latest node set it reported.
+func watch(t *testing.T, c *cluster) func() map[string]config.Node {
+	t.Helper()
+	var mu sync.Mutex
+	latest := map[string]config.Node{}
+	updates := 0
+	w := discovery.New(c.nomad.Client, "", hclog.New(&hclog.LoggerOptions{Name: "discovery", Output: logWriter{t}, Level: hclog.Info}))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.Run(ctx, func(nodes []config.Node) {
+			mu.Lock()
+			defer mu.Unlock()
+			updates++
+			latest = map[string]config.Node{}
+			for _, n := range nodes {
+				latest[n.Name] = n
+			}
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.Eventually(t, 10*time.Second, "first discovery update", func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if updates == 0 {
+			return fmt.Errorf("no update yet")
+		}
+		if w.NodeID() != c.nomad.NodeID {
+			return fmt.Errorf("watching node %q, want %q", w.NodeID(), c.nomad.NodeID)
+		}
+		return nil
+	})
+	return func() map[string]config.Node {
+		mu.Lock()
+		defer mu.Unlock()
+		out := make(map[string]config.Node, len(latest))
+		for k, v := range latest {
+			out[k] = v
+		}
+		return out
+	}
+}
+
+func waitNode(t *testing.T, nodes func() map[string]config.Node, name string) config.Node {
+	t.Helper()
+	var n config.Node
+	testenv.Eventually(t, 30*time.Second, "discovery of "+name, func() error {
+		var ok bool
+		if n, ok = nodes()[name]; !ok {
+			return fmt.Errorf("not discovered; have %v", keys(nodes()))
+		}
+		return nil
+	})
+	return n
+}
+
+func waitGone(t *testing.T, nodes func() map[string]config.Node, name string) {
+	t.Helper()
+	testenv.Eventually(t, 60*time.Second, name+" gone from discovery", func() error {
+		if _, ok := nodes()[name]; ok {
+			return fmt.Errorf("still discovered")
+		}
+		return nil
+	})
+}
+
+func keys(m map[string]config.Node) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+func gethHeight(ctx context.Context, rpc string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	body := strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}`)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, rpc, body)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Result string `json:"result"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return 0, fmt.Errorf("decode eth_blockNumber: %w", err)
+	}
+	return strconv.ParseUint(strings.TrimPrefix(r.Result, "0x"), 16, 64)
+}
+
+// TestGethOnNomad runs the real geth spec (a --dev chain, the static geth in a FROM-scratch image) on Nomad with
+// the docker driver: the node mines, discovery finds it at its allocated address, a stop/start keeps the chain (its
+// data is on the host volume) and a stop removes it from the set.
+func TestGethOnNomad(t *testing.T) {
+	c := startCluster(t, "geth-dev")
+	image := c.docker.GethImage(t)
+	nodes := watch(t, c)
+	vars := map[string]string{
+		"image": image, "host_volume": "geth-dev", "network": "dev", "chain_id": "1337", "service": "eth-dev",
+		"p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "1024", "min_healthy_time": "2s",
+		"kill_timeout": "20s", "extra_args": `["--dev.period=1"]`,
+	}
+	c.run(t, "geth", vars)
+
+	n := waitNode(t, nodes, "geth-geth-0")
+	if n.Kind != config.KindEthereum || n.Service != "eth-dev" || n.Client != "geth" || n.ChainID == nil || *n.ChainID != 1337 ||
+		n.Address != "127.0.0.1" || n.Port == 0 || n.RPC != fmt.Sprintf("http://127.0.0.1:%d", n.Port) || n.Source != "nomad" {
+		t.Fatalf("discovered node: %+v", n)
+	}
+	if len(n.Tags) != 1 || !strings.HasPrefix(n.Tags[0], "ws_port=") {
+		t.Errorf("ws tag: %v", n.Tags)
+	}
+	ctx := context.Background()
+	var before uint64
+	testenv.Eventually(t, 60*time.Second, "geth mining through its discovered RPC", func() error {
+		h, err := gethHeight(ctx, n.RPC)
+		if err != nil {
+			return err
+		}
+		if h < 5 {
+			return fmt.Errorf("height %d", h)
+		}
+		before = h
+		return nil
+	})
+	if _, err := os.Stat(filepath.Join(c.nomad.HostVolumes["geth-dev"], "geth", "chaindata")); err != nil {
+		t.Fatalf("chain data not on the host volume: %v", err)
+	}
+
+	c.stop(t, "geth")
+	waitGone(t, nodes, "geth-geth-0")
+
+	c.run(t, "geth", vars)
+	n2 := waitNode(t, nodes, "geth-geth-0")
+	testenv.Eventually(t, 60*time.Second, "geth continuing from its height", func() error {
+		h, err := gethHeight(ctx, n2.RPC)
+		if err != nil {
+			return err
+		}
+		if h < before {
+			return fmt.Errorf("height %d after the restart, was %d before: the chain did not survive", h, before)
+		}
+		if h == before {
+			return fmt.Errorf("not mining yet at %d", h)
+		}
+		return nil
+	})
+
+	c.stop(t, "geth")
+	waitGone(t, nodes, "geth-geth-0")
+}
+
+// cometbftKeys makes a one-validator chain's genesis (chain id chainID) and keys with the real cometbft binary,
+// as an operator would before putting them into a Nomad Variable.
+func cometbftKeys(t *testing.T, chainID string) map[string]string {
+	home := t.TempDir()
+	testenv.Run(t, testenv.Bin(t, "cometbft"), "init", "--home", home)
+	read := func(p string) string {
+		b, err := os.ReadFile(filepath.Join(home, "config", p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	var gen map[string]any
+	if err := json.Unmarshal([]byte(read("genesis.json")), &gen); err != nil {
+		t.Fatal(err)
+	}
+	gen["chain_id"] = chainID
+	b, _ := json.MarshalIndent(gen, "", "  ")
+	return map[string]string{"genesis": string(b), "node_key": read("node_key.json"), "priv_validator_key": read("priv_validator_key.json")}
+}
+
+func cometHeight(ctx context.Context, rpc string) (int64, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, rpc+"/status", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Result struct {
+			NodeInfo struct {
+				Network string `json:"network"`
+			} `json:"node_info"`
+			SyncInfo struct {
+				LatestBlockHeight int64 `json:"latest_block_height,string"`
+			} `json:"sync_info"`
+		} `json:"result"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return 0, "", fmt.Errorf("decode /status: %w", err)
+	}
+	return st.Result.SyncInfo.LatestBlockHeight, st.Result.NodeInfo.Network, nil
+}
+
+// TestCometBFTOnNomad runs the real cometbft spec: init prestart task on the empty volume, genesis and keys from a
+// Nomad Variable, blocks made, discovered, continued after a stop/start, removed after a stop.
+func TestCometBFTOnNomad(t *testing.T) {
+	c := startCluster(t, "cometbft-dev")
+	image := c.docker.CometBFTImage(t)
+	nodes := watch(t, c)
+	if _, _, err := c.nomad.Client.Variables().Create(&nomadapi.Variable{Path: "nomad/jobs/cometbft", Items: cometbftKeys(t, "cw-test")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{
+		"image": image, "host_volume": "cometbft-dev", "chain_id": "cw-test", "service": "cometbft-test",
+		"proxy_app": "persistent_kvstore", "p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "512",
+		"min_healthy_time": "2s", "extra_args": `["--consensus.create_empty_blocks_interval=0s"]`,
+	}
+	c.run(t, "cometbft", vars)
+
+	n := waitNode(t, nodes, "cometbft-cometbft-0")
+	if n.Kind != config.KindCometBFT || n.Network != "cw-test" || n.Service != "cometbft-test" || n.Address != "127.0.0.1" {
+		t.Fatalf("discovered node: %+v", n)
+	}
+	ctx := context.Background()
+	var before int64
+	testenv.Eventually(t, 60*time.Second, "cometbft making blocks", func() error {
+		h, network, err := cometHeight(ctx, n.RPC)
+		if err != nil {
+			return err
+		}
+		if network != "cw-test" {
+			t.Fatalf("network %q: the genesis from the Nomad Variable was not used", network)
+		}
+		if h < 3 {
+			return fmt.Errorf("height %d", h)
+		}
+		before = h
+		return nil
+	})
+	vol := c.nomad.HostVolumes["cometbft-dev"]
+	if _, err := os.Stat(filepath.Join(vol, "data", "blockstore.db")); err != nil {
+		t.Fatalf("block store not on the host volume: %v", err)
+	}
+	// The validator key came from the variable (secrets/), not the volume: init left its own unused one there, but
+	// the node signs with the variable's key, whose address is in the genesis.
+	c.stop(t, "cometbft")
+	waitGone(t, nodes, "cometbft-cometbft-0")
+
+	c.run(t, "cometbft", vars)
+	n2 := waitNode(t, nodes, "cometbft-cometbft-0")
+	testenv.Eventually(t, 60*time.Second, "cometbft continuing from its height", func() error {
+		h, _, err := cometHeight(ctx, n2.RPC)
+		if err != nil {
+			return err
+		}
+		if h < before {
+			return fmt.Errorf("height %d after the restart, was %d: the chain did not survive", h, before)
+		}
+		if h == before {
+			return fmt.Errorf("no new block yet at %d", h)
+		}
+		return nil
+	})
+	c.stop(t, "cometbft")
+	waitGone(t, nodes, "cometbft-cometbft-0")
+}
