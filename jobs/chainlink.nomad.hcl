@@ -227,7 +227,7 @@ job "chainlink" {
         chainwarden_kind     = "chainlink"
         chainwarden_service  = var.service
         chainwarden_network  = var.network
-        chainwarden_chain_id = tostring(var.evm_chain_id)
+        chainwarden_chain_id = "${var.evm_chain_id}"
         chainwarden_rpc_port = "api"
         chainwarden_client   = "chainlink"
         chainwarden_role     = "active-standby"

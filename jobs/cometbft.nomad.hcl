@@ -263,8 +263,8 @@ job "cometbft" {
         chainwarden_rpc_port = "rpc"
         chainwarden_client   = "cometbft"
         },
-        var.warn_lag > 0 ? { chainwarden_warn_lag = tostring(var.warn_lag) } : {},
-        var.max_lag > 0 ? { chainwarden_max_lag = tostring(var.max_lag) } : {},
+        var.warn_lag > 0 ? { chainwarden_warn_lag = "${var.warn_lag}" } : {},
+        var.max_lag > 0 ? { chainwarden_max_lag = "${var.max_lag}" } : {},
       )
 
       resources {

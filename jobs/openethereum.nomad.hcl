@@ -213,14 +213,14 @@ job "openethereum" {
       meta = merge({
         chainwarden_kind     = "ethereum"
         chainwarden_service  = var.service
-        chainwarden_chain_id = tostring(var.chain_id)
+        chainwarden_chain_id = "${var.chain_id}"
         chainwarden_network  = var.network
         chainwarden_rpc_port = "rpc"
         chainwarden_ws_port  = "ws"
         chainwarden_client   = "openethereum"
         },
-        var.warn_lag > 0 ? { chainwarden_warn_lag = tostring(var.warn_lag) } : {},
-        var.max_lag > 0 ? { chainwarden_max_lag = tostring(var.max_lag) } : {},
+        var.warn_lag > 0 ? { chainwarden_warn_lag = "${var.warn_lag}" } : {},
+        var.max_lag > 0 ? { chainwarden_max_lag = "${var.max_lag}" } : {},
       )
 
       resources {

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/jobs"
@@ -110,8 +112,46 @@ func NewClient(out io.Writer) (*Client, error) {
 	return &Client{API: api, Out: out, Poll: 2 * time.Second}, nil
 }
 
+// Declared returns the names of the variables the spec declares.
+func (s *Spec) Declared() (map[string]bool, error) {
+	f, diags := hclsyntax.ParseConfig([]byte(s.Source), s.Name+jobs.Suffix, hcl.InitialPos)
+	if diags.HasErrors() {
+		return nil, fmt.Errorf("Error parsing job file from %s: %s", s.Name+jobs.Suffix, diags.Error())
+	}
+	out := map[string]bool{}
+	for _, b := range f.Body.(*hclsyntax.Body).Blocks {
+		if b.Type == "variable" && len(b.Labels) == 1 {
+			out[b.Labels[0]] = true
+		}
+	}
+	return out, nil
+}
+
+// checkVars rejects a -var the spec doesn't declare, as the nomad CLI does (the parse endpoint would ignore it).
+func (s *Spec) checkVars() error {
+	declared, err := s.Declared()
+	if err != nil {
+		return err
+	}
+	names := make([]string, 0, len(s.Vars))
+	for n := range s.Vars {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if !declared[n] {
+			return fmt.Errorf("Error parsing job file from %s:\nUndefined -var variable: A %q variable was passed in but was not found in known variables. To declare variable %q, place this block in your job files:\n  variable %q {\n    type = string\n  }",
+				s.Name+jobs.Suffix, n, n, n)
+		}
+	}
+	return nil
+}
+
 // Parse has the Nomad server parse the spec with its variables (HCL2), returning the job.
 func (c *Client) Parse(ctx context.Context, s *Spec) (*nomadapi.Job, error) {
+	if err := s.checkVars(); err != nil {
+		return nil, err
+	}
 	vars, err := s.VariablesHCL()
 	if err != nil {
 		return nil, err
