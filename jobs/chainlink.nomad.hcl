@@ -77,6 +77,11 @@ variable "p2p_port" {
   default = 6690
 }
 
+variable "min_healthy_time" {
+  type    = string
+  default = "30s"
+}
+
 variable "cpu" {
   type    = number
   default = 2000
@@ -118,7 +123,7 @@ job "chainlink" {
     update {
       max_parallel     = 1
       health_check     = "task_states"
-      min_healthy_time = "30s"
+      min_healthy_time = var.min_healthy_time
       healthy_deadline = "5m"
       auto_revert      = false
     }

@@ -155,7 +155,7 @@ func TestChainlinkTemplates(t *testing.T) {
 	c.register(t, "openethereum-openethereum-0", "eth-mainnet", "10.0.0.13", 8545, "critical", []string{"chainwarden", "ws_port=8546"}, nil)
 
 	a := c.run(t, "chainlink", map[string]string{
-		"image": image, "nodes": "1", "cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(testenv.FreePort(t)),
+		"image": image, "nodes": "1", "min_healthy_time": "1s", "cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(testenv.FreePort(t)),
 	})
 	dir := filepath.Join(c.nomad.DataDir, "alloc", a.ID)
 	cfg := readFile(t, filepath.Join(dir, "chainlink", "local", "config.toml"))
@@ -231,7 +231,7 @@ func TestIRITATemplates(t *testing.T) {
 	}
 	p2p := testenv.FreePort(t)
 	a := c.run(t, "irita", map[string]string{
-		"image": image, "binary": "/idle", "validators": "1", "host_volume": "irita", "chain_id": "irita-test",
+		"image": image, "binary": "/idle", "validators": "1", "min_healthy_time": "1s", "host_volume": "irita", "chain_id": "irita-test",
 		"cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(p2p), "metrics_port": strconv.Itoa(testenv.FreePort(t)),
 	})
 	dir := filepath.Join(c.nomad.DataDir, "alloc", a.ID)

@@ -68,6 +68,11 @@ disable_update_check = true
 ports {
   http = $NOMAD_HTTP_PORT
 }
+advertise {
+  http = "127.0.0.1"
+  rpc  = "127.0.0.1"
+  serf = "127.0.0.1"
+}
 server {
   enabled = true
   bootstrap_expect = 1
@@ -100,6 +105,10 @@ plugin "docker" {
     gc {
       image = false
     }
+    # Other Nomad agents (tests, the demo) share this engine: never reap their containers as dangling.
+    dangling_containers {
+      enabled = false
+    }
   }
 }
 HCL
@@ -118,10 +127,17 @@ HCL
 		cometbft init --home "$DEMO/cometbft-keys" >/dev/null 2>&1
 		sed -i "s/\"chain_id\": \"[^\"]*\"/\"chain_id\": \"$COMETBFT_CHAIN_ID\"/" "$DEMO/cometbft-keys/config/genesis.json"
 	fi
-	nomad var put -force nomad/jobs/cometbft \
-		genesis=@"$DEMO/cometbft-keys/config/genesis.json" \
-		node_key=@"$DEMO/cometbft-keys/config/node_key.json" \
-		priv_validator_key=@"$DEMO/cometbft-keys/config/priv_validator_key.json" >/dev/null
+	# Retried: a fresh server takes a moment to initialize its keyring.
+	for i in $(seq 1 30); do
+		if nomad var put -force nomad/jobs/cometbft \
+			genesis=@"$DEMO/cometbft-keys/config/genesis.json" \
+			node_key=@"$DEMO/cometbft-keys/config/node_key.json" \
+			priv_validator_key=@"$DEMO/cometbft-keys/config/priv_validator_key.json" >/dev/null 2>"$DEMO/var.err"; then
+			break
+		fi
+		[ "$i" = 30 ] && { cat "$DEMO/var.err" >&2; exit 1; }
+		sleep 1
+	done
 
 	chainwarden job run geth -var image=local/geth:$GETH_VERSION -var host_volume=geth-dev -var network=dev \
 		-var chain_id=1337 -var service=eth-dev -var p2p_port="$GETH_P2P_PORT" -var cpu=500 -var memory=1024 \
@@ -150,7 +166,7 @@ stop() {
 		rm -f "$DEMO/nomad.pid"
 	fi
 	# Whatever the client didn't unmount (secrets dirs of killed allocations).
-	grep -o " $DEMO/data[^ ]*" /proc/self/mounts 2>/dev/null | sort -r | while read -r m; do umount -l "$m" || true; done
+	{ grep -o " $DEMO/data[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" || true; done
 	rm -f "$DOCKER_USERS/demo-nomad"
 	if [ -z "$(ls -A "$DOCKER_USERS" 2>/dev/null)" ]; then
 		scripts/dockerd.sh stop

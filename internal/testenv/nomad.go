@@ -84,6 +84,10 @@ func StartNomad(t testing.TB, opts NomadOptions) *Nomad {
     gc {
       image = false
     }
+    # Other Nomad agents (tests, the demo) share this engine: never reap their containers as dangling.
+    dangling_containers {
+      enabled = false
+    }
   }
 }`, opts.Docker.Host)
 	}
