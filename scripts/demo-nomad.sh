@@ -104,10 +104,10 @@ plugin "docker" {
     }
     gc {
       image = false
-    }
-    # Other Nomad agents (tests, the demo) share this engine: never reap their containers as dangling.
-    dangling_containers {
-      enabled = false
+      # Other Nomad agents (tests, the demo) share this engine: never reap their containers as dangling.
+      dangling_containers {
+        enabled = false
+      }
     }
   }
 }

@@ -128,5 +128,16 @@ func TestJobSpecsValidateAndPlan(t *testing.T) {
 			!strings.Contains(stdout, `"--http.addr=${NOMAD_IP_rpc}"`) {
 			t.Errorf("render -json: exit %d\n%s%s", code, stdout, stderr)
 		}
+		// OpenEthereum's public IP: from EC2 metadata (Nomad's env_aws attribute, interpolated on the client, and
+		// a constraint that the client has it), or the variable.
+		code, stdout, stderr = jobCLI(t, nomad.Addr, "render", "openethereum", "-json")
+		if code != 0 || !strings.Contains(stdout, `"--nat=extip:${attr.unique.platform.aws.public-ipv4}"`) ||
+			!strings.Contains(stdout, `"LTarget": "${attr.unique.platform.aws.public-ipv4}"`) || !strings.Contains(stdout, `"Operand": "is_set"`) {
+			t.Errorf("openethereum render: exit %d\n%s%s", code, stdout, stderr)
+		}
+		code, stdout, _ = jobCLI(t, nomad.Addr, "render", "openethereum", "-json", "-var", "public_ip=203.0.113.10")
+		if code != 0 || !strings.Contains(stdout, `"--nat=extip:203.0.113.10"`) || strings.Contains(stdout, "is_set") {
+			t.Errorf("openethereum render with public_ip: exit %d\n%s", code, stdout)
+		}
 	})
 }

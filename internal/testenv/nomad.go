@@ -83,10 +83,10 @@ func StartNomad(t testing.TB, opts NomadOptions) *Nomad {
     # The local images can't be pulled again: never garbage-collect them.
     gc {
       image = false
-    }
-    # Other Nomad agents (tests, the demo) share this engine: never reap their containers as dangling.
-    dangling_containers {
-      enabled = false
+      # Other Nomad agents (tests, the demo) share this engine: never reap their containers as dangling.
+      dangling_containers {
+        enabled = false
+      }
     }
   }
 }`, opts.Docker.Host)
