@@ -6,10 +6,14 @@ require (
 	github.com/ethereum/go-ethereum v1.16.7
 	github.com/hashicorp/consul/api v1.29.4
 	github.com/hashicorp/hcl/v2 v2.25.0
+	github.com/hashicorp/nomad/api v0.0.0-20250909143645-a3b86c697f38
 	github.com/zclconf/go-cty v1.19.0
 )
 
-require github.com/stretchr/objx v0.5.3 // indirect
+require (
+	github.com/hashicorp/cronexpr v1.1.3 // indirect
+	github.com/stretchr/objx v0.5.3 // indirect
+)
 
 require (
 	github.com/Microsoft/go-winio v0.6.2 // indirect

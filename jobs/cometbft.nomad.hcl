@@ -84,6 +84,12 @@ variable "min_healthy_time" {
   default     = "30s"
 }
 
+variable "min_peers" {
+  description = "peers below which the agent reports critical (-1 = the agent's default; 0 for a one-node chain)"
+  type        = number
+  default     = -1
+}
+
 variable "cpu" {
   type    = number
   default = 2000
@@ -265,6 +271,7 @@ job "cometbft" {
         },
         var.warn_lag > 0 ? { chainwarden_warn_lag = "${var.warn_lag}" } : {},
         var.max_lag > 0 ? { chainwarden_max_lag = "${var.max_lag}" } : {},
+        var.min_peers >= 0 ? { chainwarden_min_peers = "${var.min_peers}" } : {},
       )
 
       resources {

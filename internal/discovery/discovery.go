@@ -37,6 +37,9 @@ const (
 	MetaScheme  = "chainwarden_rpc_scheme"
 	MetaWarnLag = "chainwarden_warn_lag"
 	MetaMaxLag  = "chainwarden_max_lag"
+	// MetaMinPeers and MetaMaxBlockAge override the agent's per-kind defaults (a one-node dev chain has 0 peers).
+	MetaMinPeers    = "chainwarden_min_peers"
+	MetaMaxBlockAge = "chainwarden_max_block_age"
 )
 
 // DefaultRPCPortLabel is used when a task sets no chainwarden_rpc_port.
@@ -275,6 +278,8 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		Client:  meta[MetaClient],
 		Role:    meta[MetaRole],
 		Network: meta[MetaNetwork],
+
+		MaxBlockAge: meta[MetaMaxBlockAge],
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
 		if _, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {
@@ -289,6 +294,9 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		return n, err
 	}
 	if n.MaxLag, err = metaUint(meta, MetaMaxLag); err != nil {
+		return n, err
+	}
+	if n.MinPeers, err = metaUint(meta, MetaMinPeers); err != nil {
 		return n, err
 	}
 	return n, nil

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/discovery"
 	"github.com/chainwarden/chainwarden/internal/nomadjob"
@@ -30,12 +31,14 @@ func (w logWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// cluster is a real Nomad (docker driver, host volumes) with Consul and the local images.
+// cluster is a real Nomad (docker driver, host volumes) with Consul, the local images, and the chainwarden agent
+// of this host, fed by the discovery watcher.
 type cluster struct {
 	consul *testenv.Consul
 	docker *testenv.Docker
 	nomad  *testenv.Nomad
 	jobs   *nomadjob.Client
+	agent  *agent.Agent
 }
 
 func startCluster(t *testing.T, volumes ...string) *cluster {
@@ -46,7 +49,91 @@ func startCluster(t *testing.T, volumes ...string) *cluster {
 	c := &cluster{consul: testenv.StartConsul(t), docker: testenv.StartDocker(t)}
 	c.nomad = testenv.StartNomad(t, testenv.NomadOptions{HostVolumes: volumes, Docker: c.docker, ConsulAddr: c.consul.Addr})
 	c.jobs = &nomadjob.Client{API: c.nomad.Client, Out: logWriter{t}, Poll: time.Second}
+	c.agent = startAgent(t, c.consul)
 	return c
+}
+
+// startAgent runs the real agent (no static nodes) against the test's Consul until the test ends.
+func startAgent(t *testing.T, consul *testenv.Consul) *agent.Agent {
+	t.Helper()
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = %q\ninterval = \"500ms\"\nnomad {}\n", consul.Addr, listen)
+	cfg, err := config.Parse([]byte(src), "agent.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: logWriter{t}})
+	a, err := agent.New(cfg, log, agent.Options{ID: "host-a", Consul: consul.Client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.Run(ctx); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	testenv.WaitHTTP(t, nil, "http://"+listen+"/v1/health", 10*time.Second)
+	return a
+}
+
+// waitConsul waits until the agent registered node in Consul with its check passing, and checks the
+// registration is the discovered one.
+func waitConsul(t *testing.T, c *cluster, n config.Node) {
+	t.Helper()
+	testenv.Eventually(t, 90*time.Second, n.Name+" passing in consul", func() error {
+		st, out, err := c.consul.CheckStatus(n.Name)
+		if err != nil {
+			return err
+		}
+		if st != "passing" {
+			return fmt.Errorf("check is %q: %s", st, out)
+		}
+		return nil
+	})
+	svcs, err := c.consul.Client.Agent().Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := svcs[n.Name]
+	if svc == nil || svc.Service != n.Service || svc.Address != n.Address || svc.Port != n.Port || !contains(svc.Tags, "chainwarden") {
+		t.Fatalf("consul service %s: %+v, want service %s at %s:%d tagged chainwarden", n.Name, svc, n.Service, n.Address, n.Port)
+	}
+	checks, err := c.consul.Client.Agent().Checks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checks["chainwarden:"+n.Name] == nil {
+		t.Errorf("no check chainwarden:%s", n.Name)
+	}
+}
+
+func waitDeregistered(t *testing.T, c *cluster, name string) {
+	t.Helper()
+	start := time.Now()
+	defer func() { t.Logf("%s deregistered from consul %s after its job was stopped", name, time.Since(start).Round(10*time.Millisecond)) }()
+	testenv.Eventually(t, 30*time.Second, name+" deregistered from consul", func() error {
+		svcs, err := c.consul.Client.Agent().Services()
+		if err != nil {
+			return err
+		}
+		if svcs[name] != nil {
+			return fmt.Errorf("still registered")
+		}
+		return nil
+	})
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
 }
 
 // run runs an embedded spec as `chainwarden job run NAME -var ...` does and waits for its deployment.
@@ -93,6 +180,7 @@ func watch(t *testing.T, c *cluster) func() map[string]config.Node {
 	go func() {
 		defer close(done)
 		w.Run(ctx, func(nodes []config.Node) {
+			c.agent.SetNodes("nomad", nodes)
 			mu.Lock()
 			defer mu.Unlock()
 			updates++
@@ -186,7 +274,7 @@ func TestGethOnNomad(t *testing.T) {
 	vars := map[string]string{
 		"image": image, "host_volume": "geth-dev", "network": "dev", "chain_id": "1337", "service": "eth-dev",
 		"p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "1024", "min_healthy_time": "2s",
-		"kill_timeout": "20s", "extra_args": `["--dev.period=1"]`,
+		"kill_timeout": "20s", "extra_args": `["--dev.period=1"]`, "min_peers": "0",
 	}
 	c.run(t, "geth", vars)
 
@@ -214,9 +302,11 @@ func TestGethOnNomad(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(c.nomad.HostVolumes["geth-dev"], "geth", "chaindata")); err != nil {
 		t.Fatalf("chain data not on the host volume: %v", err)
 	}
+	waitConsul(t, c, n)
 
 	c.stop(t, "geth")
 	waitGone(t, nodes, "geth-geth-0")
+	waitDeregistered(t, c, "geth-geth-0")
 
 	c.run(t, "geth", vars)
 	n2 := waitNode(t, nodes, "geth-geth-0")
@@ -233,9 +323,11 @@ func TestGethOnNomad(t *testing.T) {
 		}
 		return nil
 	})
+	waitConsul(t, c, n2)
 
 	c.stop(t, "geth")
 	waitGone(t, nodes, "geth-geth-0")
+	waitDeregistered(t, c, "geth-geth-0")
 }
 
 // cometbftKeys makes a one-validator chain's genesis (chain id chainID) and keys with the real cometbft binary,
@@ -296,7 +388,7 @@ func TestCometBFTOnNomad(t *testing.T) {
 	vars := map[string]string{
 		"image": image, "host_volume": "cometbft-dev", "chain_id": "cw-test", "service": "cometbft-test",
 		"proxy_app": "persistent_kvstore", "p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "512",
-		"min_healthy_time": "2s", "extra_args": `["--consensus.create_empty_blocks_interval=0s"]`,
+		"min_healthy_time": "2s", "extra_args": `["--consensus.create_empty_blocks_interval=0s"]`, "min_peers": "0",
 	}
 	c.run(t, "cometbft", vars)
 
@@ -324,10 +416,13 @@ func TestCometBFTOnNomad(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(vol, "data", "blockstore.db")); err != nil {
 		t.Fatalf("block store not on the host volume: %v", err)
 	}
-	// The validator key came from the variable (secrets/), not the volume: init left its own unused one there, but
-	// the node signs with the variable's key, whose address is in the genesis.
+	// Blocks are signed with the validator key from the Nomad Variable (rendered into secrets/): it is the only
+	// validator in the genesis, so a chain that grows proves it. init's own key stays unused on the volume.
+	waitConsul(t, c, n)
+
 	c.stop(t, "cometbft")
 	waitGone(t, nodes, "cometbft-cometbft-0")
+	waitDeregistered(t, c, "cometbft-cometbft-0")
 
 	c.run(t, "cometbft", vars)
 	n2 := waitNode(t, nodes, "cometbft-cometbft-0")
@@ -344,6 +439,8 @@ func TestCometBFTOnNomad(t *testing.T) {
 		}
 		return nil
 	})
+	waitConsul(t, c, n2)
 	c.stop(t, "cometbft")
 	waitGone(t, nodes, "cometbft-cometbft-0")
+	waitDeregistered(t, c, "cometbft-cometbft-0")
 }
