@@ -114,7 +114,9 @@ func waitConsul(t *testing.T, c *cluster, n config.Node) {
 func waitDeregistered(t *testing.T, c *cluster, name string) {
 	t.Helper()
 	start := time.Now()
-	defer func() { t.Logf("%s deregistered from consul %s after its job was stopped", name, time.Since(start).Round(10*time.Millisecond)) }()
+	defer func() {
+		t.Logf("%s deregistered from consul %s after its job was stopped", name, time.Since(start).Round(10*time.Millisecond))
+	}()
 	testenv.Eventually(t, 30*time.Second, name+" deregistered from consul", func() error {
 		svcs, err := c.consul.Client.Agent().Services()
 		if err != nil {
