@@ -111,11 +111,12 @@ func waitConsul(t *testing.T, c *cluster, n config.Node) {
 	}
 }
 
-func waitDeregistered(t *testing.T, c *cluster, name string) {
+// waitDeregistered waits for the node's service to leave Consul and logs how long that took since stopped.
+func waitDeregistered(t *testing.T, c *cluster, name string, stopped time.Time) {
 	t.Helper()
-	start := time.Now()
+	start := stopped
 	defer func() {
-		t.Logf("%s deregistered from consul %s after its job was stopped", name, time.Since(start).Round(10*time.Millisecond))
+		t.Logf("%s deregistered from consul %s after the job stop was submitted", name, time.Since(start).Round(10*time.Millisecond))
 	}()
 	testenv.Eventually(t, 30*time.Second, name+" deregistered from consul", func() error {
 		svcs, err := c.consul.Client.Agent().Services()
@@ -228,8 +229,11 @@ func waitNode(t *testing.T, nodes func() map[string]config.Node, name string) co
 	return n
 }
 
-func waitGone(t *testing.T, nodes func() map[string]config.Node, name string) {
+func waitGone(t *testing.T, nodes func() map[string]config.Node, name string, stopped time.Time) {
 	t.Helper()
+	defer func() {
+		t.Logf("%s gone from discovery %s after the job stop was submitted", name, time.Since(stopped).Round(10*time.Millisecond))
+	}()
 	testenv.Eventually(t, 60*time.Second, name+" gone from discovery", func() error {
 		if _, ok := nodes()[name]; ok {
 			return fmt.Errorf("still discovered")
@@ -306,9 +310,10 @@ func TestGethOnNomad(t *testing.T) {
 	}
 	waitConsul(t, c, n)
 
+	stopped := time.Now()
 	c.stop(t, "geth")
-	waitGone(t, nodes, "geth-geth-0")
-	waitDeregistered(t, c, "geth-geth-0")
+	waitGone(t, nodes, "geth-geth-0", stopped)
+	waitDeregistered(t, c, "geth-geth-0", stopped)
 
 	c.run(t, "geth", vars)
 	n2 := waitNode(t, nodes, "geth-geth-0")
@@ -327,9 +332,10 @@ func TestGethOnNomad(t *testing.T) {
 	})
 	waitConsul(t, c, n2)
 
+	stopped = time.Now()
 	c.stop(t, "geth")
-	waitGone(t, nodes, "geth-geth-0")
-	waitDeregistered(t, c, "geth-geth-0")
+	waitGone(t, nodes, "geth-geth-0", stopped)
+	waitDeregistered(t, c, "geth-geth-0", stopped)
 }
 
 // cometbftKeys makes a one-validator chain's genesis (chain id chainID) and keys with the real cometbft binary,
@@ -422,9 +428,10 @@ func TestCometBFTOnNomad(t *testing.T) {
 	// validator in the genesis, so a chain that grows proves it. init's own key stays unused on the volume.
 	waitConsul(t, c, n)
 
+	stopped := time.Now()
 	c.stop(t, "cometbft")
-	waitGone(t, nodes, "cometbft-cometbft-0")
-	waitDeregistered(t, c, "cometbft-cometbft-0")
+	waitGone(t, nodes, "cometbft-cometbft-0", stopped)
+	waitDeregistered(t, c, "cometbft-cometbft-0", stopped)
 
 	c.run(t, "cometbft", vars)
 	n2 := waitNode(t, nodes, "cometbft-cometbft-0")
@@ -442,7 +449,8 @@ func TestCometBFTOnNomad(t *testing.T) {
 		return nil
 	})
 	waitConsul(t, c, n2)
+	stopped = time.Now()
 	c.stop(t, "cometbft")
-	waitGone(t, nodes, "cometbft-cometbft-0")
-	waitDeregistered(t, c, "cometbft-cometbft-0")
+	waitGone(t, nodes, "cometbft-cometbft-0", stopped)
+	waitDeregistered(t, c, "cometbft-cometbft-0", stopped)
 }
