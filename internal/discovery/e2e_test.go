@@ -53,11 +53,20 @@ func startCluster(t *testing.T, volumes ...string) *cluster {
 	return c
 }
 
-// startAgent runs the real agent (no static nodes) against the test's Consul until the test ends.
+// staticNode is a node block beside the discovered nodes: it must stay registered while they come and go.
+const staticNode = `node "static-geth" {
+  kind     = "ethereum"
+  rpc      = "http://127.0.0.1:9"
+  service  = "eth-static"
+  chain_id = 1
+}
+`
+
+// startAgent runs the real agent, with one static node, against the test's Consul until the test ends.
 func startAgent(t *testing.T, consul *testenv.Consul) *agent.Agent {
 	t.Helper()
 	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = %q\ninterval = \"500ms\"\nnomad {}\n", consul.Addr, listen)
+	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = %q\ninterval = \"500ms\"\nnomad {}\n%s", consul.Addr, listen, staticNode)
 	cfg, err := config.Parse([]byte(src), "agent.hcl")
 	if err != nil {
 		t.Fatal(err)
@@ -336,6 +345,15 @@ func TestGethOnNomad(t *testing.T) {
 	c.stop(t, "geth")
 	waitGone(t, nodes, "geth-geth-0", stopped)
 	waitDeregistered(t, c, "geth-geth-0", stopped)
+
+	// The static node block kept working beside discovery.
+	svcs, err := c.consul.Client.Agent().Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svcs["static-geth"] == nil || svcs["static-geth"].Service != "eth-static" {
+		t.Errorf("the static node is not registered: %v", svcs)
+	}
 }
 
 // cometbftKeys makes a one-validator chain's genesis (chain id chainID) and keys with the real cometbft binary,
