@@ -21,6 +21,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/discovery"
 	"github.com/chainwarden/chainwarden/internal/nomadjob"
 	"github.com/chainwarden/chainwarden/internal/testenv"
+	"github.com/chainwarden/chainwarden/jobs"
 )
 
 // logWriter sends the deployment watcher's progress to the test log.
@@ -292,6 +293,16 @@ func TestGethOnNomad(t *testing.T) {
 		"kill_timeout": "20s", "extra_args": `["--dev.period=1"]`, "min_peers": "0",
 	}
 	c.run(t, "geth", vars)
+
+	// The job submission keeps the HCL and the -var values (the Nomad UI's job definition).
+	sub, _, err := c.nomad.Client.Jobs().Submission("geth", 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, _ := jobs.Source("geth")
+	if sub.Format != "hcl2" || sub.Source != src || sub.VariableFlags["image"] != image {
+		t.Errorf("job submission: format %q, source kept %v, variable flags %v", sub.Format, sub.Source == src, sub.VariableFlags)
+	}
 
 	n := waitNode(t, nodes, "geth-geth-0")
 	if n.Kind != config.KindEthereum || n.Service != "eth-dev" || n.Client != "geth" || n.ChainID == nil || *n.ChainID != 1337 ||
