@@ -457,6 +457,23 @@ func TestCometBFTOnNomad(t *testing.T) {
 	// validator in the genesis, so a chain that grows proves it. init's own key stays unused on the volume.
 	waitConsul(t, c, n)
 
+	// The Nomad agent goes down (an upgrade): the container keeps running, discovery keeps the last set and the
+	// node stays passing in Consul; when Nomad is back it picks the task up and nothing changed.
+	c.nomad.Stop()
+	time.Sleep(3 * time.Second)
+	if got, ok := nodes()[n.Name]; !ok || got.RPC != n.RPC {
+		t.Fatalf("node dropped or changed while Nomad was down: %+v", nodes())
+	}
+	if st, out, err := c.consul.CheckStatus(n.Name); err != nil || st != "passing" {
+		t.Fatalf("check while Nomad was down: %q %q %v", st, out, err)
+	}
+	c.nomad.Restart()
+	time.Sleep(3 * time.Second)
+	if got, ok := nodes()[n.Name]; !ok || got.RPC != n.RPC {
+		t.Fatalf("node lost after Nomad came back: %+v", nodes())
+	}
+	waitConsul(t, c, n)
+
 	stopped := time.Now()
 	c.stop(t, "cometbft")
 	waitGone(t, nodes, "cometbft-cometbft-0", stopped)

@@ -25,6 +25,11 @@ type Nomad struct {
 	DataDir string
 	// HostVolumes maps each host volume name to its directory.
 	HostVolumes map[string]string
+
+	t      testing.TB
+	bin    string
+	cfg    string
+	docker bool
 }
 
 // NomadOptions configure StartNomad.
@@ -144,21 +149,27 @@ client {
 		unmountUnder(dir)
 		os.RemoveAll(dir)
 	})
-	n.Proc = Start(t, "nomad", bin, "agent", "-config", cfgPath)
+	n.t, n.bin, n.cfg, n.docker = t, bin, cfgPath, opts.Docker != nil
+	n.start()
 	t.Cleanup(func() { n.shutdown(t, opts.Docker) })
+	return n
+}
 
-	Eventually(t, 90*time.Second, "nomad client node ready", func() error {
+func (n *Nomad) start() {
+	n.t.Helper()
+	n.Proc = Start(n.t, "nomad", n.bin, "agent", "-config", n.cfg)
+	Eventually(n.t, 90*time.Second, "nomad client node ready", func() error {
 		if n.Proc.Exited() {
-			t.Fatalf("nomad exited: %s", n.Proc.Tail(30))
+			n.t.Fatalf("nomad exited: %s", n.Proc.Tail(30))
 		}
-		nodes, _, err := client.Nodes().List(nil)
+		nodes, _, err := n.Client.Nodes().List(nil)
 		if err != nil {
 			return err
 		}
 		if len(nodes) == 0 || nodes[0].Status != "ready" {
 			return fmt.Errorf("no ready node yet")
 		}
-		if opts.Docker != nil {
+		if n.docker {
 			d := nodes[0].Drivers["docker"]
 			if d == nil || !d.Healthy {
 				return fmt.Errorf("docker driver not healthy yet")
@@ -167,11 +178,25 @@ client {
 		n.NodeID = nodes[0].ID
 		return nil
 	})
-	return n
+}
+
+// Stop kills the agent (SIGTERM) without stopping its jobs: their containers keep running, as on a host whose
+// Nomad agent is restarted for an upgrade.
+func (n *Nomad) Stop() { n.Proc.Kill() }
+
+// Restart starts the agent again (after Stop, or killing it now) on the same data dir and ports; it picks its
+// running tasks back up.
+func (n *Nomad) Restart() {
+	n.t.Helper()
+	n.Proc.Kill()
+	n.start()
 }
 
 // shutdown stops the jobs, garbage-collects their allocations, then kills the agent and removes leftovers.
 func (n *Nomad) shutdown(t testing.TB, d *Docker) {
+	if n.Proc.Exited() {
+		n.start() // a test stopped it: bring it back to stop the jobs cleanly
+	}
 	var allocIDs []string
 	if allocs, _, err := n.Client.Allocations().List(nil); err == nil {
 		for _, a := range allocs {
