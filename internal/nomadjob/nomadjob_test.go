@@ -112,3 +112,22 @@ func TestWritePlan(t *testing.T) {
 		t.Errorf("verbose plan lacks the unchanged field:\n%s", b.String())
 	}
 }
+
+func TestErrorsReadLikeNomad(t *testing.T) {
+	de := &DeploymentError{ID: "0123456789abcdef", Status: "failed", Description: "Failed due to unhealthy allocations",
+		Reasons: []string{`alloc 9f8e7d6c task "geth" (dead): Driver Failure: Failed to pull local/geth:nope`}}
+	want := "Deployment \"01234567\" failed: Failed due to unhealthy allocations\n" +
+		"  alloc 9f8e7d6c task \"geth\" (dead): Driver Failure: Failed to pull local/geth:nope"
+	if de.Error() != want {
+		t.Errorf("got\n%s\nwant\n%s", de.Error(), want)
+	}
+	pe := &PlacementError{EvalID: "abcdef0123", Failed: map[string]*nomadapi.AllocationMetric{
+		"validator": {NodesEvaluated: 3, CoalescedFailures: 1, ConstraintFiltered: map[string]int{"distinct_hosts": 3}},
+	}}
+	want = "Evaluation \"abcdef01\" finished with status \"complete\" but failed to place all allocations:\n" +
+		"    Task Group \"validator\" (failed to place 2 allocations):\n" +
+		"      * Constraint \"distinct_hosts\": 3 nodes excluded by filter"
+	if pe.Error() != want {
+		t.Errorf("got\n%s\nwant\n%s", pe.Error(), want)
+	}
+}
