@@ -168,6 +168,86 @@ job "irita" {
       port         = "p2p"
       address_mode = "host"
       tags         = ["chainwarden-p2p"]
+      meta {
+        validator_index = "${NOMAD_ALLOC_INDEX}"
+      }
+    }
+
+    task "irita" {
+      driver       = "docker"
+      kill_timeout = var.kill_timeout
+
+      volume_mount {
+        volume      = "data"
+        destination = "/data"
+      }
+
+      config {
+        image        = var.image
+        entrypoint   = [var.binary]
+        network_mode = "host"
+        args = concat([
+          "start",
+          "--home=/data",
+          "--rpc.laddr=tcp://${NOMAD_IP_rpc}:${NOMAD_PORT_rpc}",
+          "--p2p.laddr=tcp://0.0.0.0:${NOMAD_PORT_p2p}",
+        ], var.extra_args)
+      }
+
+      # A Cosmos SDK daemon reads its Tendermint settings from <BINARY>_* environment variables too.
+      env {
+        IRITA_INSTRUMENTATION_PROMETHEUS             = "true"
+        IRITA_INSTRUMENTATION_PROMETHEUS_LISTEN_ADDR = "${NOMAD_IP_metrics}:${NOMAD_PORT_metrics}"
+        IRITA_GENESIS_FILE                           = "/local/genesis.json"
+        IRITA_NODE_KEY_FILE                          = "/secrets/node_key.json"
+        IRITA_PRIV_VALIDATOR_KEY_FILE                = "/secrets/priv_validator_key.json"
+      }
+
+      template {
+        destination = "local/genesis.json"
+        change_mode = "restart"
+        data        = <<-EOT
+        {{- with nomadVar "nomad/jobs/${var.job_name}" }}{{ .genesis.Value }}{{ end -}}
+        EOT
+      }
+
+      template {
+        destination = "secrets/node_key.json"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+        {{- with nomadVar (printf "nomad/jobs/${var.job_name}/validator-%s" (env "NOMAD_ALLOC_INDEX")) }}{{ .node_key.Value }}{{ end -}}
+        EOT
+      }
+
+      template {
+        destination = "secrets/priv_validator_key.json"
+        perms       = "0400"
+        change_mode = "restart"
+        data        = <<-EOT
+        {{- with nomadVar (printf "nomad/jobs/${var.job_name}/validator-%s" (env "NOMAD_ALLOC_INDEX")) }}{{ .priv_validator_key.Value }}{{ end -}}
+        EOT
+      }
+
+      # The other validators' node id @ address:port, from Consul. A peer set change (a validator placed on
+      # another host) restarts the validator; splay keeps the set from restarting all at once.
+      template {
+        destination = "local/peers.env"
+        env         = true
+        change_mode = "restart"
+        splay       = "2m"
+        data        = <<-EOT
+        {{- $self := env "NOMAD_ALLOC_INDEX" -}}
+        IRITA_P2P_PERSISTENT_PEERS=
+        {{- range $s := service "${var.service}-p2p|any" }}
+        {{- $idx := index $s.ServiceMeta "validator_index" }}
+        {{- if and (ne $idx "") (ne $idx $self) }}
+        {{- with nomadVar (printf "nomad/jobs/${var.job_name}/validator-%s" $idx) }}{{ .node_id.Value }}@{{ $s.Address }}:{{ $s.Port }},{{ end }}
+        {{- end }}
+        {{- end }}
+        EOT
+      }
+
       meta = merge({
         chainwarden_kind     = "cometbft"
         chainwarden_service  = var.service
