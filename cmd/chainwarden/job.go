@@ -178,6 +178,10 @@ func jobMain(args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		if err := client.Watch(ctx, evalID); err != nil {
+			if ctx.Err() != nil {
+				fmt.Fprintf(stderr, "==> Monitoring stopped; the job is registered and Nomad carries on (nomad job status %s)\n", *job.ID)
+				return 0
+			}
 			var de *nomadjob.DeploymentError
 			var pe *nomadjob.PlacementError
 			switch {
