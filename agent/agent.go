@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -296,7 +297,7 @@ func (a *Agent) Step(ctx context.Context) {
 		r := results[i]
 		head := networkHead(st.cfg.Service)
 		rep := verdict.Judge(verdict.Input{Kind: st.cfg.Kind, Result: r, Head: head, WantChain: wantChain(st.cfg),
-			Thresholds: st.cfg.Thresholds, Now: now})
+			Standby: strings.Contains(st.cfg.Role, "standby"), Thresholds: st.cfg.Thresholds, Now: now})
 		raw := rep.Status
 		status, changed := st.damper.Observe(raw)
 		rep.Status = status
