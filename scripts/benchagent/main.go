@@ -28,7 +28,7 @@ func main() {
 	services := flag.Int("services", 10, "networks (Consul services) the nodes are spread over")
 	interval := flag.Duration("interval", time.Second, "probe interval")
 	blockTime := flag.Duration("block-time", 12*time.Second, "how often the fake chain makes a block")
-	warmup := flag.Duration("warmup", 20*time.Second, "time before measuring (registration, first heads)")
+	warmup := flag.Duration("warmup", 10*time.Second, "time to wait after every node passes, before measuring")
 	duration := flag.Duration("duration", 60*time.Second, "measuring window")
 	agentBin := flag.String("agent", "bin/chainwarden", "chainwarden binary")
 	flag.Parse()
@@ -45,7 +45,9 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 		return err
 	}
 	defer os.RemoveAll(dir)
-	consul, err := devnet.StartConsul(ctx, dir, 0)
+	// Production Consul keeps output-only check changes on the local agent (check_update_interval, 5 m by default);
+	// dev mode would write every one of them to the servers.
+	consul, err := devnet.StartConsul(ctx, dir, 0, "-hcl", `check_update_interval = "5m"`)
 	if consul != nil {
 		defer consul.Stop()
 	}
@@ -90,7 +92,25 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 	pid := agent.Cmd.Process.Pid
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", agentPort)
 
-	fmt.Printf("benchagent: %d nodes in %d services, interval %s, a block every %s; warming up %s\n", nodes, services, interval, blockTime, warmup)
+	fmt.Printf("benchagent: %d nodes in %d services, interval %s, a block every %s\n", nodes, services, interval, blockTime)
+	// Warm up until every node is registered and passing (the start-up registrations are not the steady state),
+	// then a little longer.
+	healthURL := fmt.Sprintf("http://127.0.0.1:%d/v1/health", agentPort)
+	t0 := time.Now()
+	err = devnet.Poll(ctx, 10*time.Minute, "every node passing", agent, func() error {
+		passing, err := countPassing(healthURL)
+		if err != nil {
+			return err
+		}
+		if passing < nodes {
+			return fmt.Errorf("%d of %d passing", passing, nodes)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("benchagent: all %d nodes passing after %s; measuring for %s\n", nodes, time.Since(t0).Round(time.Second), duration)
 	time.Sleep(warmup)
 	if agent.Exited() {
 		return fmt.Errorf("agent exited:\n%s", agent.Tail(20))
@@ -99,7 +119,7 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 	raft0, _ := raftIndex(consul.Addr)
 	probes0, writes0, _ := agentCounters(metricsURL)
 	var rssMax, rssSum, samples int64
-	t0 := time.Now()
+	t0 = time.Now()
 	for time.Since(t0) < duration {
 		time.Sleep(time.Second)
 		rss, err := rssKiB(pid)
@@ -173,6 +193,27 @@ func raftIndex(addr string) (float64, error) {
 		return 0, err
 	}
 	return strconv.ParseFloat(self.Stats.Raft.LastLogIndex, 64)
+}
+
+func countPassing(url string) (int, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var hs []struct {
+		Status string `json:"status"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&hs); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, h := range hs {
+		if h.Status == "passing" {
+			n++
+		}
+	}
+	return n, nil
 }
 
 var (
