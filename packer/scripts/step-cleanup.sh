@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Leaves nothing host-specific or secret in the image: machine ID, SSH host keys (cloud-init makes new ones on
+# first boot), agent state, package caches, the uploads.
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+apt-get clean
+rm -rf /var/lib/apt/lists/*
+rm -rf /opt/consul/* /opt/nomad/* /var/lib/chainwarden/*
+rm -f /etc/consul.d/host.hcl /etc/nomad.d/host.hcl /etc/nomad.d/volumes.hcl /etc/chainwarden/enabled/*
+rm -f /etc/ssh/ssh_host_*
+: >/etc/machine-id
+rm -f /var/lib/dbus/machine-id
+if command -v cloud-init >/dev/null; then cloud-init clean --logs; fi
+rm -f /root/.bash_history
+rm -rf "$UPLOAD_DIR"
