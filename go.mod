@@ -9,7 +9,12 @@ require (
 	github.com/zclconf/go-cty v1.19.0
 )
 
-require github.com/stretchr/objx v0.5.3 // indirect
+require (
+	github.com/aws/aws-sdk-go-v2 v1.47.7 // indirect
+	github.com/aws/aws-sdk-go-v2/feature/ec2/imds v1.20.7 // indirect
+	github.com/aws/smithy-go v1.28.8 // indirect
+	github.com/stretchr/objx v0.5.3 // indirect
+)
 
 require (
 	github.com/Microsoft/go-winio v0.6.2 // indirect

@@ -7,7 +7,7 @@ set -euo pipefail
 
 apt-get clean
 rm -rf /var/lib/apt/lists/*
-rm -rf /opt/consul/* /opt/nomad/* /var/lib/chainwarden/*
+rm -rf /opt/consul/* /opt/nomad/* /var/lib/chainwarden-agent
 rm -f /etc/consul.d/host.hcl /etc/nomad.d/host.hcl /etc/nomad.d/volumes.hcl /etc/chainwarden/enabled/*
 rm -f /etc/ssh/ssh_host_*
 : >/etc/machine-id

@@ -20,7 +20,8 @@ install -d -m 0750 -o consul -g consul /opt/consul
 install -d -m 0750 -o root -g root /etc/nomad.d
 install -d -m 0700 -o root -g root /opt/nomad
 install -d -m 0750 -o root -g chainwarden /etc/chainwarden /etc/chainwarden/enabled
-install -d -m 0750 -o chainwarden -g chainwarden /var/lib/chainwarden
+install -d -m 0755 -o root -g root /var/lib/chainwarden /var/lib/chainwarden/nginx /var/lib/chainwarden/nginx/logs \
+	/var/lib/chainwarden/nginx/tmp /var/lib/chainwarden/haproxy
 install -d -m 0755 -o root -g root /etc/chainwarden/proxy /data
 
 # The packages' own sample configs (a dev-mode server for Nomad) are replaced by ours, same names.
@@ -40,11 +41,11 @@ fi
 install -m 0755 "$FILES/sbin/chainwarden-bootstrap" /usr/local/sbin/chainwarden-bootstrap
 
 units=()
-for f in "$FILES"/systemd/*.service; do
+for f in "$FILES"/systemd/*.service "$FILES"/systemd/*.path; do
 	install -m 0644 "$f" "/etc/systemd/system/$(basename "$f")"
 	case $f in
 	*@.service) ;; # templates: their instances are enabled below
-	*) units+=("$(basename "$f")") ;;
+	*) if grep -q '^\[Install\]' "$f"; then units+=("$(basename "$f")"); fi ;;
 	esac
 done
 for d in "$FILES"/systemd/*.service.d; do
@@ -53,5 +54,7 @@ for d in "$FILES"/systemd/*.service.d; do
 done
 # Everything is enabled in the image; each unit's Condition on /etc/chainwarden/enabled/ (written by the boot
 # step from the host's role) decides whether it starts on a given host.
-systemctl enable "${units[@]}" consul-template@nginx.service consul-template@haproxy.service \
-	docker.service nginx.service haproxy.service
+systemctl enable "${units[@]}" consul-template@nginx.service consul-template@haproxy.service docker.service
+# The proxies run as chainwarden-nginx / chainwarden-haproxy (started by their .path units once consul-template
+# has rendered a config), never with the packages' stock configs.
+systemctl disable nginx.service haproxy.service
