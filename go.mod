@@ -3,6 +3,7 @@ module github.com/chainwarden/chainwarden
 go 1.26.0
 
 require (
+	github.com/aws/aws-sdk-go-v2/feature/ec2/imds v1.20.7
 	github.com/ethereum/go-ethereum v1.16.7
 	github.com/hashicorp/consul/api v1.29.4
 	github.com/hashicorp/hcl/v2 v2.25.0
@@ -11,7 +12,6 @@ require (
 
 require (
 	github.com/aws/aws-sdk-go-v2 v1.47.7 // indirect
-	github.com/aws/aws-sdk-go-v2/feature/ec2/imds v1.20.7 // indirect
 	github.com/aws/smithy-go v1.28.8 // indirect
 	github.com/stretchr/objx v0.5.3 // indirect
 )
