@@ -224,6 +224,7 @@ func TestBootstrapRejectsBadSettings(t *testing.T) {
 		{"user-data line without =", nil, "#chainwarden\nroles node\n", "line 2: expected setting = value"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			f := newFakeIMDS(t)
 			f.tags = tc.tags
 			if tc.userData != "" {
@@ -254,4 +255,44 @@ func TestBootstrapNeedsIMDSv2(t *testing.T) {
 		t.Fatalf("bootstrap succeeded without a session token:\n%s", out)
 	}
 	mustContain(t, "error", out, "no IMDSv2 session token")
+}
+
+// TestBootstrapConfigsValidate checks the files the boot step writes, together with the image's base configs,
+// with the real Consul and Nomad (the provisioning test does the same inside the image).
+func TestBootstrapConfigsValidate(t *testing.T) {
+	consul := testenv.Bin(t, "consul")
+	nomad := testenv.Bin(t, "nomad")
+	f := newFakeIMDS(t)
+	f.tags = map[string]string{"chainwarden-roles": "node,proxy", "chainwarden-volumes": "cl=ethereum/sepolia/chainlink/50"}
+	root := t.TempDir()
+	if out, err := runBootstrap(t, f.start(t), root); err != nil {
+		t.Fatalf("bootstrap: %v\n%s", err, out)
+	}
+	cp := func(src, dst string) {
+		t.Helper()
+		b, err := os.ReadFile(src)
+		if err == nil {
+			err = os.WriteFile(dst, b, 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	cp("files/consul.d/consul.hcl", filepath.Join(root, "etc/consul.d/consul.hcl"))
+	cp("files/nomad.d/nomad.hcl", filepath.Join(root, "etc/nomad.d/nomad.hcl"))
+	if out, err := run(consul, "validate", filepath.Join(root, "etc/consul.d")); err != nil {
+		t.Errorf("consul validate: %v\n%s", err, out)
+	}
+	if out, err := run(nomad, "config", "validate", filepath.Join(root, "etc/nomad.d")); err != nil {
+		t.Errorf("nomad config validate: %v\n%s", err, out)
+	}
+	// The validators do reject a broken file (so the passes above mean something).
+	os.WriteFile(filepath.Join(root, "etc/consul.d/broken.hcl"), []byte("bind_addr = [\n"), 0o644)
+	if out, err := run(consul, "validate", filepath.Join(root, "etc/consul.d")); err == nil {
+		t.Errorf("consul validate accepted a broken file:\n%s", out)
+	}
+	os.WriteFile(filepath.Join(root, "etc/nomad.d/broken.hcl"), []byte("client { no_such_option = 1 }\n"), 0o644)
+	if out, err := run(nomad, "config", "validate", filepath.Join(root, "etc/nomad.d")); err == nil {
+		t.Errorf("nomad config validate accepted a broken file:\n%s", out)
+	}
 }

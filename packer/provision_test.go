@@ -280,6 +280,18 @@ func TestProvisionDebian12(t *testing.T) {
 		c.copyInto("../consul-templates", upload+"/consul-templates")
 	}
 
+	// What a build instance has and the image must not keep: the build's SSH key, the instance's host keys.
+	for p, content := range map[string]string{
+		"/root/.ssh/authorized_keys":        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPackerTemporaryKey packer_temporary\n",
+		"/etc/ssh/ssh_host_ed25519_key":     "-----BEGIN OPENSSH PRIVATE KEY-----\nbuild instance host key\n",
+		"/etc/ssh/ssh_host_ed25519_key.pub": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildHostKey root@build\n",
+	} {
+		os.MkdirAll(filepath.Dir(c.path(p)), 0o700)
+		if err := os.WriteFile(c.path(p), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -393,7 +405,7 @@ func TestProvisionDebian12(t *testing.T) {
 		if b, err := os.ReadFile(c.path("/etc/machine-id")); err != nil || len(b) != 0 {
 			t.Errorf("/etc/machine-id = %q, %v; want empty (a new one per instance)", b, err)
 		}
-		for _, p := range []string{upload, "/usr/sbin/policy-rc.d", "/etc/consul.d/host.hcl", "/etc/nomad.d/host.hcl",
+		for _, p := range []string{upload, "/usr/sbin/policy-rc.d", "/root/.ssh/authorized_keys", "/etc/consul.d/host.hcl", "/etc/nomad.d/host.hcl",
 			"/etc/chainwarden/agent.hcl", "/etc/chainwarden/enabled/node"} {
 			if _, err := os.Stat(c.path(p)); err == nil {
 				t.Errorf("%s is in the image", p)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Leaves nothing host-specific or secret in the image: machine ID, SSH host keys (cloud-init makes new ones on
-# first boot), agent state, package caches, the uploads.
+# first boot), the build's SSH key, agent state, package caches, the uploads.
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -10,6 +10,8 @@ rm -rf /var/lib/apt/lists/*
 rm -rf /opt/consul/* /opt/nomad/* /var/lib/chainwarden-agent
 rm -f /etc/consul.d/host.hcl /etc/nomad.d/host.hcl /etc/nomad.d/volumes.hcl /etc/chainwarden/enabled/*
 rm -f /etc/ssh/ssh_host_*
+# The build's temporary SSH key: instances get their own key pair's key from cloud-init.
+rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
 : >/etc/machine-id
 rm -f /var/lib/dbus/machine-id
 if command -v cloud-init >/dev/null; then cloud-init clean --logs; fi
