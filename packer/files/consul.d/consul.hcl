@@ -15,8 +15,8 @@ ui_config {
   enabled = false
 }
 
-disable_update_check  = true
-enable_script_checks  = false
+disable_update_check       = true
+enable_script_checks       = false
 enable_local_script_checks = false
 
 telemetry {
