@@ -5,10 +5,15 @@ package packer_test
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -341,5 +346,79 @@ func TestPackerValidate(t *testing.T) {
 		if !strings.Contains(strings.Join(strings.Fields(out), " "), tc.want) {
 			t.Errorf("packer %s: output lacks %q:\n%s", strings.Join(args, " "), tc.want, out)
 		}
+	}
+}
+
+// TestPackerValidateWithPlugin validates the whole directory, required_plugins and imds_support included, the
+// way Packer >= 1.10 sees it after `packer init`: Packer 1.9.4 with the amazon plugin v1.2.9 installed in its
+// plugin directory (built from the Go module proxy; GitHub, where `packer init` downloads it from, is unreachable
+// here). It runs when the plugin binary is in the deps cache as packer-plugin-amazon.
+func TestPackerValidateWithPlugin(t *testing.T) {
+	plugin := filepath.Join(testenv.CacheBin(), "packer-plugin-amazon")
+	if _, err := os.Stat(plugin); err != nil {
+		t.Skipf("no %s: the full validate with the plugin needs it (see docs/PACKER.md)", plugin)
+	}
+	out, err := run(plugin, "describe")
+	if err != nil {
+		t.Fatalf("%s describe: %v\n%s", plugin, err, out)
+	}
+	var desc struct {
+		Version    string `json:"version"`
+		APIVersion string `json:"api_version"`
+	}
+	if err := json.Unmarshal([]byte(out), &desc); err != nil {
+		t.Fatalf("%s describe: %v\n%s", plugin, err, out)
+	}
+	// Packer's plugin layout: PACKER_PLUGIN_PATH/github.com/hashicorp/amazon/packer-plugin-amazon_vV_API_OS_ARCH
+	// beside a _SHA256SUM file.
+	plugins := t.TempDir()
+	name := fmt.Sprintf("packer-plugin-amazon_v%s_%s_%s_%s", strings.TrimPrefix(desc.Version, "v"), desc.APIVersion,
+		runtime.GOOS, runtime.GOARCH)
+	dst := filepath.Join(plugins, "github.com", "hashicorp", "amazon", name)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(plugin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst+"_SHA256SUM", []byte(hex.EncodeToString(sum[:])), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	dir := validateTree(t)
+	for _, f := range []string{"node.pkr.hcl", "plugins.pkr.hcl"} { // this time the files as they are
+		if out, err := exec.Command("cp", f, filepath.Join(dir, f)).CombinedOutput(); err != nil {
+			t.Fatalf("cp %s: %v\n%s", f, err, out)
+		}
+	}
+	packer := testenv.Bin(t, "packer")
+	env := append(packerEnv(t), "PACKER_PLUGIN_PATH="+plugins)
+	validate := func() ([]byte, error) {
+		cmd := exec.Command(packer, "validate", ".")
+		cmd.Dir = dir
+		cmd.Env = env
+		return cmd.CombinedOutput()
+	}
+	got, err := validate()
+	if err != nil {
+		t.Fatalf("packer validate with the amazon plugin %s: %v\n%s", desc.Version, err, got)
+	}
+	if strings.Contains(string(got), "Bundled plugins used") {
+		t.Errorf("validate used the bundled plugin, not the installed one:\n%s", got)
+	}
+	// And the plugin checks imds_support's value.
+	b, _ = os.ReadFile(filepath.Join(dir, "node.pkr.hcl"))
+	bad := strings.Replace(string(b), `imds_support = "v2.0"`, `imds_support = "v1.0"`, 1)
+	if bad == string(b) {
+		t.Fatal(`node.pkr.hcl does not set imds_support = "v2.0"`)
+	}
+	os.WriteFile(filepath.Join(dir, "node.pkr.hcl"), []byte(bad), 0o644)
+	if got, err := validate(); err == nil || !strings.Contains(string(got), "imds_support") {
+		t.Errorf("imds_support = v1.0 not rejected: %v\n%s", err, got)
 	}
 }
