@@ -61,7 +61,7 @@ type Registry struct {
 	lastAudit   time.Time
 	auditEvery  time.Duration
 	writes      uint64
-	OnRecovered func() // called when Consul answers again after failing (its state may be gone)
+	OnStateLost func() // called when Consul may have lost its state: it answers again after failing, or forgot a check
 	parallelism int
 }
 
@@ -148,8 +148,8 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 		r.registered = map[string]*Service{}
 		r.lastTTL = map[string]string{}
 		r.mu.Unlock()
-		if r.OnRecovered != nil {
-			r.OnRecovered()
+		if r.OnStateLost != nil {
+			r.OnStateLost()
 		}
 		audit = true
 	}
@@ -225,6 +225,9 @@ func (r *Registry) syncOne(ctx context.Context, s *Service) error {
 	if errors.Is(err, errCheckGone) {
 		// Consul lost the check (restart without state): register again and retry once.
 		r.log.Warn("consul lost the registration, registering again", "node", s.ID)
+		if r.OnStateLost != nil {
+			r.OnStateLost()
+		}
 		if err := r.register(ctx, s); err != nil {
 			return err
 		}
