@@ -197,7 +197,7 @@ func TestUnitOrdering(t *testing.T) {
 		t.Errorf("chainwarden-volumes Type = %v, want oneshot", got)
 	}
 	if got := strings.Join(vol.get("Service", "ExecStart"), ""); got !=
-		"/usr/local/bin/chainwarden volume ensure -config /etc/chainwarden/agent.hcl -nomad-config /etc/nomad.d/volumes.hcl" {
+		"/usr/local/bin/chainwarden volume ensure -config /etc/chainwarden/agent.hcl -nomad-config-dir /etc/nomad.d" {
 		t.Errorf("chainwarden-volumes ExecStart = %q", got)
 	}
 	// Nomad must not run at all when the volumes step failed: the chain data would land on the root disk.

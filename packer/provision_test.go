@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
@@ -453,9 +454,21 @@ func TestProvisionDebian12(t *testing.T) {
 		if got := c.must("consul", "validate", "/etc/consul.d"); !strings.Contains(got, "Configuration is valid") {
 			t.Errorf("consul validate: %s", got)
 		}
-		// What `chainwarden volume ensure` adds for the volume, so the full client config is validated.
-		os.WriteFile(c.path("/etc/nomad.d/volumes.hcl"),
-			[]byte("client {\n  host_volume \"geth-mainnet\" {\n    path      = \"/data/geth-mainnet\"\n    read_only = false\n  }\n}\n"), 0o640)
+		cfg, err := config.Load(c.path("/etc/chainwarden/agent.hcl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cfg.Volumes) != 1 || cfg.Volumes[0].SizeGiB != 1500 || cfg.Nomad == nil {
+			t.Errorf("agent config: volumes %+v, nomad %+v", cfg.Volumes, cfg.Nomad)
+		}
+		// What `chainwarden volume ensure` writes for each volume (its own code), so the client config Nomad
+		// starts with on a node host is validated whole.
+		for _, v := range cfg.Volumes {
+			p := c.path("/etc/nomad.d/chainwarden-volume-" + v.Name + ".hcl")
+			if err := os.WriteFile(p, []byte(ebs.NomadHostVolume(v)), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
 		c.must("nomad", "config", "validate", "/etc/nomad.d")
 		c.must("nginx", "-t")
 		c.must("haproxy", "-c", "-f", "/etc/haproxy/haproxy.cfg")
@@ -477,12 +490,19 @@ func TestProvisionDebian12(t *testing.T) {
 		if err != nil || !strings.Contains(got, "1 volumes") {
 			t.Errorf("chainwarden agent -config-check as chainwarden: %v\n%s", err, got)
 		}
-		cfg, err := config.Load(c.path("/etc/chainwarden/agent.hcl"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(cfg.Volumes) != 1 || cfg.Volumes[0].SizeGiB != 1500 || cfg.Nomad == nil {
-			t.Errorf("agent config: volumes %+v, nomad %+v", cfg.Volumes, cfg.Nomad)
+		// The units' command lines are ones the binary accepts: the flags parse up to -h (an unknown flag would
+		// stop the parse first, as it would stop the unit at boot).
+		for _, u := range []string{"chainwarden-volumes.service", "chainwarden-agent.service"} {
+			cmdline := parseUnit(t, c.path("/etc/systemd/system/"+u)).get("Service", "ExecStart")
+			if len(cmdline) != 1 {
+				t.Fatalf("%s ExecStart = %v", u, cmdline)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			out, _ := c.run(ctx, "", nil, append(strings.Fields(cmdline[0]), "-h")...)
+			cancel()
+			if strings.Contains(out, "not defined") || !strings.Contains(out, "-config") {
+				t.Errorf("%s: the binary refuses its command line %q:\n%s", u, cmdline[0], out)
+			}
 		}
 		// The units now pass systemd's checks with the host's files in place too.
 		args := append([]string{"verify", "--root=" + c.dir}, verify...)

@@ -8,7 +8,7 @@ set -euo pipefail
 apt-get clean
 rm -rf /var/lib/apt/lists/*
 rm -rf /opt/consul/* /opt/nomad/* /var/lib/chainwarden-agent
-rm -f /etc/consul.d/host.hcl /etc/nomad.d/host.hcl /etc/nomad.d/volumes.hcl /etc/chainwarden/enabled/*
+rm -f /etc/consul.d/host.hcl /etc/nomad.d/host.hcl /etc/nomad.d/chainwarden-volume-*.hcl /etc/chainwarden/enabled/*
 rm -f /etc/ssh/ssh_host_*
 # The build's temporary SSH key: instances get their own key pair's key from cloud-init.
 rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys

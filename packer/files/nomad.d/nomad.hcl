@@ -1,6 +1,6 @@
 # Nomad client agent with the Docker driver: the part every chainwarden node host shares.
 # chainwarden-bootstrap writes host.hcl beside this file at boot (datacenter, region, name, addresses, node class);
-# `chainwarden volume ensure` writes volumes.hcl (the host_volume blocks of the mounted EBS volumes).
+# `chainwarden volume ensure` writes chainwarden-volume-NAME.hcl (the host_volume block of each mounted EBS volume).
 # Nomad finds its servers through the local Consul agent, so no server addresses live here.
 data_dir             = "/opt/nomad"
 log_level            = "INFO"
@@ -21,7 +21,7 @@ server {
 client {
   enabled = true
 
-  # Chain data lives on the host volumes from volumes.hcl, nowhere else.
+  # Chain data lives on the host volumes from chainwarden-volume-*.hcl, nowhere else.
   options = {
     "driver.denylist" = "raw_exec"
   }
@@ -35,7 +35,7 @@ plugin "docker" {
   config {
     allow_privileged = false
 
-    # Tasks mount only the host volumes declared in volumes.hcl, never arbitrary host paths.
+    # Tasks mount only the declared host volumes, never arbitrary host paths.
     volumes {
       enabled = false
     }
