@@ -332,6 +332,11 @@ func TestProvisionDebian12(t *testing.T) {
 				t.Errorf("%s: %q lacks %q", strings.Join(tc.args, " "), got, tc.want)
 			}
 		}
+		// Nomad's dynamic host volume plugin answers a fingerprint as Nomad calls it (only DHV_* in the environment).
+		if got := c.must("/usr/bin/env", "-i", "DHV_OPERATION=fingerprint", "/opt/nomad/host_volume_plugins/chainwarden-ebs",
+			"fingerprint"); !strings.Contains(got, `"version"`) {
+			t.Errorf("chainwarden-ebs fingerprint: %q", got)
+		}
 		for _, name := range []string{"consul", "nomad", "consul-template", "chainwarden"} {
 			info, err := os.Stat(c.path("/usr/local/bin/" + name))
 			if err != nil || info.Mode().Perm() != 0o755 {
@@ -416,6 +421,9 @@ func TestProvisionDebian12(t *testing.T) {
 		state, _ := os.ReadDir(c.path("/opt/consul"))
 		if len(keys) > 0 || len(state) > 0 {
 			t.Errorf("ssh host keys %v, consul state %v in the image", keys, state)
+		}
+		if nomad, _ := os.ReadDir(c.path("/opt/nomad")); len(nomad) != 1 || nomad[0].Name() != "host_volume_plugins" {
+			t.Errorf("/opt/nomad holds %v, want only host_volume_plugins", nomad)
 		}
 		if lists, _ := os.ReadDir(c.path("/var/lib/apt/lists")); len(lists) > 1 {
 			t.Errorf("apt lists left in the image: %d entries", len(lists))

@@ -21,6 +21,9 @@ server {
 client {
   enabled = true
 
+  # chainwarden-ebs, the dynamic host volume plugin (`nomad volume create` with plugin_id = "chainwarden-ebs").
+  host_volume_plugin_dir = "/opt/nomad/host_volume_plugins"
+
   # Chain data lives on the host volumes from chainwarden-volume-*.hcl, nowhere else.
   options = {
     "driver.denylist" = "raw_exec"
