@@ -5,6 +5,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
@@ -517,5 +523,88 @@ func TestProvisionDebian12(t *testing.T) {
 		if out, err := run(systemdAnalyze, args...); err != nil || strings.TrimSpace(out) != "" {
 			t.Errorf("systemd-analyze verify after the boot step: %v\n%s", err, out)
 		}
+	})
+
+	// After the boot step: this host has the proxy role with nginx.
+	for _, flavor := range []string{"nginx", "haproxy"} {
+		t.Run("proxy host serves RPC with "+flavor, func(t *testing.T) { proxyHostServesRPC(t, c, flavor) })
+	}
+}
+
+// proxyHostServesRPC plays a proxy host of the image: consul-template renders from a real Consul with the configs
+// and working directory of consul-template@FLAVOR.service, then the proxy runs with chainwarden-FLAVOR.service's
+// own command lines (read from the installed unit), and a JSON-RPC call through it reaches a node registered in
+// Consul as passing.
+func proxyHostServesRPC(t *testing.T, c *chroot, flavor string) {
+	if _, err := os.Stat("../consul-templates/" + flavor + "/consul-template.hcl"); err != nil {
+		t.Skip("no consul-templates/ in this tree")
+	}
+	consul := testenv.StartConsul(t)
+	node := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":"0x2a"}`)
+	}))
+	t.Cleanup(node.Close)
+	host, port, _ := net.SplitHostPort(strings.TrimPrefix(node.URL, "http://"))
+	p, _ := strconv.Atoi(port)
+	reg := &consulapi.AgentServiceRegistration{ID: "geth-a", Name: "geth-test", Tags: []string{"chainwarden"},
+		Address: host, Port: p, Check: &consulapi.AgentServiceCheck{CheckID: "geth-a-health", TTL: "1m", Status: "passing"}}
+	if err := consul.Client.Agent().ServiceRegister(reg); err != nil {
+		t.Fatal(err)
+	}
+
+	// inDir runs a unit's command line the way systemd would: in its WorkingDirectory, if it has one.
+	inDir := func(u unit, instance, line string) []string {
+		wd := "/"
+		if d := u.get("Service", "WorkingDirectory"); len(d) == 1 {
+			wd = strings.ReplaceAll(d[0], "%i", instance)
+		}
+		return append([]string{"sh", "-c", `cd "$1" && shift && exec "$@"`, "sh", wd}, strings.Fields(line)...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	ct := parseUnit(t, c.path("/etc/systemd/system/consul-template@.service"))
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	cmd := append(inDir(ct, flavor, ct.get("Service", "ExecStart")[0]), "-consul-addr", consul.Addr, "-once")
+	out, err := c.run(ctx, "", []string{"CHAINWARDEN_PROXY_LISTEN=" + listen}, cmd...)
+	if err != nil {
+		t.Fatalf("consul-template as consul-template@%s runs it: %v\n%s", flavor, err, out)
+	}
+	// chainwarden-FLAVOR.path starts the proxy once this file is in place (apply.sh moved it there).
+	pathUnit := parseUnit(t, c.path("/etc/systemd/system/chainwarden-"+flavor+".path"))
+	if _, err := os.Stat(c.path(pathUnit.get("Path", "PathExists")[0])); err != nil {
+		t.Fatalf("the render is not where chainwarden-%s.path waits for it: %v\n%s", flavor, err, out)
+	}
+
+	svc := parseUnit(t, c.path("/etc/systemd/system/chainwarden-"+flavor+".service"))
+	for _, line := range svc.get("Service", "ExecStartPre") {
+		if got, err := c.run(ctx, "", nil, inDir(svc, flavor, line)...); err != nil {
+			t.Fatalf("chainwarden-%s: %s: %v\n%s", flavor, line, err, got)
+		}
+	}
+	start := inDir(svc, flavor, svc.get("Service", "ExecStart")[0])
+	if typ := svc.get("Service", "Type"); len(typ) == 1 && typ[0] == "forking" {
+		if got, err := c.run(ctx, "", nil, start...); err != nil { // daemonizes; killed with the chroot
+			t.Fatalf("chainwarden-%s: %v\n%s", flavor, err, got)
+		}
+	} else {
+		args := append([]string{c.dir, "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, start...)
+		testenv.Start(t, "chainwarden-"+flavor, "chroot", args...)
+	}
+	testenv.Eventually(t, 30*time.Second, "rpc through "+flavor, func() error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+listen+"/geth-test",
+			strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}`))
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"0x2a"`) {
+			return fmt.Errorf("status %d: %s", resp.StatusCode, b)
+		}
+		return nil
 	})
 }
