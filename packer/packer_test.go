@@ -352,12 +352,9 @@ func TestPackerValidate(t *testing.T) {
 // TestPackerValidateWithPlugin validates the whole directory, required_plugins and imds_support included, the
 // way Packer >= 1.10 sees it after `packer init`: Packer 1.9.4 with the amazon plugin v1.2.9 installed in its
 // plugin directory (built from the Go module proxy; GitHub, where `packer init` downloads it from, is unreachable
-// here). It runs when the plugin binary is in the deps cache as packer-plugin-amazon.
+// here). `make deps` builds the plugin into the deps cache.
 func TestPackerValidateWithPlugin(t *testing.T) {
-	plugin := filepath.Join(testenv.CacheBin(), "packer-plugin-amazon")
-	if _, err := os.Stat(plugin); err != nil {
-		t.Skipf("no %s: the full validate with the plugin needs it (see docs/PACKER.md)", plugin)
-	}
+	plugin := testenv.Bin(t, "packer-plugin-amazon")
 	out, err := run(plugin, "describe")
 	if err != nil {
 		t.Fatalf("%s describe: %v\n%s", plugin, err, out)
