@@ -6,7 +6,6 @@ package testenv
 import (
 	"context"
 	"net"
-	"net/http"
 	"os"
 	"testing"
 	"time"
@@ -101,23 +100,12 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 	}
 }
 
-// WaitHTTP waits until url answers with any HTTP status.
+// WaitHTTP waits until url answers with any HTTP status, failing early if p (may be nil) exits.
 func WaitHTTP(t testing.TB, p *Process, url string, timeout time.Duration) {
 	t.Helper()
-	Eventually(t, timeout, url, func() error {
-		if p != nil && p.Exited() {
-			t.Fatalf("%s exited: %s", p.Name, p.Tail(30))
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
+	if err := devnet.Poll(context.Background(), timeout, url, p, func() error { return devnet.HTTPUp(url) }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Run runs a command to completion and returns its combined output, failing the test on error.
