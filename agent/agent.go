@@ -81,6 +81,9 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	}
 	if opts.Consul == nil {
 		cc := consulapi.DefaultConfig() // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE), CONSUL_CACERT, ... apply
+		// The registry updates checks many at a time: keep that many connections open instead of the default
+		// GOMAXPROCS+1, which would open and close a TCP connection for most calls.
+		cc.Transport.MaxIdleConnsPerHost = 2 * registry.Parallelism
 		if cfg.Consul.Address != "" {
 			cc.Address = cfg.Consul.Address
 		}
@@ -93,7 +96,7 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log, id: opts.ID, now: opts.Now, client: opts.HTTPClient, consul: opts.Consul,
 		sources: map[string][]config.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics()}
 	a.reg = registry.New(opts.Consul.Agent(), registry.Options{
-		AgentID: opts.ID, TTL: 3 * cfg.IntervalDur, DeregisterAfter: cfg.Consul.DeregisterAfterDur, Now: opts.Now,
+		AgentID: opts.ID, TTL: cfg.Consul.CheckTTLDur, DeregisterAfter: cfg.Consul.DeregisterAfterDur, Now: opts.Now,
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV(), opts.Consul.Txn(), cfg.Consul.KVPrefix, log.Named("heads"))
 	a.reg.OnStateLost = a.heads.Forget
@@ -396,7 +399,7 @@ func (a *Agent) service(st *nodeState, rep verdict.Report) registry.Service {
 		meta["role"] = n.Role
 	}
 	return registry.Service{ID: n.Name, Name: n.Service, Address: n.Address, Port: n.Port, Tags: n.Tags, Meta: meta,
-		Status: rep.Status.String(), Output: rep.Output()}
+		Status: rep.Status.String(), Output: rep.Output(), Key: rep.Key()}
 }
 
 func boolGauge(b bool) float64 {

@@ -20,7 +20,7 @@ import (
 func startAgent(t *testing.T, c *testenv.Consul, id, blocks string) (a *Agent, listen string, stop func()) {
 	t.Helper()
 	listen = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = %q\ninterval = \"500ms\"\nhead_max_age = \"10s\"\n%s",
+	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n  check_ttl = \"2s\"\n}\nlisten = %q\ninterval = \"500ms\"\nhead_max_age = \"10s\"\n%s",
 		c.Addr, listen, blocks)
 	cfg, err := config.Parse([]byte(src), id+".hcl")
 	if err != nil {

@@ -52,8 +52,10 @@ type Consul struct {
 	Address         string `hcl:"address,optional"`
 	KVPrefix        string `hcl:"kv_prefix,optional"`
 	DeregisterAfter string `hcl:"deregister_after,optional"`
+	CheckTTL        string `hcl:"check_ttl,optional"`
 
 	DeregisterAfterDur time.Duration
+	CheckTTLDur        time.Duration
 }
 
 // Nomad turns on discovery of chain nodes from the allocations on the local Nomad client. NOMAD_* environment
@@ -160,6 +162,7 @@ const (
 	DefaultHeadMaxAge = time.Minute
 	DefaultKVPrefix   = "chainwarden"
 	DefaultDeregister = 10 * time.Minute
+	MinCheckTTL       = 10 * time.Second
 )
 
 // KindDefaults are the per-kind thresholds used where a node block sets none.
@@ -348,6 +351,13 @@ func (v *validator) top() {
 	c.Consul.KVPrefix = strings.Trim(c.Consul.KVPrefix, "/")
 	c.Consul.DeregisterAfterDur = v.duration(c.Consul.DeregisterAfter, DefaultDeregister,
 		v.attrRange("consul", "", "deregister_after"), "deregister_after")
+	// A check's TTL must outlast one pass plus one interval. Three intervals, but not under MinCheckTTL: with many
+	// nodes, a pass that registers them all can take seconds (Consul writes each new service to its servers), and
+	// checks expiring then would flap every node.
+	c.Consul.CheckTTLDur = v.duration(c.Consul.CheckTTL, max(3*c.IntervalDur, MinCheckTTL), v.attrRange("consul", "", "check_ttl"), "check_ttl")
+	if c.Consul.CheckTTLDur <= c.IntervalDur {
+		v.errf(v.attrRange("consul", "", "check_ttl"), "check_ttl: %s must be longer than the interval %s", c.Consul.CheckTTLDur, c.IntervalDur)
+	}
 	if c.Consul.DeregisterAfterDur < time.Minute {
 		v.errf(v.attrRange("consul", "", "deregister_after"), "deregister_after: Consul's minimum is 1m")
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -22,6 +24,7 @@ func runAgent(args []string) int {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	path := fs.String("config", "/etc/chainwarden/agent.hcl", "agent configuration file (HCL)")
 	check := fs.Bool("config-check", false, "validate the configuration and exit")
+	pprofAddr := fs.String("pprof", "", "serve Go's /debug/pprof on this address (e.g. 127.0.0.1:6060); off by default")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -35,6 +38,14 @@ func runAgent(args []string) int {
 		return 0
 	}
 	log := newLogger(cfg.LogLevel)
+	if *pprofAddr != "" {
+		go func() {
+			// net/http/pprof registers on the default mux, which nothing else here uses.
+			if err := http.ListenAndServe(*pprofAddr, nil); err != nil {
+				log.Error("pprof listener failed", "error", err)
+			}
+		}()
+	}
 	a, err := agent.New(cfg, log, agent.Options{})
 	if err != nil {
 		log.Error("cannot start", "error", err)

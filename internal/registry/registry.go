@@ -20,6 +20,9 @@ import (
 // Tag marks every service chainwarden registers.
 const Tag = "chainwarden"
 
+// Parallelism is how many calls to the Consul agent the registry makes at once.
+const Parallelism = 16
+
 // CheckID is the ID of a node's TTL check.
 func CheckID(node string) string { return "chainwarden:" + node }
 
@@ -41,6 +44,15 @@ type Service struct {
 	Meta    map[string]string
 	Status  string // passing | warning | critical
 	Output  string
+	// Key is the part of Output whose change must reach Consul at once (Output without figures that tick every
+	// probe, like the age of the last block); "" means all of Output. Between changes of Status or Key, the check is
+	// only refreshed often enough for its TTL: Consul writes follow status changes and new heads, not probes.
+	Key string
+}
+
+type sent struct {
+	status, key string
+	at          time.Time
 }
 
 // Registry syncs services to the local Consul agent.
@@ -54,7 +66,7 @@ type Registry struct {
 
 	mu          sync.Mutex
 	registered  map[string]*Service // as last registered
-	lastTTL     map[string]string   // status+output last sent
+	lastTTL     map[string]sent     // what the check was last updated with, and when
 	down        bool
 	backoff     time.Duration
 	nextTry     time.Time
@@ -83,8 +95,8 @@ func New(agent AgentAPI, opts Options, log hclog.Logger) *Registry {
 		opts.AuditEvery = 30 * time.Second
 	}
 	return &Registry{agent: agent, agentID: opts.AgentID, ttl: opts.TTL, deregisterAfter: opts.DeregisterAfter,
-		log: log, now: opts.Now, registered: map[string]*Service{}, lastTTL: map[string]string{},
-		auditEvery: opts.AuditEvery, parallelism: 16}
+		log: log, now: opts.Now, registered: map[string]*Service{}, lastTTL: map[string]sent{},
+		auditEvery: opts.AuditEvery, parallelism: Parallelism}
 }
 
 // Writes is how many calls that change state were made to Consul.
@@ -146,7 +158,7 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 		// Consul may have lost its state while we could not reach it: register everything again.
 		r.mu.Lock()
 		r.registered = map[string]*Service{}
-		r.lastTTL = map[string]string{}
+		r.lastTTL = map[string]sent{}
 		r.mu.Unlock()
 		if r.OnStateLost != nil {
 			r.OnStateLost()
@@ -183,7 +195,22 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 		r.mu.Unlock()
 		r.log.Info("deregistered node", "node", id)
 	}
-	return r.parallel(ctx, services, func(s *Service) error { return r.syncOne(ctx, s) })
+	// Checks already registered first: updating them is cheap, registering is not (Consul writes each new service to
+	// its servers), and a slow round of registrations must not let the existing checks' TTLs run out.
+	var known, fresh []Service
+	r.mu.Lock()
+	for _, s := range services {
+		if prev := r.registered[s.ID]; prev != nil && sameRegistration(prev, &s) {
+			known = append(known, s)
+		} else {
+			fresh = append(fresh, s)
+		}
+	}
+	r.mu.Unlock()
+	if err := r.parallel(ctx, known, func(s *Service) error { return r.syncOne(ctx, s) }); err != nil {
+		return err
+	}
+	return r.parallel(ctx, fresh, func(s *Service) error { return r.syncOne(ctx, s) })
 }
 
 // parallel runs fn over services with bounded concurrency and returns the first error.
@@ -266,7 +293,21 @@ func (r *Registry) register(ctx context.Context, s *Service) error {
 	return nil
 }
 
+func (s *Service) key() string {
+	if s.Key != "" {
+		return s.Key
+	}
+	return s.Output
+}
+
 func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
+	now := r.now()
+	r.mu.Lock()
+	last, ok := r.lastTTL[s.ID]
+	r.mu.Unlock()
+	if ok && last.status == s.Status && last.key == s.key() && now.Sub(last.at) < r.ttl/3 {
+		return nil // nothing new, and the TTL has plenty of time left
+	}
 	err := r.agent.UpdateTTLOpts(CheckID(s.ID), s.Output, s.Status, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		if isNotFound(err) || strings.Contains(err.Error(), "does not have associated TTL") {
@@ -275,10 +316,8 @@ func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
 		return fmt.Errorf("update check of %s: %w", s.ID, err)
 	}
 	r.mu.Lock()
-	if r.lastTTL[s.ID] != s.Status+"\x00"+s.Output {
-		r.writes++
-	}
-	r.lastTTL[s.ID] = s.Status + "\x00" + s.Output
+	r.writes++
+	r.lastTTL[s.ID] = sent{status: s.Status, key: s.key(), at: now}
 	r.mu.Unlock()
 	return nil
 }

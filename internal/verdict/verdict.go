@@ -204,6 +204,12 @@ func (r Report) Output() string {
 	return out
 }
 
+// Key is Output without the age of the last block, which ticks every probe: what must reach Consul at once.
+func (r Report) Key() string {
+	r.BlockAge = 0
+	return r.Output()
+}
+
 func roundAge(d time.Duration) time.Duration {
 	if d < 10*time.Second {
 		return d.Round(100 * time.Millisecond)

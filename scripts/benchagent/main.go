@@ -31,14 +31,15 @@ func main() {
 	warmup := flag.Duration("warmup", 10*time.Second, "time to wait after every node passes, before measuring")
 	duration := flag.Duration("duration", 60*time.Second, "measuring window")
 	agentBin := flag.String("agent", "bin/chainwarden", "chainwarden binary")
+	cpuProfile := flag.String("cpuprofile", "", "save a CPU profile of the agent over the measuring window to this file")
 	flag.Parse()
-	if err := run(*nodes, *services, *interval, *blockTime, *warmup, *duration, *agentBin); err != nil {
+	if err := run(*nodes, *services, *interval, *blockTime, *warmup, *duration, *agentBin, *cpuProfile); err != nil {
 		fmt.Fprintln(os.Stderr, "benchagent:", err)
 		os.Exit(1)
 	}
 }
 
-func run(nodes, services int, interval, blockTime, warmup, duration time.Duration, agentBin string) error {
+func run(nodes, services int, interval, blockTime, warmup, duration time.Duration, agentBin, cpuProfile string) error {
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "chainwarden-bench")
 	if err != nil {
@@ -84,7 +85,11 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 	if err := os.WriteFile(cfgPath, []byte(b.String()), 0o644); err != nil {
 		return err
 	}
-	agent, err := devnet.Start(dir, "", nil, "agent", agentBin, "agent", "-config", cfgPath)
+	pprofPort, err := devnet.FreePort()
+	if err != nil {
+		return err
+	}
+	agent, err := devnet.Start(dir, "", nil, "agent", agentBin, "agent", "-config", cfgPath, "-pprof", fmt.Sprintf("127.0.0.1:%d", pprofPort))
 	if err != nil {
 		return err
 	}
@@ -119,6 +124,14 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 	raft0, _ := raftIndex(consul.Addr)
 	probes0, writes0, _ := agentCounters(metricsURL)
 	var rssMax, rssSum, samples int64
+	profDone := make(chan error, 1)
+	if cpuProfile != "" {
+		go func() {
+			profDone <- fetch(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", pprofPort, int(duration.Seconds())-2), cpuProfile)
+		}()
+	} else {
+		profDone <- nil
+	}
 	t0 = time.Now()
 	for time.Since(t0) < duration {
 		time.Sleep(time.Second)
@@ -131,6 +144,9 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 		rssMax = max(rssMax, rss)
 	}
 	elapsed := time.Since(t0)
+	if err := <-profDone; err != nil {
+		return fmt.Errorf("cpu profile: %w", err)
+	}
 	cpu1, _ := cpuTicks(pid)
 	raft1, _ := raftIndex(consul.Addr)
 	probes1, writes1, _ := agentCounters(metricsURL)
@@ -142,6 +158,20 @@ func run(nodes, services int, interval, blockTime, warmup, duration time.Duratio
 	fmt.Printf("| %d | %s | %s | %.0f | %.1f | %.1f | %.1f | %.0f | %.0f |\n", nodes, interval, blockTime,
 		(probes1-probes0)/elapsed.Seconds(), cpuPct, float64(rssMax)/1024, float64(rssSum)/float64(samples)/1024,
 		perMin(raft1-raft0), perMin(writes1-writes0))
+	if resp, err := http.Get(metricsURL); err == nil {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, name := range []string{"go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_sys_bytes", "go_goroutines"} {
+			if m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(b); m != nil {
+				v, _ := strconv.ParseFloat(string(m[1]), 64)
+				if strings.HasSuffix(name, "bytes") {
+					fmt.Printf("%s: %.1f MiB\n", name, v/(1<<20))
+				} else {
+					fmt.Printf("%s: %.0f\n", name, v)
+				}
+			}
+		}
+	}
 	if tail := agent.Tail(3); strings.TrimSpace(tail) != "" {
 		fmt.Printf("\nagent log (last lines):\n%s\n", tail)
 	}
@@ -193,6 +223,21 @@ func raftIndex(addr string) (float64, error) {
 		return 0, err
 	}
 	return strconv.ParseFloat(self.Stats.Raft.LastLogIndex, 64)
+}
+
+func fetch(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(f, resp.Body)
+	return err
 }
 
 func countPassing(url string) (int, error) {
