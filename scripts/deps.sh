@@ -19,7 +19,7 @@ mkdir -p "$BIN"
 
 say() { printf 'deps: %s\n' "$*"; }
 
-APT_PACKAGES=(nginx haproxy docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc)
+APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc)
 install_apt() {
 	local missing=()
 	for p in "${APT_PACKAGES[@]}"; do
