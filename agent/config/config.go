@@ -37,12 +37,12 @@ type Config struct {
 	Volumes    []Volume    `hcl:"volume,block"`
 
 	// Parsed forms, filled by Validate.
-	IntervalDur   time.Duration `hcl:"-"`
-	TimeoutDur    time.Duration `hcl:"-"`
-	HeadMaxAgeDur time.Duration `hcl:"-"`
+	IntervalDur   time.Duration
+	TimeoutDur    time.Duration
+	HeadMaxAgeDur time.Duration
 
 	// File is the path the configuration came from ("" for one built in code).
-	File string `hcl:"-"`
+	File string
 	src  *hclsyntax.Body
 }
 
@@ -53,7 +53,7 @@ type Consul struct {
 	KVPrefix        string `hcl:"kv_prefix,optional"`
 	DeregisterAfter string `hcl:"deregister_after,optional"`
 
-	DeregisterAfterDur time.Duration `hcl:"-"`
+	DeregisterAfterDur time.Duration
 }
 
 // Nomad turns on discovery of chain nodes from the allocations on the local Nomad client. NOMAD_* environment
@@ -93,10 +93,10 @@ type Node struct {
 	MaxFailedRuns *int   `hcl:"max_failed_runs,optional"`
 
 	// Filled by Validate.
-	Thresholds Thresholds `hcl:"-"`
-	Host       string     `hcl:"-"`
-	Source     string     `hcl:"-"` // "config" or "nomad"
-	Range      hcl.Range  `hcl:"-"`
+	Thresholds Thresholds
+	Host       string
+	Source     string // "config" or "nomad"
+	Range      hcl.Range
 }
 
 // Thresholds are a node's verdict limits after per-kind defaults were applied.
@@ -118,7 +118,7 @@ type Reference struct {
 	RPC     string `hcl:"rpc"`
 	Kind    string `hcl:"kind,optional"`
 
-	Range hcl.Range `hcl:"-"`
+	Range hcl.Range
 }
 
 // Volume is an EBS-backed host volume this host keeps for a chain node (see `chainwarden volume`).
@@ -140,7 +140,7 @@ type Volume struct {
 	Snapshot   string `hcl:"snapshot_interval,optional"`
 	Keep       int    `hcl:"keep_snapshots,optional"`
 
-	Range hcl.Range `hcl:"-"`
+	Range hcl.Range
 }
 
 // Defaults for the top level.
@@ -188,9 +188,17 @@ func Parse(src []byte, filename string) (*Config, error) {
 // diagError renders HCL diagnostics as one error of "file:line,col: summary; detail" lines.
 func diagError(diags hcl.Diagnostics) error {
 	var lines []string
+	seen := map[hcl.Pos]bool{}
 	for _, d := range diags {
 		if d.Severity != hcl.DiagError {
 			continue
+		}
+		// One error per place: HCL follows a failed function call with an "unknown value" error at the same spot.
+		if d.Subject != nil {
+			if seen[d.Subject.Start] {
+				continue
+			}
+			seen[d.Subject.Start] = true
 		}
 		msg := d.Summary
 		if d.Detail != "" {

@@ -50,10 +50,14 @@ func (b *capBody) Read(p []byte) (int, error) {
 	if b.left <= 0 {
 		// One more byte means the body really is over the limit.
 		var one [1]byte
-		if n, _ := b.rc.Read(one[:]); n > 0 {
+		n, err := b.rc.Read(one[:])
+		if n > 0 {
 			return 0, ErrTooLarge
 		}
-		return 0, io.EOF
+		if err == nil || err == io.EOF {
+			return 0, io.EOF
+		}
+		return 0, err
 	}
 	if int64(len(p)) > b.left {
 		p = p[:b.left]

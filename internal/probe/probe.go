@@ -56,7 +56,11 @@ type Wallet struct {
 type Prober func(ctx context.Context, client *http.Client, t Target) Result
 
 // Probers is the lookup table of probers by node kind.
-var Probers = map[string]Prober{}
+var Probers = map[string]Prober{
+	"ethereum":  probeEthereum,
+	"cometbft":  probeCometBFT,
+	"chainlink": probeChainlink,
+}
 
 // Run probes t with the prober for its kind, timing it.
 func Run(ctx context.Context, client *http.Client, t Target) Result {

@@ -2,107 +2,49 @@ package testenv
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
-	"math/big"
-	"os"
-	"path/filepath"
-	"strconv"
-	"syscall"
 	"testing"
-	"time"
 
-	"github.com/ethereum/go-ethereum/accounts/keystore"
-	"github.com/ethereum/go-ethereum/common"
-	"github.com/ethereum/go-ethereum/common/hexutil"
-	"github.com/ethereum/go-ethereum/crypto"
-	"github.com/ethereum/go-ethereum/rpc"
+	"github.com/chainwarden/chainwarden/internal/devnet"
 )
 
-// CliqueChainID is the chain id of the test Clique networks.
-const CliqueChainID = 4242
+// Chain ids of the test networks.
+const (
+	CliqueChainID = devnet.CliqueChainID
+	DevChainID    = devnet.DevChainID
+)
 
-// DevChainID is the chain id of `geth --dev`.
-const DevChainID = 1337
-
-// Geth is one real geth node.
+// Geth is one real geth node (devnet.Geth), stopped when the test ends.
 type Geth struct {
-	Name    string
-	RPC     string // http://127.0.0.1:PORT
-	RPCPort int
-	P2PPort int
-	DataDir string
-	Proc    *Process
-	Enode   string
-
-	t    testing.TB
-	bin  string
-	args []string
+	*devnet.Geth
+	t testing.TB
 }
 
 // StartGethDev starts `geth --dev --dev.period 1` (geth v1.16), a single node that is its own chain (chain id 1337).
 func StartGethDev(t testing.TB, name string) *Geth {
 	t.Helper()
-	bin := Bin(t, "geth")
-	g := &Geth{Name: name, RPCPort: FreePort(t), DataDir: t.TempDir(), t: t, bin: bin}
-	g.RPC = fmt.Sprintf("http://127.0.0.1:%d", g.RPCPort)
-	g.args = []string{"--dev", "--dev.period", "1", "--datadir", g.DataDir, "--ipcdisable", "--nodiscover",
-		"--port", "0", "--authrpc.port", strconv.Itoa(FreePort(t)),
-		"--http", "--http.addr", "127.0.0.1", "--http.port", strconv.Itoa(g.RPCPort),
-		"--http.api", "eth,net,web3,admin", "--verbosity", "2"}
-	g.start()
-	return g
-}
-
-func (g *Geth) start() {
-	g.t.Helper()
-	g.Proc = Start(g.t, g.Name, g.bin, g.args...)
-	Eventually(g.t, 60*time.Second, g.Name+" rpc", func() error {
-		if g.Proc.Exited() {
-			g.t.Fatalf("%s exited: %s", g.Name, g.Proc.Tail(30))
-		}
-		_, err := g.BlockNumber()
-		return err
-	})
-}
-
-// Call makes one JSON-RPC call to the node.
-func (g *Geth) Call(result any, method string, args ...any) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := rpc.DialContext(ctx, g.RPC)
-	if err != nil {
-		return err
+	Bin(t, "geth")
+	g, err := devnet.StartGethDev(context.Background(), t.TempDir(), name)
+	if g != nil && g.Proc != nil {
+		track(t, g.Proc)
 	}
-	defer c.Close()
-	return c.CallContext(ctx, result, method, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Geth{Geth: g, t: t}
 }
-
-// BlockNumber returns the node's head.
-func (g *Geth) BlockNumber() (uint64, error) {
-	var n hexutil.Uint64
-	err := g.Call(&n, "eth_blockNumber")
-	return uint64(n), err
-}
-
-// Stop kills the node (its data dir stays).
-func (g *Geth) Stop() { g.Proc.Kill() }
 
 // Restart starts the node again on its data dir and ports.
 func (g *Geth) Restart() {
 	g.t.Helper()
-	g.Proc.Kill()
-	g.start()
+	if err := g.Geth.Restart(context.Background()); err != nil {
+		g.t.Fatal(err)
+	}
+	track(g.t, g.Proc)
 }
-
-// Freeze stops the process with SIGSTOP: it hangs with its port open, as a wedged node does.
-func (g *Geth) Freeze() error { return g.Proc.Signal(syscall.SIGSTOP) }
-
-// Thaw resumes a frozen node.
-func (g *Geth) Thaw() error { return g.Proc.Signal(syscall.SIGCONT) }
 
 // Clique is a real multi-node geth v1.13 Clique network: node 0 seals a block every second, the others sync from it.
 type Clique struct {
+	net   *devnet.Clique
 	Nodes []*Geth
 }
 
@@ -110,122 +52,28 @@ type Clique struct {
 // the sealer.
 func StartCliqueNetwork(t testing.TB, n int) *Clique {
 	t.Helper()
-	bin := Bin(t, "geth-clique")
-	dir := t.TempDir()
-
-	key, err := crypto.GenerateKey()
+	Bin(t, "geth-clique")
+	net, err := devnet.StartClique(context.Background(), t.TempDir(), n)
+	c := &Clique{net: net}
+	if net != nil {
+		for _, g := range net.Nodes {
+			if g.Proc != nil {
+				track(t, g.Proc)
+			}
+			c.Nodes = append(c.Nodes, &Geth{Geth: g, t: t})
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer := crypto.PubkeyToAddress(key.PublicKey)
-	genesis := cliqueGenesis(signer)
-	genesisPath := filepath.Join(dir, "genesis.json")
-	writeJSON(t, genesisPath, genesis)
-	passPath := filepath.Join(dir, "password")
-	if err := os.WriteFile(passPath, []byte("chainwarden-test\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	c := &Clique{}
-	for i := 0; i < n; i++ {
-		g := &Geth{Name: fmt.Sprintf("clique-%d", i), RPCPort: FreePort(t), P2PPort: FreePort(t),
-			DataDir: filepath.Join(dir, fmt.Sprintf("node%d", i)), t: t, bin: bin}
-		g.RPC = fmt.Sprintf("http://127.0.0.1:%d", g.RPCPort)
-		Run(t, bin, "init", "--datadir", g.DataDir, genesisPath)
-		g.args = []string{"--datadir", g.DataDir, "--networkid", strconv.Itoa(CliqueChainID), "--nodiscover",
-			"--port", strconv.Itoa(g.P2PPort), "--authrpc.port", strconv.Itoa(FreePort(t)), "--ipcdisable",
-			"--syncmode", "full", "--http", "--http.addr", "127.0.0.1", "--http.port", strconv.Itoa(g.RPCPort),
-			"--http.api", "eth,net,web3,admin,clique", "--verbosity", "2"}
-		if i == 0 {
-			ks := keystore.NewKeyStore(filepath.Join(g.DataDir, "keystore"), keystore.LightScryptN, keystore.LightScryptP)
-			if _, err := ks.ImportECDSA(key, "chainwarden-test"); err != nil {
-				t.Fatal(err)
-			}
-			g.args = append(g.args, "--mine", "--miner.etherbase", signer.Hex(), "--unlock", signer.Hex(),
-				"--password", passPath, "--allow-insecure-unlock")
-		}
-		g.start()
-		var info struct {
-			Enode string `json:"enode"`
-		}
-		if err := g.Call(&info, "admin_nodeInfo"); err != nil {
-			t.Fatal(err)
-		}
-		g.Enode = info.Enode
-		c.Nodes = append(c.Nodes, g)
-	}
-	for _, g := range c.Nodes[1:] {
-		if err := c.Connect(g); err != nil {
-			t.Fatal(err)
-		}
-	}
-	Eventually(t, 60*time.Second, "clique nodes in sync", func() error {
-		return c.InSync(2)
-	})
 	return c
 }
 
 // Connect makes node g peer with the sealer again.
-func (c *Clique) Connect(g *Geth) error {
-	var ok bool
-	return g.Call(&ok, "admin_addPeer", c.Nodes[0].Enode)
-}
+func (c *Clique) Connect(g *Geth) error { return c.net.Connect(g.Geth) }
 
 // Isolate removes g's peers, so it stops getting blocks while its RPC keeps answering (a node that lost its peers).
-func (c *Clique) Isolate(g *Geth) error {
-	var ok bool
-	if err := g.Call(&ok, "admin_removePeer", c.Nodes[0].Enode); err != nil {
-		return err
-	}
-	return c.Nodes[0].Call(&ok, "admin_removePeer", g.Enode)
-}
+func (c *Clique) Isolate(g *Geth) error { return c.net.Isolate(g.Geth) }
 
-// InSync returns nil when every node is within tolerance blocks of the sealer and the sealer is past block 1.
-func (c *Clique) InSync(tolerance uint64) error {
-	head, err := c.Nodes[0].BlockNumber()
-	if err != nil {
-		return err
-	}
-	if head < 2 {
-		return fmt.Errorf("sealer at block %d", head)
-	}
-	for _, g := range c.Nodes[1:] {
-		h, err := g.BlockNumber()
-		if err != nil {
-			return fmt.Errorf("%s: %w", g.Name, err)
-		}
-		if h+tolerance < head {
-			return fmt.Errorf("%s at %d, sealer at %d", g.Name, h, head)
-		}
-	}
-	return nil
-}
-
-func cliqueGenesis(signer common.Address) map[string]any {
-	extra := make([]byte, 32+20+65)
-	copy(extra[32:], signer.Bytes())
-	balance := new(big.Int).Exp(big.NewInt(10), big.NewInt(24), nil)
-	return map[string]any{
-		"config": map[string]any{
-			"chainId": CliqueChainID, "homesteadBlock": 0, "eip150Block": 0, "eip155Block": 0, "eip158Block": 0,
-			"byzantiumBlock": 0, "constantinopleBlock": 0, "petersburgBlock": 0, "istanbulBlock": 0,
-			"berlinBlock": 0, "londonBlock": 0,
-			"clique": map[string]any{"period": 1, "epoch": 30000},
-		},
-		"difficulty": "0x1",
-		"gasLimit":   "0x1c9c380",
-		"extradata":  hexutil.Encode(extra),
-		"alloc":      map[string]any{signer.Hex(): map[string]any{"balance": hexutil.EncodeBig(balance)}},
-	}
-}
-
-func writeJSON(t testing.TB, path string, v any) {
-	t.Helper()
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+// InSync returns nil when every node is within tolerance blocks of the sealer.
+func (c *Clique) InSync(tolerance uint64) error { return c.net.InSync(tolerance) }

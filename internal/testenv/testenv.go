@@ -6,43 +6,29 @@ package testenv
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chainwarden/chainwarden/internal/devnet"
 )
 
 // CacheBin is where `make deps` puts the components it builds.
-func CacheBin() string {
-	if d := os.Getenv("CHAINWARDEN_CACHE"); d != "" {
-		return filepath.Join(d, "bin")
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "chainwarden", "bin")
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "chainwarden", "bin")
-}
+func CacheBin() string { return devnet.CacheBin() }
 
 // Bin returns the path of a real component: from the deps cache, else from PATH.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
-	p := filepath.Join(CacheBin(), name)
-	if _, err := os.Stat(p); err == nil {
-		return p
+	p, err := devnet.Bin(name)
+	if err != nil {
+		Missing(t, "%v", err)
 	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	Missing(t, "%s not found in %s or PATH (run `make deps`)", name, CacheBin())
-	return ""
+	return p
 }
 
 // Missing skips the test, or fails it in CI, where every component must be installed.
@@ -74,15 +60,7 @@ func FreePort(t testing.TB) int {
 }
 
 // Process is a real component running for one test.
-type Process struct {
-	Name string
-	Cmd  *exec.Cmd
-	Log  string // path of the combined stdout/stderr
-
-	mu   sync.Mutex
-	done chan struct{}
-	err  error
-}
+type Process = devnet.Process
 
 // Start runs bin with args, logging to a file in the test's temp dir, and kills it when the test ends.
 func Start(t testing.TB, name, bin string, args ...string) *Process {
@@ -93,78 +71,22 @@ func Start(t testing.TB, name, bin string, args ...string) *Process {
 // StartIn is Start with a working directory and extra environment.
 func StartIn(t testing.TB, dir string, env []string, name, bin string, args ...string) *Process {
 	t.Helper()
-	logPath := filepath.Join(t.TempDir(), name+".log")
-	f, err := os.Create(logPath)
+	p, err := devnet.Start(t.TempDir(), dir, env, name, bin, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	p := &Process{Name: name, Cmd: cmd, Log: logPath, done: make(chan struct{})}
-	go func() {
-		err := cmd.Wait()
-		f.Close()
-		p.mu.Lock()
-		p.err = err
-		p.mu.Unlock()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.Kill()
-		if t.Failed() {
-			t.Logf("--- %s log (last 40 lines) ---\n%s", name, p.Tail(40))
-		}
-	})
+	track(t, p)
 	return p
 }
 
-// Signal sends sig to the process group.
-func (p *Process) Signal(sig syscall.Signal) error {
-	return syscall.Kill(-p.Cmd.Process.Pid, sig)
-}
-
-// Kill stops the process (SIGKILL after a grace period after SIGTERM) and waits for it.
-func (p *Process) Kill() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.Signal(syscall.SIGCONT)
-	_ = p.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-		_ = p.Signal(syscall.SIGKILL)
-		<-p.done
-	}
-}
-
-// Exited reports whether the process has ended.
-func (p *Process) Exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// Tail returns the last n lines of the process log.
-func (p *Process) Tail(n int) string {
-	b, _ := os.ReadFile(p.Log)
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+// track kills p when the test ends and shows its log tail if the test failed.
+func track(t testing.TB, p *Process) {
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			t.Logf("--- %s log (last 40 lines) ---\n%s", p.Name, p.Tail(40))
+		}
+	})
 }
 
 // Eventually polls cond until it returns nil or the timeout passes, then fails with the last error.
@@ -213,5 +135,3 @@ func Run(t testing.TB, bin string, args ...string) string {
 	}
 	return out.String()
 }
-
-func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

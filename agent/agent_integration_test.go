@@ -1,0 +1,281 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+// startAgent runs an agent with the given node blocks against a real Consul until the test ends (or stop is called).
+func startAgent(t *testing.T, c *testenv.Consul, id, blocks string) (a *Agent, listen string, stop func()) {
+	t.Helper()
+	listen = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = %q\ninterval = \"500ms\"\nhead_max_age = \"10s\"\n%s",
+		c.Addr, listen, blocks)
+	cfg, err := config.Parse([]byte(src), id+".hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Info, Output: testWriter{t}})
+	a, err = New(cfg, log, Options{ID: id, Consul: c.Client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.Run(ctx); err != nil {
+			t.Errorf("agent %s: %v", id, err)
+		}
+	}()
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	testenv.WaitHTTP(t, nil, "http://"+listen+"/v1/health", 10*time.Second)
+	return a, listen, stop
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// waitCheck waits until the node's check in Consul has status, and returns its output.
+func waitCheck(t *testing.T, c *testenv.Consul, node, status string, timeout time.Duration) string {
+	t.Helper()
+	var out string
+	testenv.Eventually(t, timeout, node+" "+status+" in consul", func() error {
+		st, o, err := c.CheckStatus(node)
+		if err != nil {
+			return err
+		}
+		out = o
+		if st != status {
+			return fmt.Errorf("%s is %q: %s", node, st, o)
+		}
+		return nil
+	})
+	return out
+}
+
+func gethBlock(name string, g *testenv.Geth, chainID int, extra string) string {
+	return fmt.Sprintf("node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = \"eth-devnet\"\n  chain_id = %d\n%s}\n", name, g.RPC, chainID, extra)
+}
+
+func TestAgentGethDevPassingAndWrongChain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	g := testenv.StartGethDev(t, "geth-dev")
+	blocks := gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n") +
+		strings.Replace(gethBlock("geth-wrong", g, 1, "  min_peers = 0\n"), "eth-devnet", "eth-mainnet", 1)
+	_, listen, _ := startAgent(t, c, "host-a", blocks)
+
+	out := waitCheck(t, c, "geth-a", "passing", 30*time.Second)
+	if !strings.HasPrefix(out, "height ") || !strings.Contains(out, "0 peers") || !strings.Contains(out, "last block") {
+		t.Fatalf("output %q", out)
+	}
+	out = waitCheck(t, c, "geth-wrong", "critical", 30*time.Second)
+	if !strings.Contains(out, "wrong chain 1337 (want 1)") {
+		t.Fatalf("wrong-chain output %q", out)
+	}
+	s, _, err := c.Client.Agent().Service("geth-a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Meta["client"] != "geth" || !strings.HasPrefix(s.Meta["client_version"], "Geth/v1.16.7") || s.Meta["chain_id"] != "1337" {
+		t.Fatalf("meta %+v", s.Meta)
+	}
+
+	// The HTTP endpoint says the same, with the status codes load balancers read.
+	code, body := get(t, "http://"+listen+"/v1/health/geth-a")
+	if code != 200 || !strings.Contains(body, `"status": "passing"`) {
+		t.Fatalf("/v1/health/geth-a: %d %s", code, body)
+	}
+	if code, _ := get(t, "http://"+listen+"/v1/health/geth-wrong"); code != 503 {
+		t.Fatalf("/v1/health/geth-wrong: %d", code)
+	}
+	if code, _ := get(t, "http://"+listen+"/v1/health/nope"); code != 404 {
+		t.Fatalf("/v1/health/nope: %d", code)
+	}
+	var all []NodeHealth
+	_, body = get(t, "http://"+listen+"/v1/health")
+	if err := json.Unmarshal([]byte(body), &all); err != nil || len(all) != 2 {
+		t.Fatalf("/v1/health: %v %s", err, body)
+	}
+	_, metrics := get(t, "http://"+listen+"/metrics")
+	for _, want := range []string{`chainwarden_node_height{kind="ethereum",node="geth-a",service="eth-devnet"}`,
+		`chainwarden_node_status{kind="ethereum",node="geth-wrong",service="eth-mainnet"} 2`,
+		`chainwarden_probe_duration_seconds_count{kind="ethereum"}`, `chainwarden_status_transitions_total`} {
+		if !strings.Contains(metrics, want) {
+			t.Fatalf("metrics lack %s", want)
+		}
+	}
+}
+
+// Two agents share one Clique network's heads through Consul KV: the node of agent B falls behind when isolated
+// from its peers, goes warning then critical, and passes again once reconnected. A frozen (SIGSTOP) node goes critical.
+func TestAgentCliqueLagAcrossAgents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	net := testenv.StartCliqueNetwork(t, 3)
+	lag := "  warn_lag = 2\n  max_lag = 8\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n"
+	startAgent(t, c, "host-a", gethBlock("clique-0", net.Nodes[0], testenv.CliqueChainID, lag)+
+		gethBlock("clique-1", net.Nodes[1], testenv.CliqueChainID, lag))
+	startAgent(t, c, "host-b", gethBlock("clique-2", net.Nodes[2], testenv.CliqueChainID, lag))
+	for _, n := range []string{"clique-0", "clique-1", "clique-2"} {
+		waitCheck(t, c, n, "passing", 60*time.Second)
+	}
+
+	if err := net.Isolate(net.Nodes[2]); err != nil {
+		t.Fatal(err)
+	}
+	out := waitCheck(t, c, "clique-2", "warning", 30*time.Second)
+	if !strings.Contains(out, "behind head") || !(strings.Contains(out, "(clique-0)") || strings.Contains(out, "(clique-1)")) {
+		t.Fatalf("warning output does not name the head from the other agent: %q", out)
+	}
+	out = waitCheck(t, c, "clique-2", "critical", 30*time.Second)
+	if !strings.Contains(out, "more than max_lag 8") {
+		t.Fatalf("critical output %q", out)
+	}
+	if err := net.Connect(net.Nodes[2]); err != nil {
+		t.Fatal(err)
+	}
+	waitCheck(t, c, "clique-2", "passing", 60*time.Second)
+
+	// A hung node: its RPC port is open but nothing answers.
+	if err := net.Nodes[1].Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	out = waitCheck(t, c, "clique-1", "critical", 30*time.Second)
+	if !strings.Contains(out, "probe failed") {
+		t.Fatalf("frozen node output %q", out)
+	}
+	if err := net.Nodes[1].Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	waitCheck(t, c, "clique-1", "passing", 60*time.Second)
+}
+
+func TestAgentSurvivesConsulLosingStateAndExpiresWhenKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	g := testenv.StartGethDev(t, "geth-dev")
+	_, _, stop := startAgent(t, c, "host-a", gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n"))
+	waitCheck(t, c, "geth-a", "passing", 30*time.Second)
+
+	c.Restart() // all state gone
+	if st, _, _ := c.CheckStatus("geth-a"); st != "" {
+		t.Fatalf("fresh consul still has the check (%s)", st)
+	}
+	// Registered again; the new check starts critical and needs pass_after good probes.
+	waitCheck(t, c, "geth-a", "passing", 30*time.Second)
+	testenv.Eventually(t, 5*time.Second, "heads published again after consul lost state", func() error {
+		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
+		if err != nil || len(keys) != 1 {
+			return fmt.Errorf("keys %v (%v)", keys, err)
+		}
+		return nil
+	})
+
+	// The agent dies without deregistering: the TTL check expires and the node goes critical.
+	stop()
+	out := waitCheck(t, c, "geth-a", "critical", 15*time.Second)
+	if !strings.Contains(out, "TTL expired") {
+		t.Fatalf("expired check output %q", out)
+	}
+}
+
+func TestAgentRemovedNodeIsDeregistered(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	g := testenv.StartGethDev(t, "geth-dev")
+	a, _, _ := startAgent(t, c, "host-a", gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n")+
+		gethBlock("geth-b", g, testenv.DevChainID, "  min_peers = 0\n"))
+	waitCheck(t, c, "geth-b", "passing", 30*time.Second)
+	var keep []config.Node
+	for _, n := range a.cfg.Nodes {
+		if n.Name == "geth-a" {
+			keep = append(keep, n)
+		}
+	}
+	a.SetNodes("config", keep)
+	testenv.Eventually(t, 10*time.Second, "geth-b deregistered", func() error {
+		if st, _, err := c.CheckStatus("geth-b"); err != nil || st != "" {
+			return fmt.Errorf("geth-b still %q (%v)", st, err)
+		}
+		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
+		if err != nil || len(keys) != 1 {
+			return fmt.Errorf("heads keys %v (%v)", keys, err)
+		}
+		return nil
+	})
+	if st, _, _ := c.CheckStatus("geth-a"); st != "passing" {
+		t.Fatalf("geth-a is %q", st)
+	}
+}
+
+func TestAgentCometBFTNetwork(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	net := testenv.StartCometNetwork(t, 4)
+	var blocks string
+	for _, n := range net.Nodes {
+		blocks += fmt.Sprintf("node %q {\n  kind = \"cometbft\"\n  rpc = %q\n  service = \"irita-test\"\n  network = %q\n  max_block_age = \"5s\"\n  fail_after = 1\n  pass_after = 2\n}\n",
+			n.Name, n.RPC, net.ChainID)
+	}
+	blocks += fmt.Sprintf("node \"comet-wrongnet\" {\n  kind = \"cometbft\"\n  rpc = %q\n  service = \"irita-other\"\n  network = \"irishub-1\"\n}\n", net.Nodes[0].RPC)
+	startAgent(t, c, "host-a", blocks)
+	for _, n := range net.Nodes {
+		out := waitCheck(t, c, n.Name, "passing", 60*time.Second)
+		if !strings.Contains(out, "3 peers") {
+			t.Fatalf("%s output %q", n.Name, out)
+		}
+	}
+	out := waitCheck(t, c, "comet-wrongnet", "critical", 30*time.Second)
+	if !strings.Contains(out, "wrong chain "+net.ChainID+" (want irishub-1)") {
+		t.Fatalf("wrong network output %q", out)
+	}
+	// A validator that stops: critical. The rest (3 of 4 still have 2/3 of the power) keep passing.
+	net.Nodes[3].Stop()
+	waitCheck(t, c, "comet-3", "critical", 30*time.Second)
+	for _, n := range net.Nodes[:3] {
+		if st, o, _ := c.CheckStatus(n.Name); st == "critical" {
+			t.Fatalf("%s went critical when comet-3 stopped: %s", n.Name, o)
+		}
+	}
+	net.Nodes[3].Start()
+	waitCheck(t, c, "comet-3", "passing", 90*time.Second)
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}

@@ -1,0 +1,143 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Bad files and the exact error each must give: the .err file beside each .hcl.
+func TestBadConfigs(t *testing.T) {
+	files, _ := filepath.Glob("testdata/bad/*.hcl")
+	if len(files) < 8 {
+		t.Fatalf("expected the bad config cases, found %d", len(files))
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			want, err := os.ReadFile(strings.TrimSuffix(f, ".hcl") + ".err")
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Load(f)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if strings.HasSuffix(f, "syntax.hcl") { // HCL's own parser message; only the location is ours to pin
+				if !strings.HasPrefix(err.Error(), "testdata/bad/syntax.hcl:") {
+					t.Fatalf("error does not name the file and line: %v", err)
+				}
+				return
+			}
+			if got := err.Error(); got != strings.TrimSpace(string(want)) {
+				t.Fatalf("error\n got: %s\nwant: %s", got, want)
+			}
+			if strings.Contains(err.Error(), "hunter2") || strings.Contains(err.Error(), "KEY") {
+				t.Fatalf("error leaks a secret: %v", err)
+			}
+		})
+	}
+}
+
+func TestGoodFull(t *testing.T) {
+	t.Setenv("CW_TEST_CL_KEY", "k")
+	t.Setenv("CW_TEST_CL_SECRET", "s")
+	t.Setenv("CW_TEST_INFURA_URL", "https://mainnet.infura.io/v3/abc")
+	c, err := Load("testdata/good/full.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.IntervalDur != time.Second || c.TimeoutDur != time.Second || c.HeadMaxAgeDur != 30*time.Second {
+		t.Fatalf("durations: %v %v %v", c.IntervalDur, c.TimeoutDur, c.HeadMaxAgeDur)
+	}
+	if c.Consul.DeregisterAfterDur != 5*time.Minute {
+		t.Fatalf("deregister_after %v", c.Consul.DeregisterAfterDur)
+	}
+	geth := c.Nodes[0]
+	if geth.Address != "127.0.0.1" || geth.Port != 8545 || *geth.ChainID != 4242 {
+		t.Fatalf("geth: %+v", geth)
+	}
+	if th := geth.Thresholds; th.WarnLag != 2 || th.MaxLag != 10 || th.MinPeers != 1 || th.FailAfter != 2 || th.PassAfter != 3 {
+		t.Fatalf("geth thresholds: %+v", th)
+	}
+	irita := c.Nodes[1]
+	if irita.Thresholds.MaxBlockAge != 30*time.Second || irita.Thresholds.MinPeers != 3 || irita.Port != 26657 {
+		t.Fatalf("irita: %+v", irita)
+	}
+	cl := c.Nodes[2]
+	if cl.APIKey != "k" || cl.Thresholds.MinBalanceWei != "250000000000000000" {
+		t.Fatalf("chainlink: %+v", cl.Thresholds)
+	}
+	if c.References[0].Kind != KindEthereum || c.References[0].RPC != "https://mainnet.infura.io/v3/abc" {
+		t.Fatalf("reference: %+v", c.References[0])
+	}
+	v := c.Volumes[0]
+	if v.SizeGiB != 2000 || v.Type != "gp3" || v.MountPath != "/data/geth-data" || v.Filesystem != "xfs" {
+		t.Fatalf("volume: %+v", v)
+	}
+}
+
+func TestGoodMinimalDefaults(t *testing.T) {
+	c, err := Load("testdata/good/minimal.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != DefaultListen || c.IntervalDur != DefaultInterval || c.Consul.KVPrefix != "chainwarden" {
+		t.Fatalf("defaults: %+v", c)
+	}
+	if c.Nodes[0].Source != "config" {
+		t.Fatalf("source %q", c.Nodes[0].Source)
+	}
+}
+
+func TestFileFunction(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "url")
+	os.WriteFile(secret, []byte("https://provider.example/key123\n"), 0o600)
+	src := `consul {}
+reference "p" {
+  service = "eth-mainnet"
+  rpc     = file("` + secret + `")
+}`
+	c, err := Parse([]byte(src), "x.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.References[0].RPC != "https://provider.example/key123" {
+		t.Fatalf("rpc %q", c.References[0].RPC)
+	}
+	_, err = Parse([]byte(strings.Replace(src, secret, filepath.Join(dir, "missing"), 1)), "x.hcl")
+	if err == nil || !strings.HasPrefix(err.Error(), "x.hcl:4,13:") {
+		t.Fatalf("missing file error: %v", err)
+	}
+}
+
+func TestNormalizeNode(t *testing.T) {
+	id := uint64(1)
+	n := Node{Name: "geth-0", Kind: KindEthereum, RPC: "http://10.0.0.5:31000", Service: "eth-mainnet", ChainID: &id}
+	if err := NormalizeNode(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n.Source != "nomad" || n.Port != 31000 || n.Thresholds.MaxLag != 10 {
+		t.Fatalf("%+v", n)
+	}
+	bad := Node{Name: "x", Kind: "cometbft", RPC: "http://h:1", Service: "s"}
+	if err := NormalizeNode(&bad); err == nil || !strings.Contains(err.Error(), "network") {
+		t.Fatalf("want network error, got %v", err)
+	}
+}
+
+func TestEtherToWei(t *testing.T) {
+	for in, want := range map[string]string{"1": "1000000000000000000", "0.5": "500000000000000000", "0": "0", "0.000000000000000001": "1"} {
+		got, err := EtherToWei(in)
+		if err != nil || got != want {
+			t.Errorf("EtherToWei(%s) = %s, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"-1", "abc", "0.0000000000000000001"} {
+		if _, err := EtherToWei(in); err == nil {
+			t.Errorf("EtherToWei(%s): no error", in)
+		}
+	}
+}

@@ -1,0 +1,2 @@
+consul {}
+interval = "fast"

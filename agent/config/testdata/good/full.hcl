@@ -1,0 +1,49 @@
+consul {
+  address          = "127.0.0.1:8500"
+  kv_prefix        = "chainwarden"
+  deregister_after = "5m"
+}
+listen       = "127.0.0.1:9464"
+interval     = "1s"
+head_max_age = "30s"
+log_level    = "debug"
+
+node "geth-a" {
+  kind     = "ethereum"
+  rpc      = "http://127.0.0.1:8545"
+  service  = "eth-devnet"
+  chain_id = 4242
+  warn_lag = 2
+  max_lag  = 10
+}
+
+node "irita-val0" {
+  kind    = "cometbft"
+  rpc     = "http://10.0.1.5:26657"
+  service = "irita-testnet"
+  network = "irita-test"
+  max_block_age = "30s"
+  min_peers = 3
+}
+
+node "chainlink-a" {
+  kind        = "chainlink"
+  rpc         = "http://127.0.0.1:6688"
+  service     = "chainlink-sepolia"
+  role        = "active"
+  api_key     = env("CW_TEST_CL_KEY")
+  api_secret  = env("CW_TEST_CL_SECRET")
+  min_balance = "0.25"
+}
+
+reference "infura" {
+  service = "eth-devnet"
+  rpc     = env("CW_TEST_INFURA_URL")
+}
+
+volume "geth-data" {
+  chain    = "ethereum"
+  network  = "mainnet"
+  client   = "geth"
+  size_gib = 2000
+}

@@ -1,0 +1,88 @@
+package agent
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/verdict"
+)
+
+// metrics are the agent's Prometheus series, on a registry of its own (no global state).
+type metrics struct {
+	reg          *prometheus.Registry
+	height       *prometheus.GaugeVec
+	head         *prometheus.GaugeVec
+	lag          *prometheus.GaugeVec
+	peers        *prometheus.GaugeVec
+	blockAge     *prometheus.GaugeVec
+	status       *prometheus.GaugeVec
+	probeUp      *prometheus.GaugeVec
+	probeSeconds *prometheus.HistogramVec
+	transitions  *prometheus.CounterVec
+	referenceUp  *prometheus.GaugeVec
+	consulUp     prometheus.Gauge
+	consulWrites prometheus.Gauge
+}
+
+var nodeLabels = []string{"node", "service", "kind"}
+
+func newMetrics() *metrics {
+	g := func(name, help string, labels ...string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "chainwarden", Name: name, Help: help}, labels)
+	}
+	m := &metrics{
+		reg:      prometheus.NewRegistry(),
+		height:   g("node_height", "Latest block height the node reports.", nodeLabels...),
+		head:     g("network_head", "Highest fresh head of the node's network (service), from all agents and references.", "service"),
+		lag:      g("node_lag_blocks", "Blocks the node is behind its network's head.", nodeLabels...),
+		peers:    g("node_peers", "Peers the node reports.", nodeLabels...),
+		blockAge: g("node_block_age_seconds", "Seconds since the node's latest block was made.", nodeLabels...),
+		status:   g("node_status", "Damped verdict: 0 passing, 1 warning, 2 critical.", nodeLabels...),
+		probeUp:  g("node_probe_success", "1 when the last probe of the node answered, else 0.", nodeLabels...),
+		probeSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "chainwarden", Name: "probe_duration_seconds",
+			Help: "How long probes take.", Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"kind"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "chainwarden", Name: "status_transitions_total",
+			Help: "Changes of a node's damped verdict, by the status it went to."}, []string{"node", "service", "to"}),
+		referenceUp:  g("reference_up", "1 when the external reference answered on the right chain, else 0.", "reference", "service"),
+		consulUp:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
+		consulWrites: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_writes", Help: "State-changing calls made to the Consul agent since start."}),
+	}
+	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
+		m.transitions, m.referenceUp, m.consulUp, m.consulWrites,
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return m
+}
+
+func labels(n config.Node) prometheus.Labels {
+	return prometheus.Labels{"node": n.Name, "service": n.Service, "kind": n.Kind}
+}
+
+func (m *metrics) observeProbe(n config.Node, r probe.Result) {
+	m.probeSeconds.WithLabelValues(n.Kind).Observe(r.Duration.Seconds())
+	m.probeUp.With(labels(n)).Set(boolGauge(r.Err == nil))
+}
+
+func (m *metrics) observeVerdict(n config.Node, rep verdict.Report, head verdict.Head) {
+	l := labels(n)
+	m.status.With(l).Set(float64(rep.Status))
+	if rep.Err != "" || n.Kind == config.KindChainlink {
+		return
+	}
+	m.height.With(l).Set(float64(rep.Height))
+	m.peers.With(l).Set(float64(rep.Peers))
+	m.lag.With(l).Set(float64(rep.Lag))
+	m.blockAge.With(l).Set(rep.BlockAge.Seconds())
+	if head.Height > 0 {
+		m.head.WithLabelValues(n.Service).Set(float64(head.Height))
+	}
+}
+
+// forget drops a removed node's series.
+func (m *metrics) forget(n config.Node) {
+	l := labels(n)
+	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp} {
+		v.Delete(l)
+	}
+	m.transitions.DeletePartialMatch(prometheus.Labels{"node": n.Name, "service": n.Service})
+}

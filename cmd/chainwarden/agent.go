@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/agent"
+	"github.com/chainwarden/chainwarden/agent/config"
+)
+
+func init() {
+	register("agent", "run the host agent: probe chain nodes, publish health to Consul", runAgent)
+}
+
+func runAgent(args []string) int {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	path := fs.String("config", "/etc/chainwarden/agent.hcl", "agent configuration file (HCL)")
+	check := fs.Bool("config-check", false, "validate the configuration and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if *check {
+		fmt.Printf("%s: ok (%d nodes, %d references, %d volumes)\n", *path, len(cfg.Nodes), len(cfg.References), len(cfg.Volumes))
+		return 0
+	}
+	log := newLogger(cfg.LogLevel)
+	a, err := agent.New(cfg, log, agent.Options{})
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	startDiscovery(ctx, cfg, a, log)
+
+	// SIGHUP reloads the node and reference blocks; nodes gone from the file are deregistered.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for range hup {
+			next, err := config.Load(*path)
+			if err != nil {
+				log.Error("reload failed, keeping the running configuration", "error", err)
+				continue
+			}
+			a.SetNodes("config", next.Nodes)
+			a.SetReferences(next.References)
+			log.Info("configuration reloaded", "nodes", len(next.Nodes))
+		}
+	}()
+	if err := a.Run(ctx); err != nil {
+		log.Error("agent stopped", "error", err)
+		return 1
+	}
+	log.Info("agent stopped")
+	return 0
+}
+
+func newLogger(level string) hclog.Logger {
+	if level == "" {
+		level = "info"
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: "chainwarden", Level: hclog.LevelFromString(level), Output: os.Stderr})
+}

@@ -1,0 +1,228 @@
+// Package heads shares chain heads between agents through Consul KV: each agent writes the heads its nodes report
+// (only when a height changes, many keys in one transaction), and watches the whole prefix with a blocking query,
+// so every agent knows the head of every network within about one round trip.
+package heads
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Head is one node's head as stored in KV at PREFIX/heads/SERVICE/NODE.
+type Head struct {
+	Service   string    `json:"-"`
+	Node      string    `json:"-"`
+	Height    uint64    `json:"height"`
+	Peers     uint64    `json:"peers"`
+	BlockTime time.Time `json:"block_time,omitzero"`
+	Observed  time.Time `json:"observed"` // when this height was first seen
+	Agent     string    `json:"agent"`
+}
+
+// KV is the part of Consul's API the store uses.
+type KV interface {
+	List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error)
+}
+
+// Txn is Consul's transaction endpoint.
+type Txn interface {
+	Txn(txn consulapi.TxnOps, q *consulapi.QueryOptions) (bool, *consulapi.TxnResponse, *consulapi.QueryMeta, error)
+}
+
+// maxTxnOps is Consul's limit of operations in one transaction.
+const maxTxnOps = 64
+
+// Store publishes this agent's heads and keeps the latest view of everyone's.
+type Store struct {
+	kv     KV
+	txn    Txn
+	prefix string // e.g. "chainwarden/heads/"
+	log    hclog.Logger
+
+	mu        sync.Mutex
+	all       map[string]map[string]Head // service -> node -> head, from the watch
+	published map[string]Head            // service/node -> last written
+	index     uint64
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// New returns a store under kvPrefix (e.g. "chainwarden").
+func New(kv KV, txn Txn, kvPrefix string, log hclog.Logger) *Store {
+	return &Store{kv: kv, txn: txn, prefix: strings.Trim(kvPrefix, "/") + "/heads/", log: log,
+		all: map[string]map[string]Head{}, published: map[string]Head{}, ready: make(chan struct{})}
+}
+
+func (s *Store) key(service, node string) string { return s.prefix + service + "/" + node }
+
+// Publish writes the heads whose height changed since they were last written, and deletes the keys of gone, a list
+// of "service/node" names no longer watched by this agent. It returns how many keys it wrote.
+func (s *Store) Publish(ctx context.Context, heads []Head, gone []string) (int, error) {
+	var ops consulapi.TxnOps
+	var written []Head
+	s.mu.Lock()
+	for _, h := range heads {
+		k := h.Service + "/" + h.Node
+		if last, ok := s.published[k]; ok && last.Height == h.Height {
+			continue
+		}
+		b, err := json.Marshal(h)
+		if err != nil {
+			s.mu.Unlock()
+			return 0, fmt.Errorf("encode head: %w", err)
+		}
+		ops = append(ops, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: s.key(h.Service, h.Node), Value: b}})
+		written = append(written, h)
+	}
+	for _, k := range gone {
+		ops = append(ops, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: s.prefix + k}})
+	}
+	s.mu.Unlock()
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		q := (&consulapi.QueryOptions{}).WithContext(ctx)
+		ok, resp, _, err := s.txn.Txn(ops[:n], q)
+		if err != nil {
+			return 0, fmt.Errorf("write heads to consul kv: %w", err)
+		}
+		if !ok {
+			var msgs []string
+			for _, e := range resp.Errors {
+				msgs = append(msgs, e.What)
+			}
+			return 0, fmt.Errorf("write heads to consul kv: transaction rolled back: %s", strings.Join(msgs, "; "))
+		}
+		ops = ops[n:]
+	}
+	s.mu.Lock()
+	for _, h := range written {
+		s.published[h.Service+"/"+h.Node] = h
+	}
+	for _, k := range gone {
+		delete(s.published, k)
+	}
+	s.mu.Unlock()
+	return len(written), nil
+}
+
+// Forget makes the next Publish write every head again (after Consul lost its state).
+func (s *Store) Forget() {
+	s.mu.Lock()
+	s.published = map[string]Head{}
+	s.mu.Unlock()
+}
+
+// Network returns the highest head of service observed within maxAge of now, or false when there is none.
+func (s *Store) Network(service string, now time.Time, maxAge time.Duration) (Head, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var best Head
+	found := false
+	for _, h := range s.all[service] {
+		if now.Sub(h.Observed) > maxAge {
+			continue
+		}
+		if !found || h.Height > best.Height {
+			best, found = h, true
+		}
+	}
+	return best, found
+}
+
+// All returns every head of service in the latest view.
+func (s *Store) All(service string) []Head {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Head, 0, len(s.all[service]))
+	for _, h := range s.all[service] {
+		out = append(out, h)
+	}
+	return out
+}
+
+// Ready is closed once the first view of KV has been read.
+func (s *Store) Ready() <-chan struct{} { return s.ready }
+
+// Watch keeps the view current with blocking queries until ctx ends, backing off (capped) while Consul fails.
+func (s *Store) Watch(ctx context.Context, wait time.Duration) {
+	backoff := time.Duration(0)
+	for ctx.Err() == nil {
+		err := s.WatchOnce(ctx, wait)
+		if err == nil {
+			backoff = 0
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		backoff = min(max(2*backoff, 250*time.Millisecond), 10*time.Second)
+		s.log.Debug("watch heads failed", "error", err, "retry_in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// WatchOnce makes one (blocking, when it has an index) read of the prefix and updates the view.
+func (s *Store) WatchOnce(ctx context.Context, wait time.Duration) error {
+	s.mu.Lock()
+	idx := s.index
+	s.mu.Unlock()
+	q := (&consulapi.QueryOptions{WaitIndex: idx, WaitTime: wait}).WithContext(ctx)
+	pairs, meta, err := s.kv.List(s.prefix, q)
+	if err != nil {
+		return fmt.Errorf("read heads from consul kv: %w", err)
+	}
+	all := Decode(s.prefix, pairs, s.log)
+	s.mu.Lock()
+	// The index going backwards means Consul's state was reset: start over (Consul's blocking-query rules).
+	if meta.LastIndex < s.index {
+		s.index = 0
+	} else {
+		s.index = meta.LastIndex
+	}
+	s.all = all
+	s.mu.Unlock()
+	s.readyOnce.Do(func() { close(s.ready) })
+	return nil
+}
+
+// ErrBadKey marks a KV key that is not PREFIX/SERVICE/NODE.
+var ErrBadKey = errors.New("unexpected key under the heads prefix")
+
+// Decode turns KV pairs under prefix into service -> node -> head, skipping (and logging) entries it can't read.
+func Decode(prefix string, pairs consulapi.KVPairs, log hclog.Logger) map[string]map[string]Head {
+	all := map[string]map[string]Head{}
+	for _, p := range pairs {
+		rest := strings.TrimPrefix(p.Key, prefix)
+		service, node, ok := strings.Cut(rest, "/")
+		if !ok || service == "" || node == "" || strings.Contains(node, "/") {
+			if log != nil {
+				log.Warn("skipping head", "key", p.Key, "error", ErrBadKey)
+			}
+			continue
+		}
+		var h Head
+		if err := json.Unmarshal(p.Value, &h); err != nil {
+			if log != nil {
+				log.Warn("skipping head", "key", p.Key, "error", err)
+			}
+			continue
+		}
+		h.Service, h.Node = service, node
+		if all[service] == nil {
+			all[service] = map[string]Head{}
+		}
+		all[service][node] = h
+	}
+	return all
+}

@@ -1,0 +1,106 @@
+package heads
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+func TestPublishAndWatchAgainstRealConsul(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	ctx := context.Background()
+	now := time.Now()
+	a := New(c.Client.KV(), c.Client.Txn(), "chainwarden", hclog.NewNullLogger())
+	b := New(c.Client.KV(), c.Client.Txn(), "chainwarden", hclog.NewNullLogger())
+
+	n, err := a.Publish(ctx, []Head{
+		{Service: "eth-devnet", Node: "geth-a", Height: 100, Observed: now, Agent: "a"},
+		{Service: "eth-devnet", Node: "geth-old", Height: 500, Observed: now.Add(-time.Hour), Agent: "a"},
+		{Service: "irita", Node: "val0", Height: 7, Observed: now, Agent: "a"},
+	}, nil)
+	if err != nil || n != 3 {
+		t.Fatalf("publish: %d %v", n, err)
+	}
+	// Unchanged heights are not written again.
+	if n, err := a.Publish(ctx, []Head{{Service: "eth-devnet", Node: "geth-a", Height: 100, Observed: now, Agent: "a"}}, nil); err != nil || n != 0 {
+		t.Fatalf("republish of an unchanged head wrote %d (%v)", n, err)
+	}
+
+	if err := b.WatchOnce(ctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h, ok := b.Network("eth-devnet", now, time.Minute)
+	if !ok || h.Height != 100 || h.Node != "geth-a" {
+		t.Fatalf("network head %+v %v: the hour-old 500 must be ignored", h, ok)
+	}
+	if h, ok := b.Network("eth-devnet", now, 2*time.Hour); !ok || h.Height != 500 {
+		t.Fatalf("with a 2h max age the old head counts: %+v", h)
+	}
+	if _, ok := b.Network("nothing", now, time.Minute); ok {
+		t.Fatal("head for an unknown service")
+	}
+
+	// A blocking watch returns as soon as a head changes.
+	done := make(chan error, 1)
+	go func() { done <- b.WatchOnce(ctx, 30*time.Second) }()
+	time.Sleep(200 * time.Millisecond)
+	if _, err := a.Publish(ctx, []Head{{Service: "eth-devnet", Node: "geth-a", Height: 101, Observed: now, Agent: "a"}},
+		[]string{"eth-devnet/geth-old"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("blocking query did not return after a write")
+	}
+	if h, _ := b.Network("eth-devnet", now, 2*time.Hour); h.Height != 101 {
+		t.Fatalf("after the write and delete: %+v", h)
+	}
+	if got := len(b.All("eth-devnet")); got != 1 {
+		t.Fatalf("deleted key still seen: %d heads", got)
+	}
+}
+
+func TestPublishManyInBatches(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	s := New(c.Client.KV(), c.Client.Txn(), "cw", hclog.NewNullLogger())
+	var hs []Head
+	for i := 0; i < 300; i++ {
+		hs = append(hs, Head{Service: "svc", Node: fmt.Sprintf("n%03d", i), Height: uint64(i + 1), Observed: time.Now()})
+	}
+	if n, err := s.Publish(context.Background(), hs, nil); err != nil || n != 300 {
+		t.Fatalf("publish 300: %d %v", n, err)
+	}
+	keys, _, err := c.Client.KV().Keys("cw/heads/svc/", "", nil)
+	if err != nil || len(keys) != 300 {
+		t.Fatalf("keys: %d %v", len(keys), err)
+	}
+}
+
+func TestDecodeSkipsGarbage(t *testing.T) {
+	pairs := consulapi.KVPairs{
+		{Key: "p/heads/svc/n1", Value: []byte(`{"height":5,"observed":"2026-01-01T00:00:00Z"}`)},
+		{Key: "p/heads/svc/n2", Value: []byte(`not json`)},
+		{Key: "p/heads/svc", Value: []byte(`{}`)},
+		{Key: "p/heads/svc/a/b", Value: []byte(`{}`)},
+	}
+	all := Decode("p/heads/", pairs, hclog.NewNullLogger())
+	if len(all["svc"]) != 1 || all["svc"]["n1"].Height != 5 {
+		t.Fatalf("decoded %+v", all)
+	}
+}

@@ -1,0 +1,169 @@
+package probe
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/big"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ethereum/go-ethereum/common/hexutil"
+	"github.com/ethereum/go-ethereum/rpc"
+)
+
+// clientKey identifies a cached RPC client: one per node URL and shared HTTP client, so the keep-alive connections
+// of the HTTP client's transport are reused from one probe to the next.
+type clientKey struct {
+	url  string
+	http *http.Client
+}
+
+// ethClients caches *rpc.Client by clientKey. An HTTP rpc.Client holds no goroutine or connection of its own
+// (the http.Client's transport does), so an entry for a node that went away costs a few hundred bytes.
+var ethClients sync.Map
+
+func ethClient(ctx context.Context, hc *http.Client, rawURL string) (*rpc.Client, error) {
+	key := clientKey{rawURL, hc}
+	if c, ok := ethClients.Load(key); ok {
+		return c.(*rpc.Client), nil
+	}
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("node URL: %w", tidy(err))
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		// ws:// and IPC would bypass the shared HTTP client and its response cap.
+		return nil, fmt.Errorf("node URL scheme %q: only http and https are probed", u.Scheme)
+	}
+	c, err := rpc.DialOptions(ctx, rawURL, rpc.WithHTTPClient(hc))
+	if err != nil {
+		return nil, fmt.Errorf("rpc client: %w", tidy(err))
+	}
+	if prev, loaded := ethClients.LoadOrStore(key, c); loaded {
+		c.Close()
+		return prev.(*rpc.Client), nil
+	}
+	return c, nil
+}
+
+// ethBlock is the part of eth_getBlockByNumber's answer a probe needs.
+type ethBlock struct {
+	Number    *hexutil.Uint64 `json:"number"`
+	Timestamp *hexutil.Uint64 `json:"timestamp"`
+}
+
+// latestBlockArgs are the (read-only) arguments of eth_getBlockByNumber: the latest block, without transactions.
+var latestBlockArgs = []any{"latest", false}
+
+// probeEthereum asks an Ethereum execution client (geth, Nethermind, Erigon, Besu, OpenEthereum, or a provider such
+// as Infura) for its head, sync state, peers, chain id and version in one JSON-RPC batch.
+func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
+	var r Result
+	c, err := ethClient(ctx, hc, t.URL)
+	if err != nil {
+		r.Err = err
+		return r
+	}
+
+	var (
+		height, peers hexutil.Uint64
+		syncing       json.RawMessage
+		chainID       hexutil.Big
+		block         ethBlock
+		version       string
+	)
+	batch := [...]rpc.BatchElem{
+		{Method: "eth_blockNumber", Result: &height},
+		{Method: "eth_syncing", Result: &syncing},
+		{Method: "net_peerCount", Result: &peers},
+		{Method: "eth_chainId", Result: &chainID},
+		{Method: "eth_getBlockByNumber", Args: latestBlockArgs, Result: &block},
+		{Method: "web3_clientVersion", Result: &version}, // last: optional, see below
+	}
+	if err := c.BatchCallContext(ctx, batch[:]); err != nil {
+		r.Err = fmt.Errorf("json-rpc batch: %w", batchError(err))
+		return r
+	}
+
+	// Every call but web3_clientVersion is needed for a verdict; report each one that failed.
+	var errs [len(batch) - 1]error
+	for i := range errs {
+		if e := batch[i].Error; e != nil {
+			errs[i] = callError(batch[i].Method, e)
+		}
+	}
+	if errs[1] == nil {
+		r.Syncing, errs[1] = decodeSyncing(syncing)
+	}
+	if errs[4] == nil {
+		errs[4] = checkBlock(&block)
+	}
+	if err := joinErrors(errs[:]...); err != nil {
+		r.Err = err
+		return r
+	}
+
+	r.Height = uint64(height)
+	r.HasHeight = true
+	r.Peers = uint64(peers)
+	r.ChainID = (*big.Int)(&chainID).String()
+	r.BlockTime = time.Unix(int64(*block.Timestamp), 0)
+	// Some providers disable web3_clientVersion: then the node simply has no version to show.
+	if batch[len(batch)-1].Error == nil && version != "" {
+		r.Version = clip(version, 256)
+		name, _, _ := strings.Cut(r.Version, "/")
+		r.Client = strings.ToLower(name)
+	}
+	return r
+}
+
+// decodeSyncing reads eth_syncing: false when synced, an object of progress fields while syncing.
+func decodeSyncing(raw json.RawMessage) (bool, error) {
+	v := bytes.TrimSpace(raw)
+	switch {
+	case bytes.Equal(v, []byte("false")):
+		return false, nil
+	case bytes.Equal(v, []byte("true")), len(v) > 0 && v[0] == '{':
+		return true, nil
+	}
+	return false, fmt.Errorf("eth_syncing: want false or an object, got %s", clip(string(v), 64))
+}
+
+func checkBlock(b *ethBlock) error {
+	switch {
+	case b.Number == nil && b.Timestamp == nil:
+		return errors.New("eth_getBlockByNumber: no latest block in the answer")
+	case b.Timestamp == nil:
+		return errors.New("eth_getBlockByNumber: latest block has no timestamp")
+	case b.Number == nil:
+		return errors.New("eth_getBlockByNumber: latest block has no number")
+	}
+	return nil
+}
+
+// callError names the call that failed and, for a JSON-RPC error object, its code.
+func callError(method string, err error) error {
+	var re rpc.Error
+	if errors.As(err, &re) {
+		return fmt.Errorf("%s: json-rpc error %d: %w", method, re.ErrorCode(), tidy(err))
+	}
+	return fmt.Errorf("%s: %w", method, tidy(err))
+}
+
+// batchError makes a transport-level batch error readable: an HTTP error status keeps only the start of its body.
+func batchError(err error) error {
+	var he rpc.HTTPError
+	if errors.As(err, &he) {
+		if body := strings.TrimSpace(string(he.Body)); body != "" {
+			return fmt.Errorf("http %s: %s", he.Status, clip(body, 200))
+		}
+		return fmt.Errorf("http %s", he.Status)
+	}
+	return tidy(err)
+}

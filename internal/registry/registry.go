@@ -1,0 +1,360 @@
+// Package registry keeps the local Consul agent's view of this host's chain nodes right: one service per node with a
+// TTL check updated after every probe, nodes that went away deregistered, and everything registered again when
+// Consul comes back without its state. While Consul is unreachable it backs off and logs only the first failure and
+// the recovery.
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+)
+
+// Tag marks every service chainwarden registers.
+const Tag = "chainwarden"
+
+// CheckID is the ID of a node's TTL check.
+func CheckID(node string) string { return "chainwarden:" + node }
+
+// AgentAPI is the part of Consul's agent API the registry uses.
+type AgentAPI interface {
+	ServiceRegisterOpts(service *consulapi.AgentServiceRegistration, opts consulapi.ServiceRegisterOpts) error
+	ServiceDeregisterOpts(serviceID string, q *consulapi.QueryOptions) error
+	UpdateTTLOpts(checkID, output, status string, q *consulapi.QueryOptions) error
+	ServicesWithFilterOpts(filter string, q *consulapi.QueryOptions) (map[string]*consulapi.AgentService, error)
+}
+
+// Service is one node's registration and its current check state.
+type Service struct {
+	ID      string // the node name
+	Name    string // the chainwarden service, e.g. "eth-mainnet"
+	Address string
+	Port    int
+	Tags    []string
+	Meta    map[string]string
+	Status  string // passing | warning | critical
+	Output  string
+}
+
+// Registry syncs services to the local Consul agent.
+type Registry struct {
+	agent           AgentAPI
+	agentID         string // meta "agent": which chainwarden registered it, so only ours are ever removed
+	ttl             time.Duration
+	deregisterAfter time.Duration
+	log             hclog.Logger
+	now             func() time.Time
+
+	mu          sync.Mutex
+	registered  map[string]*Service // as last registered
+	lastTTL     map[string]string   // status+output last sent
+	down        bool
+	backoff     time.Duration
+	nextTry     time.Time
+	lastAudit   time.Time
+	auditEvery  time.Duration
+	writes      uint64
+	OnStateLost func() // called when Consul may have lost its state: it answers again after failing, or forgot a check
+	parallelism int
+}
+
+// Options configure a Registry.
+type Options struct {
+	AgentID         string
+	TTL             time.Duration
+	DeregisterAfter time.Duration
+	AuditEvery      time.Duration // how often the agent's services are listed to catch lost registrations
+	Now             func() time.Time
+}
+
+// New returns a registry.
+func New(agent AgentAPI, opts Options, log hclog.Logger) *Registry {
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.AuditEvery == 0 {
+		opts.AuditEvery = 30 * time.Second
+	}
+	return &Registry{agent: agent, agentID: opts.AgentID, ttl: opts.TTL, deregisterAfter: opts.DeregisterAfter,
+		log: log, now: opts.Now, registered: map[string]*Service{}, lastTTL: map[string]string{},
+		auditEvery: opts.AuditEvery, parallelism: 16}
+}
+
+// Writes is how many calls that change state were made to Consul.
+func (r *Registry) Writes() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.writes
+}
+
+// Down reports whether Consul failed on the last attempt.
+func (r *Registry) Down() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.down
+}
+
+// errCheckGone means Consul no longer knows a check (it restarted without its state, or someone removed it).
+var errCheckGone = errors.New("check not registered")
+
+// Sync brings Consul in line with services: registers new or changed ones, updates every TTL check, deregisters
+// ours that are not in the list. While Consul is failing it returns quickly until the backoff has passed.
+func (r *Registry) Sync(ctx context.Context, services []Service) error {
+	now := r.now()
+	r.mu.Lock()
+	if r.down && now.Before(r.nextTry) {
+		r.mu.Unlock()
+		return nil
+	}
+	audit := now.Sub(r.lastAudit) >= r.auditEvery
+	r.mu.Unlock()
+
+	err := r.sync(ctx, services, audit)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err != nil {
+		if !r.down {
+			r.log.Error("consul unreachable, will keep probing and retry", "error", err)
+		}
+		r.down = true
+		r.backoff = min(max(2*r.backoff, time.Second), 30*time.Second)
+		r.nextTry = now.Add(r.backoff)
+		return err
+	}
+	if r.down {
+		r.log.Info("consul reachable again, registrations restored")
+	}
+	r.down, r.backoff = false, 0
+	if audit {
+		r.lastAudit = now
+	}
+	return nil
+}
+
+func (r *Registry) sync(ctx context.Context, services []Service, audit bool) error {
+	r.mu.Lock()
+	wasDown := r.down
+	r.mu.Unlock()
+	if wasDown {
+		// Consul may have lost its state while we could not reach it: register everything again.
+		r.mu.Lock()
+		r.registered = map[string]*Service{}
+		r.lastTTL = map[string]string{}
+		r.mu.Unlock()
+		if r.OnStateLost != nil {
+			r.OnStateLost()
+		}
+		audit = true
+	}
+	want := map[string]bool{}
+	for i := range services {
+		want[services[i].ID] = true
+	}
+	if audit {
+		if err := r.audit(ctx, want); err != nil {
+			return err
+		}
+	}
+	// Deregister ours that are gone.
+	r.mu.Lock()
+	var gone []string
+	for id := range r.registered {
+		if !want[id] {
+			gone = append(gone, id)
+		}
+	}
+	r.mu.Unlock()
+	sort.Strings(gone)
+	for _, id := range gone {
+		if err := r.agent.ServiceDeregisterOpts(id, (&consulapi.QueryOptions{}).WithContext(ctx)); err != nil && !isNotFound(err) {
+			return fmt.Errorf("deregister %s: %w", id, err)
+		}
+		r.mu.Lock()
+		delete(r.registered, id)
+		delete(r.lastTTL, id)
+		r.writes++
+		r.mu.Unlock()
+		r.log.Info("deregistered node", "node", id)
+	}
+	return r.parallel(ctx, services, func(s *Service) error { return r.syncOne(ctx, s) })
+}
+
+// parallel runs fn over services with bounded concurrency and returns the first error.
+func (r *Registry) parallel(ctx context.Context, services []Service, fn func(*Service) error) error {
+	sem := make(chan struct{}, r.parallelism)
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for i := range services {
+		if ctx.Err() != nil {
+			break
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(s *Service) {
+			defer func() { <-sem; wg.Done() }()
+			if err := fn(s); err != nil {
+				once.Do(func() { first = err })
+			}
+		}(&services[i])
+	}
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+func (r *Registry) syncOne(ctx context.Context, s *Service) error {
+	r.mu.Lock()
+	prev := r.registered[s.ID]
+	r.mu.Unlock()
+	if prev == nil || !sameRegistration(prev, s) {
+		if err := r.register(ctx, s); err != nil {
+			return err
+		}
+	}
+	err := r.updateTTL(ctx, s)
+	if errors.Is(err, errCheckGone) {
+		// Consul lost the check (restart without state): register again and retry once.
+		r.log.Warn("consul lost the registration, registering again", "node", s.ID)
+		if r.OnStateLost != nil {
+			r.OnStateLost()
+		}
+		if err := r.register(ctx, s); err != nil {
+			return err
+		}
+		err = r.updateTTL(ctx, s)
+	}
+	return err
+}
+
+func (r *Registry) register(ctx context.Context, s *Service) error {
+	meta := map[string]string{}
+	for k, v := range s.Meta {
+		meta[k] = v
+	}
+	meta["agent"] = r.agentID
+	reg := &consulapi.AgentServiceRegistration{
+		ID: s.ID, Name: s.Name, Address: s.Address, Port: s.Port,
+		Tags: append([]string{Tag}, s.Tags...), Meta: meta,
+		Check: &consulapi.AgentServiceCheck{
+			CheckID:                        CheckID(s.ID),
+			Name:                           "chain sync (" + s.ID + ")",
+			TTL:                            r.ttl.String(),
+			Status:                         s.Status,
+			Notes:                          "updated by chainwarden after every probe; critical when the agent stops",
+			DeregisterCriticalServiceAfter: r.deregisterAfter.String(),
+		},
+	}
+	if err := r.agent.ServiceRegisterOpts(reg, consulapi.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
+		return fmt.Errorf("register %s: %w", s.ID, err)
+	}
+	cp := *s
+	r.mu.Lock()
+	r.registered[s.ID] = &cp
+	delete(r.lastTTL, s.ID)
+	r.writes++
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
+	err := r.agent.UpdateTTLOpts(CheckID(s.ID), s.Output, s.Status, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		if isNotFound(err) || strings.Contains(err.Error(), "does not have associated TTL") {
+			return fmt.Errorf("update check of %s: %w", s.ID, errCheckGone)
+		}
+		return fmt.Errorf("update check of %s: %w", s.ID, err)
+	}
+	r.mu.Lock()
+	if r.lastTTL[s.ID] != s.Status+"\x00"+s.Output {
+		r.writes++
+	}
+	r.lastTTL[s.ID] = s.Status + "\x00" + s.Output
+	r.mu.Unlock()
+	return nil
+}
+
+// audit lists our services on the agent: registrations we think exist but Consul lost are marked for registering
+// again; services registered by this agent that are no longer wanted (left from before a restart) are removed.
+func (r *Registry) audit(ctx context.Context, want map[string]bool) error {
+	filter := fmt.Sprintf("%q in Tags and Meta.agent == %q", Tag, r.agentID)
+	have, err := r.agent.ServicesWithFilterOpts(filter, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("list services: %w", err)
+	}
+	r.mu.Lock()
+	for id := range r.registered {
+		if _, ok := have[id]; !ok {
+			delete(r.registered, id)
+		}
+	}
+	var stale []string
+	for id := range have {
+		if !want[id] {
+			stale = append(stale, id)
+		}
+	}
+	r.mu.Unlock()
+	sort.Strings(stale)
+	for _, id := range stale {
+		if err := r.agent.ServiceDeregisterOpts(id, (&consulapi.QueryOptions{}).WithContext(ctx)); err != nil && !isNotFound(err) {
+			return fmt.Errorf("deregister %s: %w", id, err)
+		}
+		r.mu.Lock()
+		r.writes++
+		r.mu.Unlock()
+		r.log.Info("deregistered node no longer configured", "node", id)
+	}
+	return nil
+}
+
+// DeregisterAll removes every service this registry registered (on a clean shutdown, when asked to).
+func (r *Registry) DeregisterAll(ctx context.Context) error {
+	r.mu.Lock()
+	ids := make([]string, 0, len(r.registered))
+	for id := range r.registered {
+		ids = append(ids, id)
+	}
+	r.mu.Unlock()
+	for _, id := range ids {
+		if err := r.agent.ServiceDeregisterOpts(id, (&consulapi.QueryOptions{}).WithContext(ctx)); err != nil && !isNotFound(err) {
+			return fmt.Errorf("deregister %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func sameRegistration(a, b *Service) bool {
+	if a.Name != b.Name || a.Address != b.Address || a.Port != b.Port || len(a.Tags) != len(b.Tags) || len(a.Meta) != len(b.Meta) {
+		return false
+	}
+	for i := range a.Tags {
+		if a.Tags[i] != b.Tags[i] {
+			return false
+		}
+	}
+	for k, v := range a.Meta {
+		if b.Meta[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+func isNotFound(err error) bool {
+	var se consulapi.StatusError
+	if errors.As(err, &se) && se.Code == 404 {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "404") || strings.Contains(msg, "Unknown check") || strings.Contains(msg, "Unknown service")
+}

@@ -1,0 +1,133 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+func svc(id, status, out string) Service {
+	return Service{ID: id, Name: "eth-devnet", Address: "127.0.0.1", Port: 8545, Meta: map[string]string{"kind": "ethereum"},
+		Status: status, Output: out}
+}
+
+func TestRegistryAgainstRealConsul(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	ctx := context.Background()
+	r := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: 3 * time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+
+	if err := r.Sync(ctx, []Service{svc("geth-a", "passing", "height 10, at head 10"), svc("geth-b", "warning", "3 behind")}); err != nil {
+		t.Fatal(err)
+	}
+	assertCheck(t, c, "geth-a", "passing", "height 10, at head 10")
+	assertCheck(t, c, "geth-b", "warning", "3 behind")
+	s, _, err := c.Client.Agent().Service("geth-a", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Service != "eth-devnet" || s.Meta["agent"] != "host-a" || s.Meta["kind"] != "ethereum" || s.Tags[0] != Tag {
+		t.Fatalf("registration: %+v", s)
+	}
+
+	// Status changes reach the check; a node no longer in the list is deregistered.
+	if err := r.Sync(ctx, []Service{svc("geth-a", "critical", "probe failed")}); err != nil {
+		t.Fatal(err)
+	}
+	assertCheck(t, c, "geth-a", "critical", "probe failed")
+	assertCheck(t, c, "geth-b", "", "")
+
+	// Consul loses its state: the next sync registers again.
+	c.Restart()
+	if err := r.Sync(ctx, []Service{svc("geth-a", "passing", "back")}); err != nil {
+		t.Fatal(err)
+	}
+	assertCheck(t, c, "geth-a", "passing", "back")
+
+	// Consul down: Sync fails, backs off, and registers everything when it is back.
+	c.Stop()
+	if err := r.Sync(ctx, []Service{svc("geth-a", "passing", "x")}); err == nil {
+		t.Fatal("sync with consul down: no error")
+	}
+	if !r.Down() {
+		t.Fatal("registry does not know consul is down")
+	}
+	c.Restart()
+	testenv.Eventually(t, 10*time.Second, "re-registration after consul is back", func() error {
+		if err := r.Sync(ctx, []Service{svc("geth-a", "warning", "recovered")}); err != nil {
+			return err
+		}
+		st, out, err := c.CheckStatus("geth-a")
+		if err != nil {
+			return err
+		}
+		if st != "warning" || out != "recovered" {
+			return errors.New("not yet: " + st + " " + out)
+		}
+		return nil
+	})
+}
+
+func TestAuditRemovesStaleServicesOfThisAgentOnly(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	ctx := context.Background()
+	old := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: 3 * time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	other := New(c.Client.Agent(), Options{AgentID: "host-b", TTL: 3 * time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	if err := old.Sync(ctx, []Service{svc("old-node", "passing", "x"), svc("kept", "passing", "x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Sync(ctx, []Service{svc("theirs", "passing", "x")}); err != nil {
+		t.Fatal(err)
+	}
+	// The agent restarts with "old-node" removed from its config.
+	restarted := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: 3 * time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	if err := restarted.Sync(ctx, []Service{svc("kept", "passing", "y")}); err != nil {
+		t.Fatal(err)
+	}
+	assertCheck(t, c, "old-node", "", "")
+	assertCheck(t, c, "kept", "passing", "y")
+	assertCheck(t, c, "theirs", "passing", "x")
+}
+
+func TestTTLExpiresWhenNotUpdated(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	r := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	if err := r.Sync(context.Background(), []Service{svc("geth-a", "passing", "ok")}); err != nil {
+		t.Fatal(err)
+	}
+	assertCheck(t, c, "geth-a", "passing", "ok")
+	testenv.Eventually(t, 10*time.Second, "TTL expiry", func() error {
+		st, _, err := c.CheckStatus("geth-a")
+		if err != nil {
+			return err
+		}
+		if st != "critical" {
+			return errors.New("still " + st)
+		}
+		return nil
+	})
+}
+
+func assertCheck(t *testing.T, c *testenv.Consul, id, status, output string) {
+	t.Helper()
+	st, out, err := c.CheckStatus(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st != status || out != output {
+		t.Fatalf("check of %s: %q %q, want %q %q", id, st, out, status, output)
+	}
+}

@@ -1,0 +1,208 @@
+// Package verdict judges a probe result against the network head and a node's thresholds (critical, warning or
+// passing, with the reasons), renders it as the line a person reads in the Consul UI, and damps flapping: N bad
+// probes to get worse, M good ones to get better.
+package verdict
+
+import (
+	"fmt"
+	"math/big"
+	"strings"
+	"time"
+
+	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/probe"
+)
+
+// Status is a node's health, ordered from best to worst.
+type Status int
+
+// The statuses, with Consul's names.
+const (
+	Passing Status = iota
+	Warning
+	Critical
+)
+
+func (s Status) String() string {
+	switch s {
+	case Passing:
+		return "passing"
+	case Warning:
+		return "warning"
+	default:
+		return "critical"
+	}
+}
+
+// ParseStatus reads a Consul check status.
+func ParseStatus(s string) (Status, bool) {
+	switch s {
+	case "passing":
+		return Passing, true
+	case "warning":
+		return Warning, true
+	case "critical":
+		return Critical, true
+	}
+	return Critical, false
+}
+
+// Head is the network head a node is compared with.
+type Head struct {
+	Height   uint64
+	Node     string // which node or reference reported it
+	Observed time.Time
+}
+
+// Input is everything one judgement needs.
+type Input struct {
+	Kind       string
+	Result     probe.Result
+	Head       Head   // zero Height: unknown
+	WantChain  string // expected chain id (decimal) or CometBFT network; "" = any
+	Thresholds config.Thresholds
+	Now        time.Time
+}
+
+// Report is a judgement: the status, why it is not passing, and the figures behind it.
+type Report struct {
+	Status   Status
+	Reasons  []string
+	Probed   bool // a probe has been made (false: waiting for the first one)
+	Height   uint64
+	Head     uint64
+	HeadNode string
+	Lag      uint64
+	Peers    uint64
+	BlockAge time.Duration // zero when unknown
+	Err      string
+}
+
+// Judge decides a node's undamped status from one probe.
+func Judge(in Input) Report {
+	r := in.Result
+	rep := Report{Probed: true, Height: r.Height, Peers: r.Peers}
+	bad := func(s Status, format string, args ...any) {
+		if s > rep.Status {
+			rep.Status = s
+		}
+		rep.Reasons = append(rep.Reasons, fmt.Sprintf(format, args...))
+	}
+	if r.Err != nil {
+		rep.Err = r.Err.Error()
+		bad(Critical, "probe failed: %s", r.Err)
+		return rep
+	}
+	t := in.Thresholds
+	if in.Kind == config.KindChainlink {
+		judgeChainlink(r, t, bad)
+		return rep
+	}
+	if in.WantChain != "" && r.ChainID != in.WantChain {
+		bad(Critical, "wrong chain %s (want %s)", r.ChainID, in.WantChain)
+	}
+	if r.Syncing {
+		bad(Critical, "syncing")
+	}
+	if r.HasHeight && r.Height == 0 {
+		bad(Critical, "at height 0, not synced")
+	}
+	if !r.BlockTime.IsZero() {
+		rep.BlockAge = in.Now.Sub(r.BlockTime)
+		if rep.BlockAge < 0 {
+			rep.BlockAge = 0
+		}
+		if t.MaxBlockAge > 0 && rep.BlockAge > t.MaxBlockAge {
+			bad(Critical, "no new block for %s", roundAge(rep.BlockAge))
+		}
+	}
+	if r.Peers < t.MinPeers {
+		bad(Critical, "%d peers, want at least %d", r.Peers, t.MinPeers)
+	}
+	if in.Head.Height > 0 {
+		rep.Head, rep.HeadNode = in.Head.Height, in.Head.Node
+		if in.Head.Height > r.Height {
+			rep.Lag = in.Head.Height - r.Height
+		}
+		switch {
+		case rep.Lag > t.MaxLag:
+			bad(Critical, "%d blocks behind, more than max_lag %d", rep.Lag, t.MaxLag)
+		case rep.Lag > t.WarnLag:
+			bad(Warning, "%d blocks behind, more than warn_lag %d", rep.Lag, t.WarnLag)
+		}
+	}
+	return rep
+}
+
+func judgeChainlink(r probe.Result, t config.Thresholds, bad func(Status, string, ...any)) {
+	if len(r.FailingChecks) > 0 {
+		bad(Critical, "failing checks: %s", strings.Join(r.FailingChecks, ", "))
+	}
+	if t.MinBalanceWei != "" {
+		min, _ := new(big.Int).SetString(t.MinBalanceWei, 10)
+		for _, w := range r.Wallets {
+			if w.Disabled {
+				continue
+			}
+			if w.Balance == nil {
+				bad(Critical, "balance of %s unknown", w.Address)
+			} else if w.Balance.Cmp(min) < 0 {
+				bad(Critical, "wallet %s has %s ETH, below %s", w.Address, weiToEther(w.Balance), weiToEther(min))
+			}
+		}
+	}
+	if t.MaxFailedRuns >= 0 && r.RunsChecked && r.FailedRuns > t.MaxFailedRuns {
+		bad(Warning, "%d recent job runs failed", r.FailedRuns)
+	}
+}
+
+// Output is the line shown in the Consul UI, e.g.
+// "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago", prefixed by the reasons when not passing.
+func (r Report) Output() string {
+	if !r.Probed {
+		return "waiting for the first probe"
+	}
+	var parts []string
+	if r.Err == "" && (r.Height > 0 || r.Head > 0) {
+		parts = append(parts, fmt.Sprintf("height %d", r.Height))
+		switch {
+		case r.Head == 0:
+			parts = append(parts, "head unknown")
+		case r.Lag == 0:
+			parts = append(parts, fmt.Sprintf("at head %d", r.Head))
+		default:
+			parts = append(parts, fmt.Sprintf("%d behind head %d (%s)", r.Lag, r.Head, r.HeadNode))
+		}
+		parts = append(parts, fmt.Sprintf("%d peers", r.Peers))
+		if r.BlockAge > 0 {
+			parts = append(parts, fmt.Sprintf("last block %s ago", roundAge(r.BlockAge)))
+		}
+	}
+	stats := strings.Join(parts, ", ")
+	if len(r.Reasons) == 0 {
+		if stats == "" {
+			return "healthy"
+		}
+		return stats
+	}
+	out := strings.Join(r.Reasons, "; ")
+	if stats != "" {
+		out += " — " + stats
+	}
+	if len(out) > 4000 { // Consul keeps 4 KB of check output
+		out = out[:4000] + "…"
+	}
+	return out
+}
+
+func roundAge(d time.Duration) time.Duration {
+	if d < 10*time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Second)
+}
+
+func weiToEther(wei *big.Int) string {
+	r := new(big.Rat).SetFrac(wei, new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil))
+	return strings.TrimRight(strings.TrimRight(r.FloatString(6), "0"), ".")
+}

@@ -1,0 +1,114 @@
+package verdict
+
+import (
+	"errors"
+	"math/big"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/probe"
+)
+
+var now = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+func eth() config.Thresholds { return config.KindDefaults[config.KindEthereum] }
+
+func healthy(h uint64) probe.Result {
+	return probe.Result{Height: h, HasHeight: true, Peers: 5, ChainID: "4242", BlockTime: now.Add(-time.Second)}
+}
+
+func TestJudge(t *testing.T) {
+	head := Head{Height: 1236, Node: "geth-b"}
+	cases := []struct {
+		name   string
+		kind   string
+		result probe.Result
+		head   Head
+		th     config.Thresholds
+		want   Status
+		reason string // substring of the output
+	}{
+		{"at head", config.KindEthereum, healthy(1236), head, eth(), Passing, "height 1236, at head 1236, 5 peers, last block 1s ago"},
+		{"2 behind is within warn_lag", config.KindEthereum, healthy(1234), head, eth(), Passing, "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago"},
+		{"3 behind warns", config.KindEthereum, healthy(1233), head, eth(), Warning, "3 blocks behind, more than warn_lag 2"},
+		{"10 behind still warns", config.KindEthereum, healthy(1226), head, eth(), Warning, "10 blocks behind"},
+		{"11 behind is critical", config.KindEthereum, healthy(1225), head, eth(), Critical, "11 blocks behind, more than max_lag 10"},
+		{"ahead of head", config.KindEthereum, healthy(1240), head, eth(), Passing, "height 1240"},
+		{"unknown head", config.KindEthereum, healthy(10), Head{}, eth(), Passing, "head unknown"},
+		{"probe error", config.KindEthereum, probe.Result{Err: errors.New("eth_chainId: timeout")}, head, eth(), Critical, "probe failed: eth_chainId: timeout"},
+		{"wrong chain", config.KindEthereum, func() probe.Result { r := healthy(1236); r.ChainID = "1"; return r }(), head, eth(), Critical, "wrong chain 1 (want 4242)"},
+		{"syncing", config.KindEthereum, func() probe.Result { r := healthy(1236); r.Syncing = true; return r }(), head, eth(), Critical, "syncing"},
+		{"height 0 not syncing", config.KindEthereum, probe.Result{HasHeight: true, Peers: 3, ChainID: "4242"}, Head{}, eth(), Critical, "at height 0, not synced"},
+		{"no peers", config.KindEthereum, func() probe.Result { r := healthy(1236); r.Peers = 0; return r }(), head, eth(), Critical, "0 peers, want at least 1"},
+		{"stale block", config.KindEthereum, func() probe.Result { r := healthy(1236); r.BlockTime = now.Add(-5 * time.Minute); return r }(), head, eth(), Critical, "no new block for 5m0s"},
+		{"chainlink healthy", config.KindChainlink, probe.Result{}, Head{}, config.KindDefaults[config.KindChainlink], Passing, "healthy"},
+		{"chainlink failing", config.KindChainlink, probe.Result{FailingChecks: []string{"EVM.1.HeadTracker"}}, Head{}, config.KindDefaults[config.KindChainlink], Critical, "failing checks: EVM.1.HeadTracker"},
+		{"chainlink low balance", config.KindChainlink, probe.Result{Wallets: []probe.Wallet{{Address: "0xabc", Balance: big.NewInt(1e17)}}}, Head{},
+			config.Thresholds{MinBalanceWei: "500000000000000000", MaxFailedRuns: -1}, Critical, "wallet 0xabc has 0.1 ETH, below 0.5"},
+		{"chainlink failed runs", config.KindChainlink, probe.Result{RunsChecked: true, FailedRuns: 3}, Head{},
+			config.Thresholds{MaxFailedRuns: 1}, Warning, "3 recent job runs failed"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rep := Judge(Input{Kind: c.kind, Result: c.result, Head: c.head, WantChain: "4242", Thresholds: c.th, Now: now})
+			if rep.Status != c.want {
+				t.Fatalf("status %s, want %s (%s)", rep.Status, c.want, rep.Output())
+			}
+			if !strings.Contains(rep.Output(), c.reason) {
+				t.Fatalf("output %q does not contain %q", rep.Output(), c.reason)
+			}
+		})
+	}
+}
+
+func TestOutputIsTheReadableLine(t *testing.T) {
+	rep := Judge(Input{Kind: config.KindEthereum, Result: healthy(1234), Head: Head{Height: 1236, Node: "geth-b"},
+		WantChain: "4242", Thresholds: eth(), Now: now})
+	want := "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago"
+	if got := rep.Output(); got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+	if got := (Report{}).Output(); got != "waiting for the first probe" {
+		t.Fatalf("unprobed: %q", got)
+	}
+}
+
+func TestDamper(t *testing.T) {
+	d := NewDamper(2, 3)
+	steps := []struct {
+		raw  Status
+		want Status
+	}{
+		{Passing, Critical}, {Passing, Critical}, {Passing, Passing}, // a new node proves itself 3 times
+		{Critical, Passing}, {Passing, Passing}, // one bad probe is not enough
+		{Critical, Passing}, {Critical, Critical}, // two are
+		{Warning, Critical}, {Passing, Critical}, {Warning, Warning}, // three better than critical: moves to the latest
+	}
+	for i, s := range steps {
+		got, _ := d.Observe(s.raw)
+		if got != s.want {
+			t.Fatalf("step %d: raw %s -> %s, want %s", i, s.raw, got, s.want)
+		}
+	}
+	if got, changed := d.Observe(Passing); got != Warning || changed {
+		t.Fatalf("one passing probe after warning: %s changed=%v", got, changed)
+	}
+}
+
+func TestDamperOppositeDirectionResets(t *testing.T) {
+	d := NewDamper(2, 2)
+	d.Observe(Passing)
+	d.Observe(Passing) // passing now
+	d.Observe(Warning)
+	if got, _ := d.Observe(Passing); got != Passing {
+		t.Fatal("expected passing")
+	}
+	if got, _ := d.Observe(Warning); got != Passing {
+		t.Fatal("a worse streak must restart after a good probe")
+	}
+	if got, _ := d.Observe(Critical); got != Critical {
+		t.Fatalf("second worse probe in a row moves to the latest raw status, got %s", got)
+	}
+}
