@@ -26,11 +26,21 @@ import (
 // interval: probe -> verdict -> Consul TTL check, the data the proxies' templates read.
 func startAgent(t *testing.T, consul *testenv.Consul, interval string, nodes []*testenv.Geth) {
 	t.Helper()
+	startAgentWith(t, consul, interval, "  warn_lag = 2\n  max_lag = 6\n  max_block_age = \"5s\"\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n", nodes)
+}
+
+// startAgentInterval is the agent the benchmarks run: failover-oriented thresholds.
+func startAgentInterval(t *testing.T, consul *testenv.Consul, interval string, nodes []*testenv.Geth) {
+	t.Helper()
+	startAgentWith(t, consul, interval, "  warn_lag = 1\n  max_lag = 4\n  max_block_age = \"3s\"\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n", nodes)
+}
+
+func startAgentWith(t *testing.T, consul *testenv.Consul, interval, thresholds string, nodes []*testenv.Geth) {
+	t.Helper()
 	var blocks strings.Builder
 	for _, g := range nodes {
-		fmt.Fprintf(&blocks, "node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = %q\n  chain_id = %d\n"+
-			"  warn_lag = 2\n  max_lag = 6\n  max_block_age = \"5s\"\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n}\n",
-			g.Name, g.RPC, service, testenv.CliqueChainID)
+		fmt.Fprintf(&blocks, "node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = %q\n  chain_id = %d\n%s}\n",
+			g.Name, g.RPC, service, testenv.CliqueChainID, thresholds)
 	}
 	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = \"127.0.0.1:%d\"\n"+
 		"interval = %q\nhead_max_age = \"10s\"\n%s", consul.Addr, testenv.FreePort(t), interval, blocks.String())
