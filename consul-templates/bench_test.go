@@ -238,7 +238,7 @@ func TestBenchFailover(t *testing.T) {
 	defer h.finish()
 
 	type trial struct{ detect, config, last time.Duration }
-	run := func(mode string, stop, restore func(g *testenv.Geth)) []trial {
+	run := func(mode string, settle time.Duration, stop, restore func(g *testenv.Geth)) []trial {
 		var out []trial
 		for i := 0; i < trials; i++ {
 			g := net.Nodes[1+i%2]
@@ -258,7 +258,7 @@ func TestBenchFailover(t *testing.T) {
 			if tCheck.IsZero() || tConfig.IsZero() {
 				t.Fatalf("%s trial %d: %s never left the rotation", mode, i, g.Name)
 			}
-			time.Sleep(12 * time.Second) // requests already sent to a frozen node end after proxy_read_timeout (10 s)
+			time.Sleep(settle) // requests already sent to a frozen node end after proxy_read_timeout (10 s)
 			last := lastRequestTo(t, p.AccessLog, "127.0.0.1:"+port, t0)
 			tr := trial{tCheck.Sub(t0), tConfig.Sub(t0), last.Sub(t0)}
 			if last.IsZero() || last.Before(t0) {
@@ -274,7 +274,7 @@ func TestBenchFailover(t *testing.T) {
 		}
 		return out
 	}
-	frozen := run("SIGSTOP", func(g *testenv.Geth) {
+	frozen := run("SIGSTOP", 12*time.Second, func(g *testenv.Geth) {
 		if err := g.Freeze(); err != nil {
 			t.Fatal(err)
 		}
@@ -283,7 +283,7 @@ func TestBenchFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	isolated := run("peers removed", func(g *testenv.Geth) {
+	isolated := run("peers removed", 3*time.Second, func(g *testenv.Geth) {
 		if err := net.Isolate(g); err != nil {
 			t.Fatal(err)
 		}
