@@ -118,8 +118,8 @@ job "rpc-proxy" {
       # template output could leak to: secrets/ is private to the task).
       template {
         data        = <<-EOT
-          {{- with nomadVar "nomad/jobs/rpc-proxy" }}{{ range $k, $v := . }}{{ if $k | regexMatch "^CHAINWARDEN_FALLBACK_KEY_[A-Z0-9_]+$" }}
-          {{ $k }}={{ $v }}{{ end }}{{ end }}{{ end }}
+          {{- range nomadVarList "nomad/jobs/rpc-proxy" }}{{ with nomadVar .Path }}{{ range $k, $v := . }}{{ if $k | regexMatch "^CHAINWARDEN_FALLBACK_KEY_[A-Z0-9_]+$" }}
+          {{ $k }}={{ $v }}{{ end }}{{ end }}{{ end }}{{ end }}
         EOT
         destination = "secrets/fallback.env"
         env         = true
