@@ -2,6 +2,9 @@
 # WorkingDirectory), e.g. `consul-template -config consul-template.hcl`; -consul-addr overrides the address.
 # The template renders into staging/; apply.sh validates with `haproxy -c` and only then moves it into place and
 # reloads the HAProxy master with SIGUSR2.
+# Exit cleanly on SIGTERM (systemd's and Nomad's stop signal); consul-template's default is SIGINT.
+kill_signal = "SIGTERM"
+
 consul {
   address = "127.0.0.1:8500"
   retry {

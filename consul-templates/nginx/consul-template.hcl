@@ -2,6 +2,9 @@
 # WorkingDirectory), e.g. `consul-template -config consul-template.hcl`; -consul-addr overrides the address.
 # The template renders into staging/; apply.sh validates with `nginx -t` and only then moves it into place and
 # reloads nginx.
+# Exit cleanly on SIGTERM (systemd's and Nomad's stop signal); consul-template's default is SIGINT.
+kill_signal = "SIGTERM"
+
 consul {
   address = "127.0.0.1:8500"
   retry {
