@@ -153,7 +153,8 @@ func (h *hammer) finish() (ok, failed, resets int64, errs []string) {
 // request on: what an nginx reload does to idle client connections (see docs/PROXY.md).
 func isConnReset(err error) bool {
 	s := err.Error()
-	return strings.Contains(s, "connection reset by peer") || strings.HasSuffix(s, ": EOF")
+	return strings.Contains(s, "connection reset by peer") || strings.HasSuffix(s, ": EOF") ||
+		strings.Contains(s, "server closed idle connection")
 }
 
 // TestClientKeepsReadingThroughLagCrashAndFallback runs a real 3-node Clique network, watched by the real chainwarden
