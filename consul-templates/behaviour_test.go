@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/chainwarden/chainwarden/internal/testenv"
@@ -204,6 +205,41 @@ func TestFlappingNodeReloadsOncePerQuiescenceWindow(t *testing.T) {
 		t.Logf("%s: %d status changes in %s, %d reloads (limit %d)", p.kind, changes, flapFor, n, limit)
 		if n > limit {
 			t.Errorf("%s reloaded %d times for %d changes in %s; want at most %d", p.kind, n, changes, flapFor, limit)
+		}
+	}
+}
+
+// TestWebSocket: a WebSocket upgrade on /<service> reaches a passing node (on its ws_port when the node declares
+// one) and carries several calls; a critical node gets none.
+func TestWebSocket(t *testing.T) {
+	consul := testenv.StartConsul(t)
+	a, ws, c := newFakeNode(t, "geth-a"), newFakeNode(t, "geth-a-ws"), newFakeNode(t, "geth-c")
+	// geth-a serves HTTP on one port and WebSocket on another (meta ws_port); geth-c is critical.
+	register(t, consul, service, "geth-a", "127.0.0.1", a.port(), "passing", map[string]string{"ws_port": fmt.Sprint(ws.port())})
+	register(t, consul, service, "geth-c", "127.0.0.1", c.port(), "critical", nil)
+	for _, kind := range proxyKinds {
+		p := startProxy(t, kind, consul)
+		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server", "geth-c": "absent"}))
+		url := "ws" + strings.TrimPrefix(p.URL, "http") + "/" + service
+		conn, resp, err := websocket.DefaultDialer.Dial(url, nil)
+		if err != nil {
+			t.Fatalf("%s: websocket dial %s: %v (%+v)", kind, url, err, resp)
+		}
+		for i := 1; i <= 3; i++ {
+			if err := conn.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"eth_blockNumber","params":[]}`, i))); err != nil {
+				t.Fatalf("%s: write: %v", kind, err)
+			}
+			var r rpcResponse
+			if err := conn.ReadJSON(&r); err != nil {
+				t.Fatalf("%s: read: %v", kind, err)
+			}
+			if string(r.Result) != `"geth-a-ws"` || string(r.ID) != fmt.Sprint(i) {
+				t.Errorf("%s: websocket answer %s id %s, want geth-a-ws id %d", kind, r.Result, r.ID, i)
+			}
+		}
+		conn.Close()
+		if c.count() != 0 {
+			t.Errorf("%s: the critical node got %d requests", kind, c.count())
 		}
 	}
 }

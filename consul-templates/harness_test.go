@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/chainwarden/chainwarden/internal/testenv"
@@ -220,6 +221,10 @@ func newFakeNode(t *testing.T, name string) *fakeNode {
 }
 
 func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
+	if websocket.IsWebSocketUpgrade(r) {
+		f.serveWS(w, r)
+		return
+	}
 	body, _ := io.ReadAll(r.Body)
 	f.mu.Lock()
 	f.hits++
@@ -307,4 +312,29 @@ func testenvOutput(dir, bin string, args ...string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
 	return out.String(), err
+}
+
+// serveWS answers every JSON-RPC message on a WebSocket with the node's name, as a node's 8546-style endpoint.
+func (f *fakeNode) serveWS(w http.ResponseWriter, r *http.Request) {
+	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	c, err := up.Upgrade(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	for {
+		var req struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if err := c.ReadJSON(&req); err != nil {
+			return
+		}
+		f.mu.Lock()
+		f.hits++
+		f.seen = append(f.seen, seenRequest{r.URL.Path, r.Host, "websocket"})
+		f.mu.Unlock()
+		if err := c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":%q}`, req.ID, f.Name))); err != nil {
+			return
+		}
+	}
 }
