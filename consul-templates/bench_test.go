@@ -2,6 +2,7 @@ package consultemplates
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"sort"
@@ -234,7 +235,9 @@ func TestBenchFailover(t *testing.T) {
 	p := startProxy(t, "nginx", consul)
 	all := map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}
 	p.waitConfig(t, "three nodes", expectStates("nginx", all))
-	h := startHammer(p.URL+"/"+service, 8)
+	// Open-loop load: a new call every 5 ms whatever the earlier ones do, so that calls stuck on a hung node do not
+	// stop new ones from being sent (closed-loop clients would all end up waiting on it).
+	h := startOpenLoop(p.URL+"/"+service, 5*time.Millisecond)
 	defer h.finish()
 
 	type trial struct{ detect, config, last time.Duration }
@@ -292,9 +295,10 @@ func TestBenchFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	ok, failed, resets, _ := h.finish()
+	ok, failed, resets, errs := h.finish()
+	t.Logf("client errors (first 10): %q", errs)
 	var b strings.Builder
-	fmt.Fprintf(&b, "Failover time, nginx, %d trials per way of stopping (agent interval 1 s, probe timeout 1 s, fail_after 1, warn_lag 1, max_lag 4, max_block_age 3 s; consul-template wait 500 ms..3 s; 8 clients):\n\n", trials)
+	fmt.Fprintf(&b, "Failover time, nginx, %d trials per way of stopping (agent interval 1 s, probe timeout 1 s, fail_after 1, warn_lag 1, max_lag 4, max_block_age 3 s; consul-template wait 250 ms..3 s; open-loop load, a call every 5 ms):\n\n", trials)
 	fmt.Fprintf(&b, "| node stops by | check leaves passing (median / max) | nginx config without it (median / max) | last request sent to it (median / max) |\n|---|---|---|---|\n")
 	for _, m := range []struct {
 		name string
@@ -359,4 +363,50 @@ func lastRequestTo(t *testing.T, accessLog, addr string, after time.Time) time.T
 		}
 	}
 	return last
+}
+
+// startOpenLoop sends an eth_blockNumber call through url every `every`, each in its own goroutine (at most 4,000 in
+// flight), until finished.
+func startOpenLoop(url string, every time.Duration) *hammer {
+	h := &hammer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop = cancel
+	sem := make(chan struct{}, 4000)
+	h.done.Add(1)
+	go func() {
+		defer h.done.Done()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			select {
+			case sem <- struct{}{}:
+			default:
+				continue
+			}
+			h.done.Add(1)
+			go func() {
+				defer h.done.Done()
+				defer func() { <-sem }()
+				if _, err := blockNumber(url, 20*time.Second); err != nil {
+					h.failed.Add(1)
+					if isConnReset(err) {
+						h.resets.Add(1)
+					}
+					h.mu.Lock()
+					if len(h.errs) < 10 {
+						h.errs = append(h.errs, err.Error())
+					}
+					h.mu.Unlock()
+					return
+				}
+				h.ok.Add(1)
+			}()
+		}
+	}()
+	return h
 }

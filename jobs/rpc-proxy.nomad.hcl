@@ -135,7 +135,7 @@ job "rpc-proxy" {
         perms       = "600"
         splay       = "0s"
         wait {
-          min = "500ms"
+          min = "250ms"
           max = "3s"
         }
         change_mode = "script"

@@ -18,7 +18,7 @@ consul {
 # Quiescence: render once the catalog has been quiet for min, and at least every max while it keeps changing, so a
 # flapping node reloads HAProxy at most once per max.
 wait {
-  min = "500ms"
+  min = "250ms"
   max = "3s"
 }
 
