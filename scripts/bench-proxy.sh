@@ -5,7 +5,7 @@
 #   drain      failed client reads during planned drains and during crashes
 #   failover   time from a node stopping (SIGSTOP, peers removed) to nginx sending it no more requests
 # Usage: scripts/bench-proxy.sh [overhead|drain|failover|all]   (CHAINWARDEN_BENCH_TRIALS=N for failover, default 20)
-# The figures are printed as markdown and kept in bench-proxy.md (in the current directory).
+# The figures are printed as markdown and kept in ${TMPDIR:-/tmp}/bench-proxy.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=${CHAINWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainwarden}/bin:$PATH
@@ -19,7 +19,7 @@ all) run='TestBenchProxyOverhead|TestBenchDrainAndCrash|TestBenchFailover' ;;
 	exit 2
 	;;
 esac
-out=$PWD/bench-proxy.md
+out=${TMPDIR:-/tmp}/bench-proxy.md
 : >"$out"
 CHAINWARDEN_BENCH=1 CHAINWARDEN_BENCH_OUT=$out go test -count=1 -timeout 60m -run "^($run)\$" -v ./consul-templates/ |
 	grep -E '^(=== RUN|--- |\s+\w+_test\.go:|ok|FAIL)' || true
