@@ -117,6 +117,37 @@ func TestMethodFilter(t *testing.T) {
 	}
 }
 
+func TestDefaultService(t *testing.T) {
+	consul := testenv.StartConsul(t)
+	node := newFakeNode(t, "geth-a")
+	register(t, consul, service, "geth-a", "127.0.0.1", node.port(), "passing", nil)
+	var proxies []*proxy
+	for _, kind := range proxyKinds {
+		p := startProxy(t, kind, consul)
+		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server"}))
+		proxies = append(proxies, p)
+	}
+	put := func(v string) {
+		if _, err := consul.Client.KV().Put(&consulapi.KVPair{Key: "chainwarden/proxy/default_service", Value: []byte(v)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A default naming no chainwarden service is ignored: "/" stays unrouted, the config valid.
+	put("nope")
+	for _, p := range proxies {
+		p.waitConfig(t, "default nope", func(conf string) error { return nil })
+		testenv.Eventually(t, 10*time.Second, p.kind+" / unrouted", func() error {
+			return only(responders(t, p.URL+"/", 3), "error: no such chainwarden service; use /<service>")
+		})
+	}
+	put(service)
+	for _, p := range proxies {
+		testenv.Eventually(t, 20*time.Second, p.kind+" / routed to "+service, func() error {
+			return only(responders(t, p.URL+"/", 3), "geth-a")
+		})
+	}
+}
+
 func TestBadRenderNeverReplacesGoodConfig(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	a, b := newFakeNode(t, "geth-a"), newFakeNode(t, "geth-b")
