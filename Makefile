@@ -5,7 +5,7 @@ export PATH := $(CACHE)/bin:/usr/local/go/bin:$(PATH)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_TEST_FLAGS ?=
 
-.PHONY: help deps build test test-unit bench demo fmt vet clean
+.PHONY: help deps build test test-unit bench demo ami fmt vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ bench: deps build ## the agent benchmark (1,000 nodes at 1 s); figures go to doc
 
 demo: deps build ## the local demo stack: Consul, a geth Clique network, a CometBFT network, the agent
 	bash scripts/demo.sh
+
+ami: build ## build the node AMI on AWS (credentials from the SDK chain; Packer >= 1.10 after packer init)
+	packer init packer/ && packer build -var chainwarden_version=$(VERSION) -var chainwarden_binary=$(CURDIR)/bin/chainwarden packer/
 
 fmt: ## gofmt every Go file
 	gofmt -w $$(git ls-files '*.go')

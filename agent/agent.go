@@ -10,6 +10,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,6 +101,9 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	a.SetReferences(cfg.References)
 	return a, nil
 }
+
+// Consul is the client the agent talks to Consul with.
+func (a *Agent) Consul() *consulapi.Client { return a.consul }
 
 // ID is the agent's identity in Consul.
 func (a *Agent) ID() string { return a.id }
@@ -203,6 +207,7 @@ const maxParallelProbes = 256
 
 // Step does one pass: probe every node and reference, judge, publish heads and checks.
 func (a *Agent) Step(ctx context.Context) {
+	started := time.Now()
 	a.mu.Lock()
 	states := make([]*nodeState, 0, len(a.nodes))
 	for _, st := range a.nodes {
@@ -240,6 +245,7 @@ func (a *Agent) Step(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
+	probed := time.Now()
 	now := a.now()
 
 	// Network heads: fresh heads from KV, this pass's own nodes, and references.
@@ -291,7 +297,7 @@ func (a *Agent) Step(ctx context.Context) {
 		r := results[i]
 		head := networkHead(st.cfg.Service)
 		rep := verdict.Judge(verdict.Input{Kind: st.cfg.Kind, Result: r, Head: head, WantChain: wantChain(st.cfg),
-			Thresholds: st.cfg.Thresholds, Now: now})
+			Standby: strings.Contains(st.cfg.Role, "standby"), Thresholds: st.cfg.Thresholds, Now: now})
 		raw := rep.Status
 		status, changed := st.damper.Observe(raw)
 		rep.Status = status
@@ -319,11 +325,18 @@ func (a *Agent) Step(ctx context.Context) {
 		a.mu.Unlock()
 		a.log.Debug("publish heads failed", "error", err)
 	}
+	published := time.Now()
 	err := a.reg.Sync(ctx, services)
 	a.metrics.consulUp.Set(boolGauge(!a.reg.Down()))
 	a.metrics.consulWrites.Set(float64(a.reg.Writes()))
 	if err != nil {
 		a.log.Debug("consul sync failed", "error", err)
+	}
+	took := time.Since(started)
+	a.metrics.stepSeconds.Observe(took.Seconds())
+	if took > a.cfg.IntervalDur {
+		a.log.Warn("a pass took longer than the interval", "took", took, "probe", probed.Sub(started),
+			"publish", published.Sub(probed), "consul", time.Since(published), "nodes", len(states))
 	}
 }
 

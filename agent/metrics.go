@@ -21,6 +21,7 @@ type metrics struct {
 	probeSeconds *prometheus.HistogramVec
 	transitions  *prometheus.CounterVec
 	referenceUp  *prometheus.GaugeVec
+	stepSeconds  prometheus.Histogram
 	consulUp     prometheus.Gauge
 	consulWrites prometheus.Gauge
 }
@@ -44,12 +45,14 @@ func newMetrics() *metrics {
 			Help: "How long probes take.", Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"kind"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "chainwarden", Name: "status_transitions_total",
 			Help: "Changes of a node's damped verdict, by the status it went to."}, []string{"node", "service", "to"}),
+		stepSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "chainwarden", Name: "pass_duration_seconds",
+			Help: "How long one pass over all nodes takes (probe, judge, publish).", Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30}}),
 		referenceUp:  g("reference_up", "1 when the external reference answered on the right chain, else 0.", "reference", "service"),
 		consulUp:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
 		consulWrites: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_writes", Help: "State-changing calls made to the Consul agent since start."}),
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
-		m.transitions, m.referenceUp, m.consulUp, m.consulWrites,
+		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -12,6 +12,7 @@ GETH_CLIQUE_VERSION=v1.13.15
 COMETBFT_VERSION=v0.38.19
 CONSUL_TEMPLATE_VERSION=v0.41.1
 PACKER_VERSION=v1.9.4
+PACKER_PLUGIN_AMAZON_VERSION=v1.2.9
 
 CACHE=${CHAINWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainwarden}
 BIN=$CACHE/bin
@@ -19,7 +20,7 @@ mkdir -p "$BIN"
 
 say() { printf 'deps: %s\n' "$*"; }
 
-APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc)
+APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd)
 install_apt() {
 	local missing=()
 	for p in "${APT_PACKAGES[@]}"; do
@@ -123,6 +124,24 @@ build_packer() {
 	say "packer $PACKER_VERSION ready"
 }
 
+build_packer_plugin_amazon() {
+	if ! have packer-plugin-amazon $PACKER_PLUGIN_AMAZON_VERSION; then
+		say "building packer-plugin-amazon $PACKER_PLUGIN_AMAZON_VERSION"
+		local d src
+		d=$(tools_module)
+		src=$(cd "$d" && go mod download -json github.com/hashicorp/packer-plugin-amazon@$PACKER_PLUGIN_AMAZON_VERSION |
+			sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+		# Built as its own module: its go.mod replaces go-cty, which a plain `go build PKG@V` would ignore.
+		cp -R "$src/." "$d/"
+		chmod -R u+w "$d"
+		(cd "$d" && CGO_ENABLED=0 go build -trimpath -o "$BIN/packer-plugin-amazon-$PACKER_PLUGIN_AMAZON_VERSION.tmp" .)
+		mv "$BIN/packer-plugin-amazon-$PACKER_PLUGIN_AMAZON_VERSION.tmp" "$BIN/packer-plugin-amazon-$PACKER_PLUGIN_AMAZON_VERSION"
+		rm -rf "$d"
+	fi
+	link packer-plugin-amazon $PACKER_PLUGIN_AMAZON_VERSION
+	say "packer-plugin-amazon $PACKER_PLUGIN_AMAZON_VERSION ready"
+}
+
 main() {
 	local what=${1:-all}
 	install_apt
@@ -135,7 +154,10 @@ main() {
 	go_install consul-template $CONSUL_TEMPLATE_VERSION github.com/hashicorp/consul-template &&
 		link consul-template $CONSUL_TEMPLATE_VERSION
 	build_nomad
-	[ "$what" = "all" ] && build_packer
+	if [ "$what" = "all" ]; then
+		build_packer
+		build_packer_plugin_amazon
+	fi
 	say "all components in $BIN"
 }
 

@@ -43,6 +43,7 @@ func runAgent(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	startDiscovery(ctx, cfg, a, log)
+	startSnapshots(ctx, cfg, a.Consul(), log)
 
 	// SIGHUP reloads the node and reference blocks; nodes gone from the file are deregistered.
 	hup := make(chan os.Signal, 1)

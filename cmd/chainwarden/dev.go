@@ -29,6 +29,7 @@ func runDev(args []string) int {
 	gethNodes := fs.Int("geth", 3, "geth Clique nodes")
 	cometNodes := fs.Int("cometbft", 4, "CometBFT validators")
 	ready := fs.String("ready-file", "", "write the agent config path here once everything runs (for scripts)")
+	nomadAddr := fs.String("nomad", "", "also discover chain nodes from this Nomad agent (e.g. http://127.0.0.1:4646)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -81,6 +82,9 @@ func runDev(args []string) int {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by `chainwarden dev`\nconsul {\n  address = %q\n}\nlisten = %q\ninterval = \"1s\"\nhead_max_age = \"30s\"\n\n", consul.Addr, *listen)
+	if *nomadAddr != "" {
+		fmt.Fprintf(&b, "nomad {\n  address = %q\n}\n\n", *nomadAddr)
+	}
 	for _, g := range clique.Nodes {
 		fmt.Fprintf(&b, "node %q {\n  kind     = \"ethereum\"\n  rpc      = %q\n  service  = \"eth-devnet\"\n  chain_id = %d\n  warn_lag = 2\n  max_lag  = 10\n  max_block_age = \"15s\"\n  min_peers = 0\n}\n\n",
 			g.Name, g.RPC, devnet.CliqueChainID)
@@ -104,6 +108,7 @@ func runDev(args []string) int {
 		return fail("agent", err)
 	}
 	actx, cancelAgent := context.WithCancel(ctx)
+	startDiscovery(actx, cfg, a, log)
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- a.Run(actx) }()
 	cleanup = append(cleanup, func() { cancelAgent(); <-agentDone })

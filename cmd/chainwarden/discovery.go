@@ -4,15 +4,28 @@ import (
 	"context"
 
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/discovery"
 )
 
-// startDiscovery starts the Nomad allocation watcher when the config has an enabled nomad block.
+// startDiscovery watches the allocations on the local Nomad client when the config has an enabled nomad block, and
+// hands the agent the chain nodes they run (task meta chainwarden_*, see docs/JOBS.md).
 func startDiscovery(ctx context.Context, cfg *config.Config, a *agent.Agent, log hclog.Logger) {
 	if cfg.Nomad == nil || (cfg.Nomad.Enabled != nil && !*cfg.Nomad.Enabled) {
 		return
 	}
-	log.Warn("nomad discovery is configured but not available in this build")
+	nc := nomadapi.DefaultConfig() // NOMAD_ADDR, NOMAD_TOKEN, NOMAD_CACERT, ... apply
+	if cfg.Nomad.Address != "" {
+		nc.Address = cfg.Nomad.Address
+	}
+	client, err := nomadapi.NewClient(nc)
+	if err != nil {
+		log.Error("nomad discovery is off", "error", err)
+		return
+	}
+	w := discovery.New(client, "", log.Named("nomad"))
+	go w.Run(ctx, func(nodes []config.Node) { a.SetNodes("nomad", nodes) })
 }

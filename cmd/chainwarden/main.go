@@ -28,6 +28,12 @@ func init() {
 	register("version", "print the version", func([]string) int { fmt.Println("chainwarden", version); return 0 })
 }
 
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
 func usage() {
 	fmt.Fprintln(os.Stderr, "usage: chainwarden <command> [flags]\n\ncommands:")
 	names := make([]string, 0, len(commands))

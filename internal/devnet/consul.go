@@ -20,8 +20,10 @@ type Consul struct {
 	args   []string
 }
 
-// StartConsul starts a Consul dev agent (HTTP on httpPort, 0 for a free one) and waits for a leader.
-func StartConsul(ctx context.Context, logDir string, httpPort int) (*Consul, error) {
+// StartConsul starts a Consul dev agent (HTTP on httpPort, 0 for a free one), with extra agent flags, and waits for a
+// leader. Dev mode syncs every check output change to the servers at once (check_update_interval 0); pass
+// `-hcl check_update_interval="5m"` for production's behaviour.
+func StartConsul(ctx context.Context, logDir string, httpPort int, extra ...string) (*Consul, error) {
 	bin, err := Bin("consul")
 	if err != nil {
 		return nil, err
@@ -39,6 +41,7 @@ func StartConsul(ctx context.Context, logDir string, httpPort int) (*Consul, err
 		"-http-port", strconv.Itoa(httpPort), "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 		"-serf-lan-port", strconv.Itoa(ports[0]), "-serf-wan-port", strconv.Itoa(ports[1]),
 		"-server-port", strconv.Itoa(ports[2]), "-node", "chainwarden-dev", "-log-level", "warn"}
+	args = append(args, extra...)
 	cfg := consulapi.DefaultConfig()
 	cfg.Address = fmt.Sprintf("127.0.0.1:%d", httpPort)
 	cfg.Token = ""

@@ -70,7 +70,7 @@ func probeChainlink(ctx context.Context, hc *http.Client, t Target) Result {
 	base := strings.TrimRight(t.URL, "/")
 
 	healthErr := chainlinkHealth(ctx, hc, base, &r)
-	if t.APIKey == "" || t.APISecret == "" {
+	if t.APIKey == "" || t.APISecret == "" || ctx.Err() != nil {
 		r.Err = healthErr
 		return r
 	}

@@ -59,7 +59,7 @@ func probeCometBFT(ctx context.Context, hc *http.Client, t Target) Result {
 	}
 
 	var st cometStatus
-	if _, err := c.Call(ctx, "status", map[string]any{}, &st); err != nil {
+	if _, err := c.Call(ctx, "status", nil, &st); err != nil {
 		r.Err = cometCallError("status", err)
 		return r
 	}
@@ -79,7 +79,7 @@ func probeCometBFT(ctx context.Context, hc *http.Client, t Target) Result {
 	}
 
 	var ni cometNetInfo
-	if _, err := c.Call(ctx, "net_info", map[string]any{}, &ni); err != nil {
+	if _, err := c.Call(ctx, "net_info", nil, &ni); err != nil {
 		errs[1] = cometCallError("net_info", err)
 	} else if ni.NPeers == nil || *ni.NPeers < 0 {
 		errs[1] = errors.New("net_info: n_peers missing")

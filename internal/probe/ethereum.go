@@ -61,62 +61,102 @@ type ethBlock struct {
 // latestBlockArgs are the (read-only) arguments of eth_getBlockByNumber: the latest block, without transactions.
 var latestBlockArgs = []any{"latest", false}
 
+// ethCalls is the batch a probe sends, with the values its answers decode into. Probes reuse them through a pool:
+// at one probe a second for up to a thousand nodes, the allocations add up.
+type ethCalls struct {
+	height, peers hexutil.Uint64
+	syncing       json.RawMessage
+	chainID       hexutil.Big
+	block         ethBlock
+	version       string
+	batch         [6]rpc.BatchElem
+}
+
+// Positions in ethCalls.batch. web3_clientVersion is last: it is the only optional call.
+const (
+	callHeight = iota
+	callSyncing
+	callPeers
+	callChainID
+	callBlock
+	callVersion
+)
+
+var ethCallsPool = sync.Pool{New: func() any {
+	c := new(ethCalls)
+	c.batch = [...]rpc.BatchElem{
+		callHeight:  {Method: "eth_blockNumber", Result: &c.height},
+		callSyncing: {Method: "eth_syncing", Result: &c.syncing},
+		callPeers:   {Method: "net_peerCount", Result: &c.peers},
+		callChainID: {Method: "eth_chainId", Result: &c.chainID},
+		callBlock:   {Method: "eth_getBlockByNumber", Args: latestBlockArgs, Result: &c.block},
+		callVersion: {Method: "web3_clientVersion", Result: &c.version},
+	}
+	return c
+}}
+
+func getEthCalls() *ethCalls {
+	c := ethCallsPool.Get().(*ethCalls)
+	c.height, c.peers, c.syncing, c.block, c.version = 0, 0, c.syncing[:0], ethBlock{}, ""
+	(*big.Int)(&c.chainID).SetUint64(0)
+	for i := range c.batch {
+		c.batch[i].Error = nil
+	}
+	return c
+}
+
+func putEthCalls(c *ethCalls) {
+	if cap(c.syncing) > 4<<10 { // don't keep a large answer alive in the pool
+		c.syncing = nil
+	}
+	ethCallsPool.Put(c)
+}
+
 // probeEthereum asks an Ethereum execution client (geth, Nethermind, Erigon, Besu, OpenEthereum, or a provider such
 // as Infura) for its head, sync state, peers, chain id and version in one JSON-RPC batch.
 func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 	var r Result
-	c, err := ethClient(ctx, hc, t.URL)
+	client, err := ethClient(ctx, hc, t.URL)
 	if err != nil {
 		r.Err = err
 		return r
 	}
 
-	var (
-		height, peers hexutil.Uint64
-		syncing       json.RawMessage
-		chainID       hexutil.Big
-		block         ethBlock
-		version       string
-	)
-	batch := [...]rpc.BatchElem{
-		{Method: "eth_blockNumber", Result: &height},
-		{Method: "eth_syncing", Result: &syncing},
-		{Method: "net_peerCount", Result: &peers},
-		{Method: "eth_chainId", Result: &chainID},
-		{Method: "eth_getBlockByNumber", Args: latestBlockArgs, Result: &block},
-		{Method: "web3_clientVersion", Result: &version}, // last: optional, see below
-	}
-	if err := c.BatchCallContext(ctx, batch[:]); err != nil {
+	c := getEthCalls()
+	defer putEthCalls(c)
+	if err := client.BatchCallContext(ctx, c.batch[:]); err != nil {
 		r.Err = fmt.Errorf("json-rpc batch: %w", batchError(err))
 		return r
 	}
 
 	// Every call but web3_clientVersion is needed for a verdict; report each one that failed.
-	var errs [len(batch) - 1]error
+	var errs [callVersion]error
 	for i := range errs {
-		if e := batch[i].Error; e != nil {
-			errs[i] = callError(batch[i].Method, e)
+		if e := c.batch[i].Error; e != nil {
+			errs[i] = callError(c.batch[i].Method, e)
 		}
 	}
-	if errs[1] == nil {
-		r.Syncing, errs[1] = decodeSyncing(syncing)
+	var syncing bool
+	if errs[callSyncing] == nil {
+		syncing, errs[callSyncing] = decodeSyncing(c.syncing)
 	}
-	if errs[4] == nil {
-		errs[4] = checkBlock(&block)
+	if errs[callBlock] == nil {
+		errs[callBlock] = checkBlock(&c.block)
 	}
 	if err := joinErrors(errs[:]...); err != nil {
 		r.Err = err
 		return r
 	}
 
-	r.Height = uint64(height)
+	r.Height = uint64(c.height)
 	r.HasHeight = true
-	r.Peers = uint64(peers)
-	r.ChainID = (*big.Int)(&chainID).String()
-	r.BlockTime = time.Unix(int64(*block.Timestamp), 0)
+	r.Syncing = syncing
+	r.Peers = uint64(c.peers)
+	r.ChainID = (*big.Int)(&c.chainID).String()
+	r.BlockTime = time.Unix(int64(*c.block.Timestamp), 0).UTC()
 	// Some providers disable web3_clientVersion: then the node simply has no version to show.
-	if batch[len(batch)-1].Error == nil && version != "" {
-		r.Version = clip(version, 256)
+	if c.batch[callVersion].Error == nil && c.version != "" {
+		r.Version = clip(c.version, 256)
 		name, _, _ := strings.Cut(r.Version, "/")
 		r.Client = strings.ToLower(name)
 	}
@@ -129,7 +169,21 @@ func decodeSyncing(raw json.RawMessage) (bool, error) {
 	switch {
 	case bytes.Equal(v, []byte("false")):
 		return false, nil
-	case bytes.Equal(v, []byte("true")), len(v) > 0 && v[0] == '{':
+	case bytes.Equal(v, []byte("true")):
+		return true, nil
+	case len(v) > 0 && v[0] == '{':
+		// geth keeps answering with a progress object while it only indexes transactions at the chain head
+		// (txIndexRemainingBlocks); its blocks are in sync then. Syncing means currentBlock < highestBlock.
+		var p struct {
+			Current *hexutil.Uint64 `json:"currentBlock"`
+			Highest *hexutil.Uint64 `json:"highestBlock"`
+		}
+		if err := json.Unmarshal(v, &p); err != nil {
+			return false, fmt.Errorf("eth_syncing: %w", tidy(err))
+		}
+		if p.Current != nil && p.Highest != nil && *p.Current >= *p.Highest {
+			return false, nil
+		}
 		return true, nil
 	}
 	return false, fmt.Errorf("eth_syncing: want false or an object, got %s", clip(string(v), 64))

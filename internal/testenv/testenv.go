@@ -4,14 +4,9 @@
 package testenv
 
 import (
-	"bytes"
 	"context"
 	"net"
-	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -105,33 +100,20 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() er
 	}
 }
 
-// WaitHTTP waits until url answers with any HTTP status.
+// WaitHTTP waits until url answers with any HTTP status, failing early if p (may be nil) exits.
 func WaitHTTP(t testing.TB, p *Process, url string, timeout time.Duration) {
 	t.Helper()
-	Eventually(t, timeout, url, func() error {
-		if p != nil && p.Exited() {
-			t.Fatalf("%s exited: %s", p.Name, p.Tail(30))
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
+	if err := devnet.Poll(context.Background(), timeout, url, p, func() error { return devnet.HTTPUp(url) }); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // Run runs a command to completion and returns its combined output, failing the test on error.
 func Run(t testing.TB, bin string, args ...string) string {
 	t.Helper()
-	var out bytes.Buffer
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), err, out.String())
+	out, err := devnet.Output(bin, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out.String()
+	return out
 }

@@ -4,9 +4,11 @@
 package verdict
 
 import (
+	"errors"
 	"fmt"
 	"math/big"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/chainwarden/chainwarden/agent/config"
@@ -56,10 +58,13 @@ type Head struct {
 
 // Input is everything one judgement needs.
 type Input struct {
-	Kind       string
-	Result     probe.Result
-	Head       Head   // zero Height: unknown
-	WantChain  string // expected chain id (decimal) or CometBFT network; "" = any
+	Kind      string
+	Result    probe.Result
+	Head      Head   // zero Height: unknown
+	WantChain string // expected chain id (decimal) or CometBFT network; "" = any
+	// Standby marks a Chainlink node of an active/standby pair: while the active one holds the database lock the
+	// standby does not serve its API, and that is its normal state, not a failure.
+	Standby    bool
 	Thresholds config.Thresholds
 	Now        time.Time
 }
@@ -90,6 +95,10 @@ func Judge(in Input) Report {
 	}
 	if r.Err != nil {
 		rep.Err = r.Err.Error()
+		if in.Standby && in.Kind == config.KindChainlink && errors.Is(r.Err, syscall.ECONNREFUSED) {
+			bad(Warning, "standby: API not serving (waiting for Chainlink's database lock)")
+			return rep
+		}
 		bad(Critical, "probe failed: %s", r.Err)
 		return rep
 	}

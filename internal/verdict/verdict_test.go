@@ -2,8 +2,12 @@ package verdict
 
 import (
 	"errors"
+	"fmt"
 	"math/big"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -60,6 +64,23 @@ func TestJudge(t *testing.T) {
 				t.Fatalf("output %q does not contain %q", rep.Output(), c.reason)
 			}
 		})
+	}
+}
+
+func TestChainlinkStandby(t *testing.T) {
+	refused := fmt.Errorf("GET /health: %w", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)})
+	th := config.KindDefaults[config.KindChainlink]
+	rep := Judge(Input{Kind: config.KindChainlink, Result: probe.Result{Err: refused}, Standby: true, Thresholds: th, Now: now})
+	if rep.Status != Warning || !strings.HasPrefix(rep.Output(), "standby: API not serving") {
+		t.Fatalf("standby: %s %q", rep.Status, rep.Output())
+	}
+	// The active node refusing connections is down; a standby failing otherwise is critical too.
+	if rep := Judge(Input{Kind: config.KindChainlink, Result: probe.Result{Err: refused}, Thresholds: th, Now: now}); rep.Status != Critical {
+		t.Fatalf("active refusing: %s", rep.Status)
+	}
+	other := probe.Result{Err: errors.New("GET /health: HTTP 503")}
+	if rep := Judge(Input{Kind: config.KindChainlink, Result: other, Standby: true, Thresholds: th, Now: now}); rep.Status != Critical {
+		t.Fatalf("standby failing health: %s", rep.Status)
 	}
 }
 

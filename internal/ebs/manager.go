@@ -1,0 +1,223 @@
+package ebs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/agent/config"
+)
+
+// Tags chainwarden puts on volumes and snapshots. A family (chain/network/client) is what a snapshot can restore:
+// a geth mainnet snapshot is never restored for an erigon or a sepolia node.
+const (
+	TagName          = "Name"
+	TagVolume        = "chainwarden:volume"
+	TagFamily        = "chainwarden:family"
+	TagChain         = "chainwarden:chain"
+	TagNetwork       = "chainwarden:network"
+	TagClient        = "chainwarden:client"
+	TagClientVersion = "chainwarden:client-version"
+	TagHeight        = "chainwarden:height"
+	TagNode          = "chainwarden:node"
+	TagRestoredFrom  = "chainwarden:restored-from"
+)
+
+// Family is the snapshot family of a volume: chain/network/client.
+func Family(v config.Volume) string { return v.Chain + "/" + v.Network + "/" + v.Client }
+
+// Paths are the host files chainwarden writes; tests point them into a temp dir.
+type Paths struct {
+	Fstab          string // default /etc/fstab
+	NomadConfigDir string // where the host_volume config files go; default /etc/nomad.d
+	LockDir        string // per-volume lock files; default /run/chainwarden
+}
+
+// Timeouts bound every wait; zero values take the defaults.
+type Timeouts struct {
+	Lock     time.Duration // waiting for another ensure of the same volume on this host (default 15m)
+	Create   time.Duration // volume creating -> available (default 10m)
+	Attach   time.Duration // attaching -> attached (default 5m)
+	Device   time.Duration // attached -> block device present (default 2m)
+	Snapshot time.Duration // snapshot pending -> completed (default 8h: a first full mainnet snapshot is slow)
+	Call     time.Duration // one EC2 API call, retries included (default 2m)
+}
+
+// Manager does the volume work for one instance.
+type Manager struct {
+	EC2     EC2API
+	Host    Host
+	Log     hclog.Logger
+	Devices DeviceFinder
+	Consul  ConsulAgent // for Snapshot only
+	Paths   Paths
+	Timeouts
+
+	Poll          time.Duration // between state polls (default 2s)
+	ProgressEvery time.Duration // between progress lines while waiting (default 10s)
+	// BootID makes the CreateVolume ClientToken unique per boot, so two ensures at once create one volume but a
+	// volume deleted since the last boot is not "found again" by an old token. Default: the kernel's boot_id.
+	BootID string
+	// NoNomadConfig skips the static host_volume file (the Nomad dynamic host volume plugin path).
+	NoNomadConfig bool
+	// Freezer overrides the writer freeze of Snapshot (tests); nil = from the volume's config.
+	Freezer func(vol config.Volume) Freezer
+}
+
+func (m *Manager) defaults() {
+	if m.Log == nil {
+		m.Log = hclog.NewNullLogger()
+	}
+	if m.Devices == nil {
+		m.Devices = NVMe{}
+	}
+	if m.Paths.Fstab == "" {
+		m.Paths.Fstab = "/etc/fstab"
+	}
+	if m.Paths.NomadConfigDir == "" {
+		m.Paths.NomadConfigDir = "/etc/nomad.d"
+	}
+	if m.Paths.LockDir == "" {
+		m.Paths.LockDir = "/run/chainwarden"
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&m.Timeouts.Lock, 15*time.Minute)
+	def(&m.Timeouts.Create, 10*time.Minute)
+	def(&m.Timeouts.Attach, 5*time.Minute)
+	def(&m.Timeouts.Device, 2*time.Minute)
+	def(&m.Timeouts.Snapshot, 8*time.Hour)
+	def(&m.Timeouts.Call, 2*time.Minute)
+	def(&m.Poll, 2*time.Second)
+	def(&m.ProgressEvery, 10*time.Second)
+	if m.BootID == "" {
+		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		if err == nil {
+			m.BootID = strings.TrimSpace(string(b))
+		}
+	}
+}
+
+// call bounds one EC2 call (the SDK retries inside it) and turns its error into a sentinel.
+func call[T any](ctx context.Context, m *Manager, op string, f func(context.Context) (T, error)) (T, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.Timeouts.Call)
+	defer cancel()
+	out, err := f(ctx)
+	if err != nil {
+		var zero T
+		return zero, awsErr(op, err)
+	}
+	return out, nil
+}
+
+// waitFor polls check until it reports done, logging a progress line every ProgressEvery, failing with
+// ErrTimeout after timeout. check returns a short status for the progress line.
+func (m *Manager) waitFor(ctx context.Context, what string, timeout time.Duration,
+	check func(ctx context.Context) (done bool, status string, err error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	lastLog := start
+	status := ""
+	for {
+		done, st, err := check(ctx)
+		if err != nil {
+			return err
+		}
+		if done {
+			if time.Since(start) > m.ProgressEvery {
+				m.Log.Info("done waiting", "for", what, "elapsed", time.Since(start).Round(time.Second))
+			}
+			return nil
+		}
+		status = st
+		if time.Since(lastLog) >= m.ProgressEvery {
+			m.Log.Info("waiting", "for", what, "status", status, "elapsed", time.Since(start).Round(time.Second),
+				"timeout", timeout)
+			lastLog = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			if ctx.Err() == context.DeadlineExceeded {
+				return fmt.Errorf("waiting for %s (last status %q): %w after %s", what, status, ErrTimeout, timeout)
+			}
+			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+		case <-time.After(m.Poll):
+		}
+	}
+}
+
+// lock takes an exclusive flock on LockDir/name.lock, waiting at most the lock timeout.
+func (m *Manager) lock(ctx context.Context, name string) (unlock func(), err error) {
+	if err := os.MkdirAll(m.Paths.LockDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create lock dir: %w", err)
+	}
+	path := filepath.Join(m.Paths.LockDir, name+".lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	err = m.waitFor(ctx, "lock "+path+" (another chainwarden volume command holds it)", m.Timeouts.Lock,
+		func(context.Context) (bool, string, error) {
+			err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			if err == nil {
+				return true, "", nil
+			}
+			if err == syscall.EWOULDBLOCK {
+				return false, "held", nil
+			}
+			return false, "", fmt.Errorf("lock %s: %w", path, err)
+		})
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+}
+
+func tagsOf(tags []types.Tag) map[string]string {
+	out := map[string]string{}
+	for _, t := range tags {
+		out[aws.ToString(t.Key)] = aws.ToString(t.Value)
+	}
+	return out
+}
+
+func ec2Tags(m map[string]string) []types.Tag {
+	var out []types.Tag
+	for _, k := range sortedKeys(m) {
+		out = append(out, types.Tag{Key: aws.String(k), Value: aws.String(m[k])})
+	}
+	return out
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func familyTags(v config.Volume) map[string]string {
+	return map[string]string{
+		TagVolume: v.Name, TagFamily: Family(v), TagChain: v.Chain, TagNetwork: v.Network, TagClient: v.Client,
+	}
+}
+
+func filter(name string, values ...string) types.Filter {
+	return types.Filter{Name: aws.String(name), Values: values}
+}

@@ -1,0 +1,289 @@
+package ebs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	consulapi "github.com/hashicorp/consul/api"
+
+	"github.com/chainwarden/chainwarden/agent/config"
+)
+
+// ConsulAgent is the part of the local Consul agent's API Snapshot uses; *consulapi.Agent satisfies it.
+type ConsulAgent interface {
+	ChecksWithFilterOpts(filter string, q *consulapi.QueryOptions) (map[string]*consulapi.AgentCheck, error)
+	Service(serviceID string, q *consulapi.QueryOptions) (*consulapi.AgentService, *consulapi.QueryMeta, error)
+	EnableServiceMaintenanceOpts(serviceID, reason string, q *consulapi.QueryOptions) error
+	DisableServiceMaintenanceOpts(serviceID string, q *consulapi.QueryOptions) error
+}
+
+// CheckID is the agent's TTL check of a chain node.
+func CheckID(node string) string { return "chainwarden:" + node }
+
+// Freezer makes a volume's contents consistent for a snapshot; thaw undoes it and must be called.
+type Freezer interface {
+	Freeze(ctx context.Context) (thaw func(context.Context) error, err error)
+	String() string
+}
+
+// FSFreeze freezes the filesystem mounted at Path (fsfreeze -f): writes block, the on-disk state is consistent,
+// the writer keeps running. Path must be a mount point, or fsfreeze would freeze the filesystem holding it.
+type FSFreeze struct{ Path string }
+
+func (f FSFreeze) String() string { return "fsfreeze " + f.Path }
+
+// Freeze implements Freezer.
+func (f FSFreeze) Freeze(ctx context.Context) (func(context.Context) error, error) {
+	ms, err := mounts()
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	mounted := false
+	for _, e := range ms {
+		if e.MountPoint == f.Path {
+			mounted = true
+		}
+	}
+	if !mounted {
+		return nil, fmt.Errorf("fsfreeze: %s is not a mount point (refusing to freeze the filesystem holding it)", f.Path)
+	}
+	if out, err := run(ctx, time.Minute, "fsfreeze", "-f", f.Path); err != nil {
+		return nil, fmt.Errorf("fsfreeze -f %s: %w: %s", f.Path, err, out)
+	}
+	return func(ctx context.Context) error {
+		if out, err := run(ctx, time.Minute, "fsfreeze", "-u", f.Path); err != nil {
+			return fmt.Errorf("fsfreeze -u %s: %w: %s (thaw it by hand: fsfreeze -u %s)", f.Path, err, out, f.Path)
+		}
+		return nil
+	}, nil
+}
+
+// Commands stops the writer with Stop and starts it again with Start (e.g. `nomad alloc stop`/`systemctl`).
+type Commands struct{ Stop, Start []string }
+
+func (c Commands) String() string { return "stop/start commands" }
+
+// Freeze implements Freezer.
+func (c Commands) Freeze(ctx context.Context) (func(context.Context) error, error) {
+	if out, err := runCommand(ctx, c.Stop); err != nil {
+		return nil, fmt.Errorf("stop_command %q: %w: %s", c.Stop, err, out)
+	}
+	return func(ctx context.Context) error {
+		if out, err := runCommand(ctx, c.Start); err != nil {
+			return fmt.Errorf("start_command %q: %w: %s", c.Start, err, out)
+		}
+		return nil
+	}, nil
+}
+
+func runCommand(ctx context.Context, argv []string) (string, error) {
+	if len(argv) == 0 {
+		return "", errors.New("empty command")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// NoFreeze takes a crash-consistent snapshot of a running writer.
+type NoFreeze struct{}
+
+func (NoFreeze) String() string { return "no freeze" }
+
+// Freeze implements Freezer.
+func (NoFreeze) Freeze(context.Context) (func(context.Context) error, error) {
+	return func(context.Context) error { return nil }, nil
+}
+
+func (m *Manager) freezer(vol config.Volume) Freezer {
+	if m.Freezer != nil {
+		return m.Freezer(vol)
+	}
+	switch vol.Freeze {
+	case "none":
+		return NoFreeze{}
+	case "command":
+		return Commands{Stop: vol.StopCommand, Start: vol.StartCommand}
+	default:
+		return FSFreeze{Path: vol.MountPath}
+	}
+}
+
+// SnapshotResult says what Snapshot did.
+type SnapshotResult struct {
+	SnapshotID    string
+	VolumeID      string
+	Height        string
+	ClientVersion string
+	State         string
+	Progress      string
+}
+
+var heightInOutput = regexp.MustCompile(`\bheight (\d+)`)
+
+// Snapshot snapshots the volume of a passing node: Consul maintenance on the node's service (so proxies drop it),
+// DrainWait, freeze the writer, CreateSnapshot tagged with the family, client version and height, then thaw and
+// leave maintenance at once (always, also on failure) and, with wait, report progress until the snapshot is
+// completed. A node whose check is not passing is refused with ErrNotPassing.
+func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (res *SnapshotResult, err error) {
+	m.defaults()
+	if vol.Node == "" {
+		return nil, fmt.Errorf("volume %s: node is not set: no Consul check to tell whether the node is synced", vol.Name)
+	}
+	if m.Consul == nil {
+		return nil, errors.New("snapshot needs the local Consul agent")
+	}
+	log := m.Log.With("volume", vol.Name, "node", vol.Node)
+	q := (&consulapi.QueryOptions{}).WithContext(ctx)
+	checks, err := m.Consul.ChecksWithFilterOpts("", q)
+	if err != nil {
+		return nil, fmt.Errorf("read checks from the local Consul agent: %w", err)
+	}
+	check := checks[CheckID(vol.Node)]
+	if check == nil {
+		return nil, fmt.Errorf("node %s: no check %q on the local Consul agent: %w", vol.Node, CheckID(vol.Node), ErrNotPassing)
+	}
+	if check.Status != consulapi.HealthPassing {
+		return nil, fmt.Errorf("node %s is %s (%s): %w", vol.Node, check.Status, check.Output, ErrNotPassing)
+	}
+	res = &SnapshotResult{Height: "unknown", ClientVersion: "unknown"}
+	if h := heightInOutput.FindStringSubmatch(check.Output); h != nil {
+		res.Height = h[1]
+	}
+	svc, _, err := m.Consul.Service(vol.Node, q)
+	if err != nil {
+		return nil, fmt.Errorf("read service %s from the local Consul agent: %w", vol.Node, err)
+	}
+	if v := svc.Meta["client_version"]; v != "" {
+		res.ClientVersion = v
+	}
+	if res.Height == "unknown" && svc.Meta["height"] != "" {
+		res.Height = svc.Meta["height"]
+	}
+	vols, err := m.describeVolumes(ctx, []types.Filter{
+		filter("tag:"+TagVolume, vol.Name), filter("tag:"+TagFamily, Family(vol)),
+		filter("attachment.instance-id", m.Host.InstanceID),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(vols) != 1 {
+		return nil, fmt.Errorf("volume %s: %d volumes with its tags are attached to %s, want 1: %w",
+			vol.Name, len(vols), m.Host.InstanceID, ErrNotFound)
+	}
+	res.VolumeID = aws.ToString(vols[0].VolumeId)
+
+	// Drain. Everything from here on is undone by resume, which runs exactly once, also on failure or panic.
+	reason := fmt.Sprintf("chainwarden: snapshot of volume %s (%s)", vol.Name, res.VolumeID)
+	if err := m.Consul.EnableServiceMaintenanceOpts(vol.Node, reason, q); err != nil {
+		return nil, fmt.Errorf("enable Consul maintenance on %s: %w", vol.Node, err)
+	}
+	log.Info("drained: Consul maintenance on", "service_id", vol.Node)
+	var thaw func(context.Context) error
+	resumed := false
+	resume := func() error {
+		if resumed {
+			return nil
+		}
+		resumed = true
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		var errs []error
+		if thaw != nil {
+			if err := thaw(rctx); err != nil {
+				log.Error("could not resume the writer", "error", err)
+				errs = append(errs, err)
+			} else {
+				log.Info("writer resumed")
+			}
+		}
+		if err := m.Consul.DisableServiceMaintenanceOpts(vol.Node, (&consulapi.QueryOptions{}).WithContext(rctx)); err != nil {
+			log.Error("could not leave Consul maintenance", "service_id", vol.Node, "error", err)
+			errs = append(errs, fmt.Errorf("disable Consul maintenance on %s: %w", vol.Node, err))
+		} else {
+			log.Info("Consul maintenance off", "service_id", vol.Node)
+		}
+		return errors.Join(errs...)
+	}
+	defer func() {
+		if rerr := resume(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	if vol.DrainWaitDur > 0 {
+		log.Info("waiting for proxies to drop the node", "drain_wait", vol.DrainWaitDur)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("drain wait: %w", ctx.Err())
+		case <-time.After(vol.DrainWaitDur):
+		}
+	}
+	fr := m.freezer(vol)
+	thaw, err = fr.Freeze(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("freeze the writer (%s): %w", fr, err)
+	}
+	log.Info("writer frozen", "how", fr.String())
+	tags := familyTags(vol)
+	tags[TagName] = fmt.Sprintf("chainwarden-%s-%s", vol.Name, res.Height)
+	tags[TagClientVersion] = res.ClientVersion
+	tags[TagHeight] = res.Height
+	tags[TagNode] = vol.Node
+	out, err := call(ctx, m, "CreateSnapshot", func(ctx context.Context) (*ec2.CreateSnapshotOutput, error) {
+		return m.EC2.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{
+			VolumeId:    aws.String(res.VolumeID),
+			Description: aws.String(fmt.Sprintf("chainwarden %s %s at height %s", Family(vol), res.ClientVersion, res.Height)),
+			TagSpecifications: []types.TagSpecification{{ResourceType: types.ResourceTypeSnapshot,
+				Tags: ec2Tags(tags)}},
+		})
+	})
+	if err != nil {
+		return nil, err
+	}
+	res.SnapshotID, res.State, res.Progress = aws.ToString(out.SnapshotId), string(out.State), aws.ToString(out.Progress)
+	// The snapshot is point-in-time from here: resume at once, the copy to S3 goes on in the background.
+	if err := resume(); err != nil {
+		return res, fmt.Errorf("snapshot %s started, but resuming failed: %w", res.SnapshotID, err)
+	}
+	log.Info("snapshot started", "snapshot", res.SnapshotID, "volume_id", res.VolumeID, "height", res.Height,
+		"client_version", res.ClientVersion)
+	if !wait {
+		return res, nil
+	}
+	return res, m.WaitSnapshot(ctx, res)
+}
+
+// WaitSnapshot waits until the snapshot is completed, logging its progress.
+func (m *Manager) WaitSnapshot(ctx context.Context, res *SnapshotResult) error {
+	m.defaults()
+	return m.waitFor(ctx, "snapshot "+res.SnapshotID+" to complete", m.Timeouts.Snapshot, func(ctx context.Context) (bool, string, error) {
+		out, err := call(ctx, m, "DescribeSnapshots", func(ctx context.Context) (*ec2.DescribeSnapshotsOutput, error) {
+			return m.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{res.SnapshotID}})
+		})
+		if err != nil {
+			return false, "", err
+		}
+		if len(out.Snapshots) != 1 {
+			return false, "", fmt.Errorf("snapshot %s: %w", res.SnapshotID, ErrNotFound)
+		}
+		s := out.Snapshots[0]
+		res.State, res.Progress = string(s.State), aws.ToString(s.Progress)
+		switch s.State {
+		case types.SnapshotStateCompleted:
+			m.Log.Info("snapshot completed", "snapshot", res.SnapshotID)
+			return true, "", nil
+		case types.SnapshotStateError:
+			return false, "", fmt.Errorf("snapshot %s failed: %s", res.SnapshotID, aws.ToString(s.StateMessage))
+		}
+		return false, fmt.Sprintf("%s %s", s.State, aws.ToString(s.Progress)), nil
+	})
+}

@@ -1,0 +1,491 @@
+// Package ec2test is an in-process EC2 Query-API server for tests: volumes, snapshots, attachments and tags with
+// their state transitions (creating -> available, attaching -> attached, pending -> completed with progress), the
+// real form-encoded request and XML response wire format (2016-11-15), ClientToken idempotency, per-region state
+// (the region is read from the SigV4 credential scope, so a client of another region sees nothing of this one),
+// and injectable AWS errors such as RequestLimitExceeded. The real aws-sdk-go-v2 EC2 client talks to it through its
+// BaseEndpoint option.
+package ec2test
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/xml"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Namespace is the XML namespace of EC2 API version 2016-11-15, the one the SDK speaks.
+const Namespace = "http://ec2.amazonaws.com/doc/2016-11-15/"
+
+// Account is the owner id of everything the server creates.
+const Account = "123456789012"
+
+// Tag is a key/value tag.
+type Tag struct{ Key, Value string }
+
+// Attachment is a volume's attachment to an instance.
+type Attachment struct {
+	InstanceID string
+	Device     string
+	State      string // attaching, attached, detaching
+	Time       time.Time
+}
+
+// Volume is an EBS volume as the server holds it.
+type Volume struct {
+	ID          string
+	Region      string
+	AZ          string
+	Size        int32
+	SnapshotID  string
+	State       string // creating, available, in-use
+	Type        string
+	IOPS        int32
+	Throughput  int32
+	Encrypted   bool
+	KMSKeyID    string
+	Created     time.Time
+	Tags        []Tag
+	Attachment  *Attachment
+	ClientToken string
+}
+
+// Snapshot is an EBS snapshot as the server holds it.
+type Snapshot struct {
+	ID          string
+	Region      string
+	VolumeID    string
+	VolumeSize  int32
+	State       string // pending, completed, error
+	Started     time.Time
+	Description string
+	Encrypted   bool
+	Owner       string
+	Tags        []Tag
+}
+
+// Delays are how long the state transitions take.
+type Delays struct {
+	Create   time.Duration // volume creating -> available
+	Attach   time.Duration // attaching -> attached
+	Snapshot time.Duration // pending -> completed; progress grows linearly meanwhile
+}
+
+// Server is the fake EC2 endpoint. Its exported fields may be set before the first request.
+type Server struct {
+	URL string
+
+	// OnAttach is called (without the server lock held) when an attachment reaches "attached", as udev would
+	// create the device node then. Tests use it to point a by-id link at a loop device.
+	OnAttach func(volumeID, instanceID, device string)
+
+	srv       *httptest.Server
+	mu        sync.Mutex
+	delays    Delays
+	volumes   map[string]*Volume
+	snapshots map[string]*Snapshot
+	instances map[string]string // instance id -> AZ
+	tokens    map[string]string // region/clientToken -> volume id
+	faults    map[string][]string
+	calls     map[string]int
+	timers    []*time.Timer
+	closed    bool
+	requests  []string
+}
+
+// New starts a server with the given transition delays; it is closed when the test ends if t is given to Cleanup.
+func New(d Delays) *Server {
+	s := &Server{
+		delays:    d,
+		volumes:   map[string]*Volume{},
+		snapshots: map[string]*Snapshot{},
+		instances: map[string]string{},
+		tokens:    map[string]string{},
+		faults:    map[string][]string{},
+		calls:     map[string]int{},
+	}
+	s.srv = httptest.NewServer(http.HandlerFunc(s.handle))
+	s.URL = s.srv.URL
+	return s
+}
+
+// Close stops the server and any pending transition.
+func (s *Server) Close() {
+	s.mu.Lock()
+	s.closed = true
+	for _, t := range s.timers {
+		t.Stop()
+	}
+	s.mu.Unlock()
+	s.srv.Close()
+}
+
+// AddInstance makes an instance known in an availability zone (the region is the AZ without its letter).
+func (s *Server) AddInstance(instanceID, az string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.instances[instanceID] = az
+}
+
+// PutVolume stores a volume as given (an id is generated when empty) and returns its id.
+func (s *Server) PutVolume(v Volume) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v.ID == "" {
+		v.ID = newID("vol")
+	}
+	if v.Region == "" {
+		v.Region = regionOf(v.AZ)
+	}
+	if v.State == "" {
+		v.State = "available"
+	}
+	if v.Created.IsZero() {
+		v.Created = time.Now()
+	}
+	if v.Type == "" {
+		v.Type = "gp3"
+	}
+	s.volumes[v.ID] = &v
+	return v.ID
+}
+
+// PutSnapshot stores a snapshot as given (an id is generated when empty) and returns its id.
+func (s *Server) PutSnapshot(sn Snapshot) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sn.ID == "" {
+		sn.ID = newID("snap")
+	}
+	if sn.State == "" {
+		sn.State = "completed"
+	}
+	if sn.Owner == "" {
+		sn.Owner = Account
+	}
+	if sn.Started.IsZero() {
+		sn.Started = time.Now()
+	}
+	s.snapshots[sn.ID] = &sn
+	return sn.ID
+}
+
+// Volumes returns copies of every volume, oldest first.
+func (s *Server) Volumes() []Volume {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Volume
+	for _, v := range s.volumes {
+		c := *v
+		if v.Attachment != nil {
+			a := *v.Attachment
+			c.Attachment = &a
+		}
+		c.Tags = append([]Tag(nil), v.Tags...)
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out
+}
+
+// Snapshots returns copies of every snapshot, oldest first.
+func (s *Server) Snapshots() []Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Snapshot
+	for _, sn := range s.snapshots {
+		c := *sn
+		c.Tags = append([]Tag(nil), sn.Tags...)
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	return out
+}
+
+// Detach detaches a volume at once (as a terminated instance would).
+func (s *Server) Detach(volumeID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v := s.volumes[volumeID]; v != nil {
+		v.Attachment = nil
+		v.State = "available"
+	}
+}
+
+// Fail makes the next n calls of action fail with the AWS error code (RequestLimitExceeded, InternalError,
+// UnauthorizedOperation, ...).
+func (s *Server) Fail(action, code string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := 0; i < n; i++ {
+		s.faults[action] = append(s.faults[action], code)
+	}
+}
+
+// Calls returns how many requests of action arrived (including failed ones).
+func (s *Server) Calls(action string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[action]
+}
+
+// Requests returns the raw form bodies of every request received, in order (to check nothing secret is sent).
+func (s *Server) Requests() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.requests...)
+}
+
+// apiError is an EC2 error response.
+type apiError struct {
+	status  int
+	code    string
+	message string
+}
+
+func (e *apiError) Error() string { return e.code + ": " + e.message }
+
+func errf(code, format string, args ...any) *apiError {
+	status := http.StatusBadRequest
+	switch code {
+	case "RequestLimitExceeded":
+		status = http.StatusServiceUnavailable
+	case "InternalError":
+		status = http.StatusInternalServerError
+	case "UnauthorizedOperation", "AuthFailure":
+		status = http.StatusForbidden
+	}
+	return &apiError{status: status, code: code, message: fmt.Sprintf(format, args...)}
+}
+
+var credentialRegion = regexp.MustCompile(`Credential=[^/]+/\d{8}/([a-z0-9-]+)/ec2/aws4_request`)
+
+func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
+	reqID := newUUID()
+	m := credentialRegion.FindStringSubmatch(r.Header.Get("Authorization"))
+	if m == nil {
+		writeError(w, reqID, errf("AuthFailure", "AWS was not able to validate the provided access credentials"))
+		return
+	}
+	region := m[1]
+	if err := r.ParseForm(); err != nil {
+		writeError(w, reqID, errf("InvalidParameterValue", "bad form: %v", err))
+		return
+	}
+	action := r.PostForm.Get("Action")
+	s.mu.Lock()
+	s.calls[action]++
+	s.requests = append(s.requests, r.PostForm.Encode())
+	if q := s.faults[action]; len(q) > 0 {
+		code := q[0]
+		s.faults[action] = q[1:]
+		s.mu.Unlock()
+		writeError(w, reqID, errf(code, "injected %s for %s", code, action))
+		return
+	}
+	var resp any
+	var aerr *apiError
+	f := form(r.PostForm)
+	switch action {
+	case "DescribeVolumes":
+		resp, aerr = s.describeVolumes(region, f)
+	case "CreateVolume":
+		resp, aerr = s.createVolume(region, f)
+	case "AttachVolume":
+		resp, aerr = s.attachVolume(region, f)
+	case "DescribeSnapshots":
+		resp, aerr = s.describeSnapshots(region, f)
+	case "CreateSnapshot":
+		resp, aerr = s.createSnapshot(region, f)
+	case "DeleteSnapshot":
+		resp, aerr = s.deleteSnapshot(region, f)
+	default:
+		aerr = errf("InvalidAction", "The action %s is not valid for this web service.", action)
+	}
+	s.mu.Unlock()
+	if aerr != nil {
+		writeError(w, reqID, aerr)
+		return
+	}
+	writeXML(w, http.StatusOK, action+"Response", reqID, resp)
+}
+
+func writeError(w http.ResponseWriter, reqID string, e *apiError) {
+	type xmlErr struct {
+		Code    string `xml:"Code"`
+		Message string `xml:"Message"`
+	}
+	body := struct {
+		XMLName   xml.Name `xml:"Response"`
+		Errors    []xmlErr `xml:"Errors>Error"`
+		RequestID string   `xml:"RequestID"`
+	}{Errors: []xmlErr{{e.code, e.message}}, RequestID: reqID}
+	out, _ := xml.Marshal(body)
+	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
+	w.WriteHeader(e.status)
+	_, _ = w.Write([]byte(xml.Header))
+	_, _ = w.Write(out)
+}
+
+func writeXML(w http.ResponseWriter, status int, root, reqID string, body any) {
+	w.Header().Set("Content-Type", "text/xml;charset=UTF-8")
+	w.WriteHeader(status)
+	var b strings.Builder
+	b.WriteString(xml.Header)
+	fmt.Fprintf(&b, "<%s xmlns=%q>\n<requestId>%s</requestId>\n", root, Namespace, reqID)
+	var inner strings.Builder
+	enc := xml.NewEncoder(&inner)
+	enc.Indent("", " ")
+	if err := enc.EncodeElement(body, xml.StartElement{Name: xml.Name{Local: "x"}}); err != nil {
+		panic(err) // our own structs always marshal
+	}
+	// The wrapper element <x> is only there to encode the fields: strip its start and end tags.
+	s := strings.TrimSuffix(strings.TrimPrefix(inner.String(), "<x>"), "</x>")
+	b.WriteString(s)
+	fmt.Fprintf(&b, "\n</%s>\n", root)
+	_, _ = w.Write([]byte(b.String()))
+}
+
+// form reads the flattened Query-API lists (Filter.1.Name, Filter.1.Value.1, TagSpecification.1.Tag.1.Key ...).
+type form map[string][]string
+
+func (f form) get(k string) string {
+	if v := f[k]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (f form) list(prefix string) []string {
+	var out []string
+	for i := 1; ; i++ {
+		v, ok := f[prefix+"."+strconv.Itoa(i)]
+		if !ok {
+			return out
+		}
+		out = append(out, v[0])
+	}
+}
+
+func (f form) filters() map[string][]string {
+	out := map[string][]string{}
+	for i := 1; ; i++ {
+		p := "Filter." + strconv.Itoa(i)
+		name := f.get(p + ".Name")
+		if name == "" {
+			return out
+		}
+		out[name] = append(out[name], f.list(p+".Value")...)
+	}
+}
+
+func (f form) tags(resourceType string) ([]Tag, *apiError) {
+	var tags []Tag
+	for i := 1; ; i++ {
+		p := "TagSpecification." + strconv.Itoa(i)
+		rt := f.get(p + ".ResourceType")
+		if rt == "" {
+			return tags, nil
+		}
+		if rt != resourceType {
+			return nil, errf("InvalidParameterValue", "'%s' is not a valid taggable resource type for this operation.", rt)
+		}
+		for j := 1; ; j++ {
+			tp := p + ".Tag." + strconv.Itoa(j)
+			k, ok := f[tp+".Key"]
+			if !ok {
+				break
+			}
+			if strings.HasPrefix(strings.ToLower(k[0]), "aws:") {
+				return nil, errf("InvalidParameterValue", "Tag keys starting with 'aws:' are reserved for internal use")
+			}
+			tags = append(tags, Tag{Key: k[0], Value: f.get(tp + ".Value")})
+		}
+	}
+}
+
+func tagValue(tags []Tag, k string) (string, bool) {
+	for _, t := range tags {
+		if t.Key == k {
+			return t.Value, true
+		}
+	}
+	return "", false
+}
+
+// matchTags applies tag:K and tag-key filters.
+func matchTags(tags []Tag, filters map[string][]string) bool {
+	for name, vals := range filters {
+		switch {
+		case strings.HasPrefix(name, "tag:"):
+			v, ok := tagValue(tags, strings.TrimPrefix(name, "tag:"))
+			if !ok || !contains(vals, v) {
+				return false
+			}
+		case name == "tag-key":
+			found := false
+			for _, k := range vals {
+				if _, ok := tagValue(tags, k); ok {
+					found = true
+				}
+			}
+			if !found {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func contains(vals []string, v string) bool {
+	for _, x := range vals {
+		if x == v || x == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+func regionOf(az string) string {
+	if az == "" {
+		return ""
+	}
+	return strings.TrimRight(az, "abcdefghijklmnopqrstuvwxyz")
+}
+
+func newID(prefix string) string {
+	b := make([]byte, 9)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)[:17]
+}
+
+func newUUID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	h := hex.EncodeToString(b)
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// after runs f under the server lock once d has passed (at once for d == 0, still asynchronously).
+func (s *Server) after(d time.Duration, f func() func()) {
+	t := time.AfterFunc(d, func() {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return
+		}
+		hook := f()
+		s.mu.Unlock()
+		if hook != nil {
+			hook()
+		}
+	})
+	s.timers = append(s.timers, t)
+}
