@@ -274,3 +274,43 @@ func TestWebSocket(t *testing.T) {
 		}
 	}
 }
+
+// TestReadsRetriedWritesNotReplayed: a node takes calls and dies without answering. eth_sendRawTransaction that
+// reached it is never sent to another node; a read that reached it is sent again to the next node and succeeds.
+func TestReadsRetriedWritesNotReplayed(t *testing.T) {
+	consul := testenv.StartConsul(t)
+	bad, good := newFakeNode(t, "bad"), newFakeNode(t, "good")
+	bad.mu.Lock()
+	bad.drop = true
+	bad.mu.Unlock()
+	register(t, consul, service, "bad", "127.0.0.1", bad.port(), "passing", nil)
+	register(t, consul, service, "good", "127.0.0.1", good.port(), "passing", nil)
+	for _, kind := range proxyKinds {
+		p := startProxy(t, kind, consul)
+		p.waitConfig(t, "both", expectStates(kind, map[string]string{"bad": "server", "good": "server"}))
+		// Writes until one reached the dying node: each must have been delivered exactly once.
+		for i := 0; bad.received(kind+"-write-") == 0; i++ {
+			if i == 6 {
+				t.Fatalf("%s: no write reached the dying node", kind)
+			}
+			tag := fmt.Sprintf("%s-write-%d", kind, i)
+			_, _, _ = post(p.URL+"/"+service, `{"jsonrpc":"2.0","id":1,"method":"eth_sendRawTransaction","params":["0x00"],"tag":"`+tag+`"}`)
+			if n := bad.received(tag) + good.received(tag); n != 1 {
+				t.Errorf("%s: write %d delivered %d times (dying node %d, good node %d); want exactly once", kind, i, n,
+					bad.received(tag), good.received(tag))
+			}
+		}
+		// nginx stops choosing a failed server for fail_timeout (3 s): wait it out, so that reads reach it again.
+		time.Sleep(3500 * time.Millisecond)
+		for i := 0; bad.received(kind+"-read-") == 0; i++ {
+			if i == 30 {
+				t.Fatalf("%s: no read reached the dying node", kind)
+			}
+			tag := fmt.Sprintf("%s-read-%d", kind, i)
+			_, body, err := post(p.URL+"/"+service, `{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x0","latest"],"tag":"`+tag+`"}`)
+			if err != nil || !strings.Contains(string(body), `"good"`) {
+				t.Errorf("%s: read %d not answered by the good node: %v %s", kind, i, err, body)
+			}
+		}
+	}
+}

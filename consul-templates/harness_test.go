@@ -208,6 +208,20 @@ type fakeNode struct {
 	mu   sync.Mutex
 	hits int
 	seen []seenRequest
+	drop bool // close the connection after reading each POST, answering nothing (GET health checks still pass)
+}
+
+// received counts the requests whose body contains s.
+func (f *fakeNode) received(s string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, r := range f.seen {
+		if strings.Contains(r.Body, s) {
+			n++
+		}
+	}
+	return n
 }
 
 type seenRequest struct{ Path, Host, Body string }
@@ -229,7 +243,17 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.hits++
 	f.seen = append(f.seen, seenRequest{r.URL.Path, r.Host, string(body)})
+	drop := f.drop
 	f.mu.Unlock()
+	if drop && r.Method == http.MethodPost {
+		// A node that dies after it got the call: the connection closes without an answer.
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				c.Close()
+				return
+			}
+		}
+	}
 	var req struct {
 		ID json.RawMessage `json:"id"`
 	}
