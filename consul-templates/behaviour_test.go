@@ -300,8 +300,9 @@ func TestReadsRetriedWritesNotReplayed(t *testing.T) {
 					bad.received(tag), good.received(tag))
 			}
 		}
-		// nginx stops choosing a failed server for fail_timeout (3 s): wait it out, so that reads reach it again.
-		time.Sleep(3500 * time.Millisecond)
+		// nginx stops choosing a failed server for fail_timeout (3 s, counted in whole seconds): wait it out, so that
+		// reads reach it again.
+		time.Sleep(4500 * time.Millisecond)
 		for i := 0; bad.received(kind+"-read-") == 0; i++ {
 			if i == 30 {
 				t.Fatalf("%s: no read reached the dying node", kind)
