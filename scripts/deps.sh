@@ -20,7 +20,7 @@ mkdir -p "$BIN"
 
 say() { printf 'deps: %s\n' "$*"; }
 
-APT_PACKAGES=(nginx haproxy docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd)
+APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd)
 install_apt() {
 	local missing=()
 	for p in "${APT_PACKAGES[@]}"; do

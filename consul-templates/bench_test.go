@@ -1,0 +1,412 @@
+package consultemplates
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+// The proxy benchmarks (docs/BENCHMARKS.md, "RPC proxy"). They run only with CHAINWARDEN_BENCH=1, through
+// scripts/bench-proxy.sh; each prints its figures as a markdown fragment (and appends it to $CHAINWARDEN_BENCH_OUT).
+
+func benchOnly(t *testing.T) {
+	t.Helper()
+	if os.Getenv("CHAINWARDEN_BENCH") == "" {
+		t.Skip("benchmark: run scripts/bench-proxy.sh (CHAINWARDEN_BENCH=1)")
+	}
+}
+
+func report(t *testing.T, format string, args ...any) {
+	t.Helper()
+	s := fmt.Sprintf(format, args...)
+	t.Log("\n" + s)
+	if out := os.Getenv("CHAINWARDEN_BENCH_OUT"); out != "" {
+		f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fmt.Fprintln(f, s)
+	}
+}
+
+// load runs `workers` clients calling eth_blockNumber on url for d, returning calls/s, p50, p99 and failures.
+func load(url string, workers int, d time.Duration) (rate float64, p50, p99 time.Duration, failed int) {
+	var mu sync.Mutex
+	var lat []time.Duration
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	start := time.Now()
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var mine []time.Duration
+			bad := 0
+			for time.Now().Before(end) {
+				t0 := time.Now()
+				if _, err := blockNumber(url, 10*time.Second); err != nil {
+					bad++
+					continue
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			failed += bad
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	if len(lat) == 0 {
+		return 0, 0, 0, failed
+	}
+	return float64(len(lat)) / el.Seconds(), lat[len(lat)/2], lat[len(lat)*99/100], failed
+}
+
+// TestBenchProxyOverhead: eth_blockNumber throughput and latency straight to one geth, through nginx and through
+// HAProxy to the same single node, in the same run, two interleaved rounds.
+func TestBenchProxyOverhead(t *testing.T) {
+	benchOnly(t)
+	consul := testenv.StartConsul(t)
+	net := testenv.StartCliqueNetwork(t, 2)
+	g := net.Nodes[1]
+	register(t, consul, "eth-bench", "bench-node", "127.0.0.1", g.RPCPort, "passing", nil)
+	targets := []struct{ name, url string }{{"direct", g.RPC}}
+	for _, kind := range proxyKinds {
+		p := startProxy(t, kind, consul)
+		p.waitConfig(t, "bench node", expectStates(kind, map[string]string{"bench-node": "server"}))
+		targets = append(targets, struct{ name, url string }{kind, p.URL + "/eth-bench"})
+	}
+	const workers, rounds = 16, 2
+	d := 8 * time.Second
+	type agg struct {
+		rate       float64
+		p50, p99   time.Duration
+		failed, nr int
+	}
+	res := map[string]*agg{}
+	for _, tg := range targets {
+		load(tg.url, workers, time.Second) // warm up connections
+		res[tg.name] = &agg{}
+	}
+	for r := 0; r < rounds; r++ {
+		for _, tg := range targets {
+			rate, p50, p99, failed := load(tg.url, workers, d)
+			a := res[tg.name]
+			a.rate += rate / rounds
+			a.p50 += p50 / rounds
+			a.p99 += p99 / rounds
+			a.failed += failed
+			t.Logf("round %d %s: %.0f calls/s p50 %s p99 %s failed %d", r, tg.name, rate, p50, p99, failed)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Proxy overhead (%d clients, eth_blockNumber, %d rounds of %s per target, one geth v1.13 node):\n\n", workers, rounds, d)
+	fmt.Fprintf(&b, "| target | calls/s | %% of direct | p50 | p99 | failed |\n|---|---|---|---|---|---|\n")
+	for _, tg := range targets {
+		a := res[tg.name]
+		fmt.Fprintf(&b, "| %s | %.0f | %.0f %% | %s | %s | %d |\n", tg.name, a.rate, 100*a.rate/res["direct"].rate,
+			a.p50.Round(10*time.Microsecond), a.p99.Round(10*time.Microsecond), a.failed)
+	}
+	report(t, "%s", b.String())
+}
+
+// TestBenchDrainAndCrash: failed client reads while nodes are drained the planned way (Consul maintenance, wait for
+// the proxies to drop the node, stop it, restart it, end maintenance) and while they crash (SIGKILL), with the
+// real agent judging the nodes every second.
+func TestBenchDrainAndCrash(t *testing.T) {
+	benchOnly(t)
+	const cycles = 5
+	consul := testenv.StartConsul(t)
+	net := testenv.StartCliqueNetwork(t, 3)
+	startAgentInterval(t, consul, "1s", net.Nodes)
+	for _, g := range net.Nodes {
+		waitCheck(t, consul, g.Name, 60*time.Second, "passing")
+	}
+	var proxies []*proxy
+	for _, kind := range proxyKinds {
+		p := startProxy(t, kind, consul)
+		p.waitConfig(t, "three nodes", expectStates(kind, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}))
+		proxies = append(proxies, p)
+	}
+	back := func(g *testenv.Geth) {
+		g.Restart()
+		if err := net.Connect(g); err != nil {
+			t.Fatal(err)
+		}
+		waitCheck(t, consul, g.Name, 90*time.Second, "passing")
+		for _, p := range proxies {
+			p.waitConfig(t, g.Name+" back", expectStates(p.kind, map[string]string{g.Name: "server"}))
+		}
+	}
+	out := func(g *testenv.Geth) {
+		for _, p := range proxies {
+			p.waitConfig(t, g.Name+" out", expectStates(p.kind, map[string]string{g.Name: "absent"}))
+		}
+	}
+	phase := func(name string, cycle func(g *testenv.Geth)) map[string][3]int64 {
+		hs := map[string]*hammer{}
+		reloads := map[string]int{}
+		for _, p := range proxies {
+			hs[p.kind] = startHammer(p.URL+"/"+service, 8)
+			reloads[p.kind] = p.reloads()
+		}
+		for i := 0; i < cycles; i++ {
+			cycle(net.Nodes[1+i%2])
+		}
+		res := map[string][3]int64{}
+		for _, p := range proxies {
+			ok, failed, resets, errs := hs[p.kind].finish()
+			res[p.kind] = [3]int64{ok, failed, resets}
+			t.Logf("%s %s: %d ok, %d failed (%d resets), %d reloads: %v", name, p.kind, ok, failed, resets,
+				p.reloads()-reloads[p.kind], errs)
+		}
+		return res
+	}
+	drain := phase("drain", func(g *testenv.Geth) {
+		if err := consul.Client.Agent().EnableServiceMaintenance(g.Name, "planned drain"); err != nil {
+			t.Fatal(err)
+		}
+		out(g)
+		time.Sleep(time.Second)
+		g.Stop()
+		time.Sleep(time.Second)
+		if err := consul.Client.Agent().DisableServiceMaintenance(g.Name); err != nil {
+			t.Fatal(err)
+		}
+		back(g)
+		time.Sleep(time.Second)
+	})
+	crash := phase("crash", func(g *testenv.Geth) {
+		if err := g.Proc.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitCheck(t, consul, g.Name, 30*time.Second, "critical")
+		out(g)
+		time.Sleep(time.Second)
+		back(g)
+		time.Sleep(time.Second)
+	})
+	var b strings.Builder
+	fmt.Fprintf(&b, "Failed client reads (8 clients per proxy calling eth_blockNumber through it; %d planned drains, then %d crashes, of the two non-sealing nodes of a 3-node Clique network; real agent at 1 s):\n\n", cycles, cycles)
+	fmt.Fprintf(&b, "| proxy | drain: failed / reads | crash: failed / reads | of which keep-alive resets (drain, crash) |\n|---|---|---|---|\n")
+	for _, p := range proxies {
+		d, c := drain[p.kind], crash[p.kind]
+		fmt.Fprintf(&b, "| %s | %d / %d (%.3f %%) | %d / %d (%.3f %%) | %d, %d |\n", p.kind, d[1], d[0]+d[1],
+			pct(d[1], d[0]+d[1]), c[1], c[0]+c[1], pct(c[1], c[0]+c[1]), d[2], c[2])
+	}
+	report(t, "%s", b.String())
+}
+
+func pct(a, b int64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return 100 * float64(a) / float64(b)
+}
+
+// TestBenchFailover: from the moment a node stops advancing (SIGSTOP, or its peers removed) to the moment nginx
+// sends it no more requests, over 20 trials each, with the real agent probing every second.
+func TestBenchFailover(t *testing.T) {
+	benchOnly(t)
+	trials := 20
+	if s := os.Getenv("CHAINWARDEN_BENCH_TRIALS"); s != "" {
+		trials, _ = strconv.Atoi(s)
+	}
+	consul := testenv.StartConsul(t)
+	net := testenv.StartCliqueNetwork(t, 3)
+	startAgentInterval(t, consul, "1s", net.Nodes)
+	for _, g := range net.Nodes {
+		waitCheck(t, consul, g.Name, 60*time.Second, "passing")
+	}
+	p := startProxy(t, "nginx", consul)
+	all := map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}
+	p.waitConfig(t, "three nodes", expectStates("nginx", all))
+	// Open-loop load: a new call every 5 ms whatever the earlier ones do, so that calls stuck on a hung node do not
+	// stop new ones from being sent (closed-loop clients would all end up waiting on it).
+	h := startOpenLoop(p.URL+"/"+service, 5*time.Millisecond)
+	defer h.finish()
+
+	type trial struct{ detect, config, last time.Duration }
+	run := func(mode string, settle time.Duration, stop, restore func(g *testenv.Geth)) []trial {
+		var out []trial
+		for i := 0; i < trials; i++ {
+			g := net.Nodes[1+i%2]
+			port := strconv.Itoa(g.RPCPort)
+			t0 := time.Now()
+			stop(g)
+			var tCheck, tConfig time.Time
+			for time.Since(t0) < 60*time.Second && (tCheck.IsZero() || tConfig.IsZero()) {
+				if st, _, _ := consul.CheckStatus(g.Name); tCheck.IsZero() && st != "passing" && st != "" {
+					tCheck = time.Now()
+				}
+				if tConfig.IsZero() && serverState("nginx", p.liveConfig(t), g.Name) != "server" {
+					tConfig = time.Now()
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if tCheck.IsZero() || tConfig.IsZero() {
+				t.Fatalf("%s trial %d: %s never left the rotation", mode, i, g.Name)
+			}
+			time.Sleep(settle) // requests already sent to a frozen node end after proxy_read_timeout (10 s)
+			last := lastRequestTo(t, p.AccessLog, "127.0.0.1:"+port, t0)
+			tr := trial{tCheck.Sub(t0), tConfig.Sub(t0), last.Sub(t0)}
+			if last.IsZero() || last.Before(t0) {
+				tr.last = 0
+			}
+			t.Logf("%s trial %d (%s): check %s, config %s, last request sent %s after it stopped", mode, i, g.Name,
+				tr.detect.Round(time.Millisecond), tr.config.Round(time.Millisecond), tr.last.Round(time.Millisecond))
+			out = append(out, tr)
+			restore(g)
+			waitCheck(t, consul, g.Name, 90*time.Second, "passing")
+			p.waitConfig(t, g.Name+" back", expectStates("nginx", all))
+			time.Sleep(2 * time.Second)
+		}
+		return out
+	}
+	frozen := run("SIGSTOP", 12*time.Second, func(g *testenv.Geth) {
+		if err := g.Freeze(); err != nil {
+			t.Fatal(err)
+		}
+	}, func(g *testenv.Geth) {
+		if err := g.Thaw(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	isolated := run("peers removed", 3*time.Second, func(g *testenv.Geth) {
+		if err := net.Isolate(g); err != nil {
+			t.Fatal(err)
+		}
+	}, func(g *testenv.Geth) {
+		if err := net.Connect(g); err != nil {
+			t.Fatal(err)
+		}
+	})
+	ok, failed, resets, errs := h.finish()
+	t.Logf("client errors (first 10): %q", errs)
+	var b strings.Builder
+	fmt.Fprintf(&b, "Failover time, nginx, %d trials per way of stopping (agent interval 1 s, probe timeout 1 s, fail_after 1, warn_lag 1, max_lag 4, max_block_age 3 s; consul-template wait 250 ms..3 s; open-loop load, a call every 5 ms):\n\n", trials)
+	fmt.Fprintf(&b, "| node stops by | check leaves passing (median / max) | nginx config without it (median / max) | last request sent to it (median / max) |\n|---|---|---|---|\n")
+	for _, m := range []struct {
+		name string
+		tr   []trial
+	}{{"SIGSTOP", frozen}, {"peers removed", isolated}} {
+		var d, c, l []time.Duration
+		for _, x := range m.tr {
+			d, c, l = append(d, x.detect), append(c, x.config), append(l, x.last)
+		}
+		fmt.Fprintf(&b, "| %s | %s / %s | %s / %s | %s / %s |\n", m.name, median(d), maxOf(d), median(c), maxOf(c), median(l), maxOf(l))
+	}
+	fmt.Fprintf(&b, "\nClient reads during the %d trials: %d ok, %d failed (%d keep-alive resets).\n", 2*trials, ok, failed, resets)
+	report(t, "%s", b.String())
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0
+	}
+	return s[len(s)/2].Round(10 * time.Millisecond)
+}
+
+func maxOf(ds []time.Duration) time.Duration {
+	var m time.Duration
+	for _, d := range ds {
+		m = max(m, d)
+	}
+	return m.Round(10 * time.Millisecond)
+}
+
+// lastRequestTo returns when nginx sent the last request to addr that it started after `after`, from the access log
+// (format chainwarden: "$msec ... $upstream_addr $upstream_status $request_time"; start = msec - request_time).
+func lastRequestTo(t *testing.T, accessLog, addr string, after time.Time) time.Time {
+	t.Helper()
+	f, err := os.Open(accessLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var last time.Time
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, addr) {
+			continue
+		}
+		fs := strings.Fields(line)
+		if len(fs) < 2 {
+			continue
+		}
+		msec, err1 := strconv.ParseFloat(fs[0], 64)
+		rt, err2 := strconv.ParseFloat(fs[len(fs)-1], 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		// With retries, upstream_addr lists each server tried; the request reached addr no later than its end.
+		start := time.Unix(0, int64((msec-rt)*1e9))
+		if start.After(after) && start.After(last) {
+			last = start
+		}
+	}
+	return last
+}
+
+// startOpenLoop sends an eth_blockNumber call through url every `every`, each in its own goroutine (at most 4,000 in
+// flight), until finished.
+func startOpenLoop(url string, every time.Duration) *hammer {
+	h := &hammer{}
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop = cancel
+	sem := make(chan struct{}, 4000)
+	h.done.Add(1)
+	go func() {
+		defer h.done.Done()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			select {
+			case sem <- struct{}{}:
+			default:
+				continue
+			}
+			h.done.Add(1)
+			go func() {
+				defer h.done.Done()
+				defer func() { <-sem }()
+				if _, err := blockNumber(url, 20*time.Second); err != nil {
+					h.failed.Add(1)
+					if isConnReset(err) {
+						h.resets.Add(1)
+					}
+					h.mu.Lock()
+					if len(h.errs) < 10 {
+						h.errs = append(h.errs, err.Error())
+					}
+					h.mu.Unlock()
+					return
+				}
+				h.ok.Add(1)
+			}()
+		}
+	}()
+	return h
+}

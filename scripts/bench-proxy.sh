@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# bench-proxy.sh: the RPC proxy benchmarks (docs/BENCHMARKS.md, "RPC proxy"), against real Consul, geth (a Clique
+# network), the chainwarden agent, consul-template, nginx and HAProxy:
+#   overhead   eth_blockNumber throughput and p99 straight to geth, through nginx, through HAProxy (same run)
+#   drain      failed client reads during planned drains and during crashes
+#   failover   time from a node stopping (SIGSTOP, peers removed) to nginx sending it no more requests
+# Usage: scripts/bench-proxy.sh [overhead|drain|failover|all]   (CHAINWARDEN_BENCH_TRIALS=N for failover, default 20)
+# The figures are printed as markdown and kept in ${TMPDIR:-/tmp}/bench-proxy.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=${CHAINWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainwarden}/bin:$PATH
+case ${1:-all} in
+overhead) run='TestBenchProxyOverhead' ;;
+drain) run='TestBenchDrainAndCrash' ;;
+failover) run='TestBenchFailover' ;;
+all) run='TestBenchProxyOverhead|TestBenchDrainAndCrash|TestBenchFailover' ;;
+*)
+	sed -n '2,9p' "$0" >&2
+	exit 2
+	;;
+esac
+out=${TMPDIR:-/tmp}/bench-proxy.md
+: >"$out"
+CHAINWARDEN_BENCH=1 CHAINWARDEN_BENCH_OUT=$out go test -count=1 -timeout 60m -run "^($run)\$" -v ./consul-templates/ |
+	grep -E '^(=== RUN|--- |\s+\w+_test\.go:|ok|FAIL)' || true
+echo
+cat "$out"
