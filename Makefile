@@ -5,7 +5,7 @@ export PATH := $(CACHE)/bin:/usr/local/go/bin:$(PATH)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_TEST_FLAGS ?=
 
-.PHONY: help deps build test test-unit bench demo ami fmt vet clean
+.PHONY: help deps build test test-unit bench bench-proxy demo ami fmt vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -26,8 +26,11 @@ test-unit: ## only the tests that need no real component
 bench: deps build ## the agent benchmark (1,000 nodes at 1 s); figures go to docs/BENCHMARKS.md
 	bash scripts/bench-agent.sh
 
-demo: deps build ## the local demo stack: Consul, a geth Clique network, a CometBFT network, the agent
-	bash scripts/demo.sh
+bench-proxy: deps ## RPC proxy benchmarks (failover time, failed reads, overhead); figures for docs/BENCHMARKS.md
+	bash scripts/bench-proxy.sh all
+
+demo: deps build ## the demo stack: Consul, geth and CometBFT networks, Nomad jobs, the agent, the nginx proxy
+	./bin/chainwarden dev -with-nomad -proxy-port 8545
 
 ami: build ## build the node AMI on AWS (credentials from the SDK chain; Packer >= 1.10 after packer init)
 	packer init packer/ && packer build -var chainwarden_version=$(VERSION) -var chainwarden_binary=$(CURDIR)/bin/chainwarden packer/

@@ -5,8 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +32,8 @@ func runDev(args []string) int {
 	cometNodes := fs.Int("cometbft", 4, "CometBFT validators")
 	ready := fs.String("ready-file", "", "write the agent config path here once everything runs (for scripts)")
 	nomadAddr := fs.String("nomad", "", "also discover chain nodes from this Nomad agent (e.g. http://127.0.0.1:4646)")
+	withNomad := fs.Bool("with-nomad", false, "also start dockerd and a Nomad dev agent running the geth and cometbft jobs (scripts/demo-nomad.sh) and discover them")
+	proxyPort := fs.Int("proxy-port", 0, "also run consul-template + nginx in front of every service on this port (scripts/demo-proxy.sh); 0: none")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -82,6 +86,9 @@ func runDev(args []string) int {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "# written by `chainwarden dev`\nconsul {\n  address = %q\n}\nlisten = %q\ninterval = \"1s\"\nhead_max_age = \"30s\"\n\n", consul.Addr, *listen)
+	if *withNomad && *nomadAddr == "" {
+		*nomadAddr = "http://127.0.0.1:4646"
+	}
 	if *nomadAddr != "" {
 		fmt.Fprintf(&b, "nomad {\n  address = %q\n}\n\n", *nomadAddr)
 	}
@@ -112,6 +119,23 @@ func runDev(args []string) int {
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- a.Run(actx) }()
 	cleanup = append(cleanup, func() { cancelAgent(); <-agentDone })
+
+	if *withNomad {
+		step("starting dockerd and a Nomad dev agent running jobs/geth and jobs/cometbft (scripts/demo-nomad.sh)")
+		if err := script(ctx, []string{"CONSUL_HTTP_ADDR=" + consul.Addr}, "scripts/demo-nomad.sh", "start"); err != nil {
+			return fail("nomad", err)
+		}
+		cleanup = append(cleanup, func() { _ = script(context.Background(), []string{"CONSUL_HTTP_ADDR=" + consul.Addr}, "scripts/demo-nomad.sh", "stop") })
+	}
+	if *proxyPort != 0 {
+		step("starting the RPC proxy (consul-template + nginx) on 127.0.0.1:%d", *proxyPort)
+		pc := exec.Command("bash", "scripts/demo-proxy.sh", "run", consul.Addr, strconv.Itoa(*proxyPort), filepath.Join(*dir, "proxy"))
+		pc.Stdout, pc.Stderr = os.Stdout, os.Stderr
+		if err := pc.Start(); err != nil {
+			return fail("proxy", err)
+		}
+		cleanup = append(cleanup, func() { _ = pc.Process.Signal(syscall.SIGTERM); _ = pc.Wait() })
+	}
 
 	// Wait until every node has passed once, then show the fleet.
 	_ = devnet.Poll(ctx, 60*time.Second, "nodes passing", nil, func() error {
@@ -166,9 +190,11 @@ Make a geth node fall behind (remove its peer, as a node that lost its peers wou
 Stop a CometBFT validator (the other 3 keep the chain going):
   kill -STOP %d     (and kill -CONT %d to let it catch up)
 
+%s
 Press Ctrl-C to stop everything the demo started.
 `, consul.Addr, *listen, *listen, consul.Addr, *dir, lagger.RPC, clique.Nodes[0].Enode, lagger.Name, lagger.RPC,
-		clique.Nodes[0].Enode, comet.Nodes[len(comet.Nodes)-1].Proc.Cmd.Process.Pid, comet.Nodes[len(comet.Nodes)-1].Proc.Cmd.Process.Pid)
+		clique.Nodes[0].Enode, comet.Nodes[len(comet.Nodes)-1].Proc.Cmd.Process.Pid, comet.Nodes[len(comet.Nodes)-1].Proc.Cmd.Process.Pid,
+		extras(*proxyPort, *withNomad))
 
 	select {
 	case <-ctx.Done():
@@ -178,6 +204,38 @@ Press Ctrl-C to stop everything the demo started.
 		}
 	}
 	return 0
+}
+
+// extras is the part of the tour about the proxy and Nomad, when they run.
+func extras(proxyPort int, withNomad bool) string {
+	var b strings.Builder
+	if proxyPort != 0 {
+		url := fmt.Sprintf("http://127.0.0.1:%d/eth-devnet", proxyPort)
+		fmt.Fprintf(&b, `The RPC proxy (nginx, upstreams rendered by consul-template from Consul health):
+  curl -s -H 'content-type: application/json' %s -d '{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
+  Keep a client reading while you make a node lag (above): scripts/demo-proxy.sh client %s 60
+  admin_, debug_, personal_ and miner_ calls are refused at the proxy.
+
+`, url, url)
+	}
+	if withNomad {
+		b.WriteString(`Nomad (http://127.0.0.1:4646/ui): jobs geth and cometbft, discovered by the agent as geth-geth-0 and
+cometbft-cometbft-0.  NOMAD_ADDR=http://127.0.0.1:4646 nomad status; chainwarden job list
+
+`)
+	}
+	return b.String()
+}
+
+// script runs one of the repo's scripts (the demo is run from the repo root by make demo).
+func script(ctx context.Context, env []string, path string, args ...string) error {
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("%s not found: run the demo from the repository root (make demo)", path)
+	}
+	cmd := exec.CommandContext(ctx, "bash", append([]string{path}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	return cmd.Run()
 }
 
 func step(format string, args ...any) {
