@@ -56,15 +56,8 @@ func (c *cluster) run(t *testing.T, name string, vars map[string]string) *nomada
 	if err != nil {
 		t.Fatal(err)
 	}
-	job, err := c.jobs.Parse(ctx, spec)
+	job, err := c.jobs.Run(ctx, spec)
 	if err != nil {
-		t.Fatal(err)
-	}
-	evalID, err := c.jobs.Register(ctx, spec, job)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.jobs.Watch(ctx, evalID); err != nil {
 		t.Fatalf("run %s: %v", name, err)
 	}
 	stubs, _, err := c.nomad.Client.Jobs().Allocations(*job.ID, false, nil)

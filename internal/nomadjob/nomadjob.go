@@ -256,3 +256,16 @@ func indentLines(s, prefix string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Run parses, registers and watches a spec until its deployment is healthy or has failed.
+func (c *Client) Run(ctx context.Context, s *Spec) (*nomadapi.Job, error) {
+	job, err := c.Parse(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	evalID, err := c.Register(ctx, s, job)
+	if err != nil {
+		return nil, err
+	}
+	return job, c.Watch(ctx, evalID)
+}
