@@ -125,7 +125,9 @@ func runDev(args []string) int {
 		if err := script(ctx, []string{"CONSUL_HTTP_ADDR=" + consul.Addr}, "scripts/demo-nomad.sh", "start"); err != nil {
 			return fail("nomad", err)
 		}
-		cleanup = append(cleanup, func() { _ = script(context.Background(), []string{"CONSUL_HTTP_ADDR=" + consul.Addr}, "scripts/demo-nomad.sh", "stop") })
+		cleanup = append(cleanup, func() {
+			_ = script(context.Background(), []string{"CONSUL_HTTP_ADDR=" + consul.Addr}, "scripts/demo-nomad.sh", "stop")
+		})
 	}
 	if *proxyPort != 0 {
 		step("starting the RPC proxy (consul-template + nginx) on 127.0.0.1:%d", *proxyPort)
