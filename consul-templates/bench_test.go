@@ -392,19 +392,7 @@ func startOpenLoop(url string, every time.Duration) *hammer {
 			go func() {
 				defer h.done.Done()
 				defer func() { <-sem }()
-				if _, err := blockNumber(url, 20*time.Second); err != nil {
-					h.failed.Add(1)
-					if isConnReset(err) {
-						h.resets.Add(1)
-					}
-					h.mu.Lock()
-					if len(h.errs) < 10 {
-						h.errs = append(h.errs, err.Error())
-					}
-					h.mu.Unlock()
-					return
-				}
-				h.ok.Add(1)
+				h.call(url)
 			}()
 		}
 	}()

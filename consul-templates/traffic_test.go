@@ -124,23 +124,28 @@ func startHammer(url string, workers int) *hammer {
 		go func() {
 			defer h.done.Done()
 			for ctx.Err() == nil {
-				if _, err := blockNumber(url, 20*time.Second); err != nil {
-					h.failed.Add(1)
-					if isConnReset(err) {
-						h.resets.Add(1)
-					}
-					h.mu.Lock()
-					if len(h.errs) < 10 {
-						h.errs = append(h.errs, err.Error())
-					}
-					h.mu.Unlock()
-					continue
-				}
-				h.ok.Add(1)
+				h.call(url)
 			}
 		}()
 	}
 	return h
+}
+
+// call makes one eth_blockNumber call through url and counts how it went.
+func (h *hammer) call(url string) {
+	if _, err := blockNumber(url, 20*time.Second); err != nil {
+		h.failed.Add(1)
+		if isConnReset(err) {
+			h.resets.Add(1)
+		}
+		h.mu.Lock()
+		if len(h.errs) < 10 {
+			h.errs = append(h.errs, err.Error())
+		}
+		h.mu.Unlock()
+		return
+	}
+	h.ok.Add(1)
 }
 
 func (h *hammer) finish() (ok, failed, resets int64, errs []string) {
