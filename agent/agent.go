@@ -122,8 +122,14 @@ func (a *Agent) SetNodes(source string, nodes []config.Node) {
 	for s := range a.sources {
 		srcs = append(srcs, s)
 	}
-	sort.Slice(srcs, func(i, j int) bool { return srcs[i] != "config" && (srcs[j] == "config" || srcs[i] > srcs[j]) })
-	for _, s := range srcs { // "config" last, so it wins
+	sort.Strings(srcs)
+	for i, s := range srcs { // "config" last, so it wins
+		if s == "config" {
+			srcs = append(append(srcs[:i:i], srcs[i+1:]...), "config")
+			break
+		}
+	}
+	for _, s := range srcs {
 		for _, n := range a.sources[s] {
 			if prev, dup := want[n.Name]; dup && prev.Source != n.Source {
 				a.log.Warn("node defined twice, the config file wins", "node", n.Name, "sources", prev.Source+","+n.Source)

@@ -96,7 +96,6 @@ type Node struct {
 
 	// Filled by Validate.
 	Thresholds Thresholds
-	Host       string
 	Source     string // "config" or "nomad"
 	Range      hcl.Range
 }
@@ -386,7 +385,6 @@ func (v *validator) node(n *Node) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		v.errf(at("rpc"), "node %q: rpc %q is not an http(s) URL", n.Name, redactURL(n.RPC))
 	} else {
-		n.Host = u.Hostname()
 		if n.Address == "" {
 			n.Address = u.Hostname()
 		}

@@ -30,7 +30,6 @@ func runDev(args []string) int {
 	listen := fs.String("listen", "127.0.0.1:9464", "agent health and metrics address")
 	gethNodes := fs.Int("geth", 3, "geth Clique nodes")
 	cometNodes := fs.Int("cometbft", 4, "CometBFT validators")
-	ready := fs.String("ready-file", "", "write the agent config path here once everything runs (for scripts)")
 	nomadAddr := fs.String("nomad", "", "also discover chain nodes from this Nomad agent (e.g. http://127.0.0.1:4646)")
 	withNomad := fs.Bool("with-nomad", false, "also start dockerd and a Nomad dev agent running the geth and cometbft jobs (scripts/demo-nomad.sh) and discover them")
 	proxyPort := fs.Int("proxy-port", 0, "also run consul-template + nginx in front of every service on this port (scripts/demo-proxy.sh); 0: none")
@@ -150,9 +149,6 @@ func runDev(args []string) int {
 	})
 	if ctx.Err() != nil {
 		return 0
-	}
-	if *ready != "" {
-		_ = os.WriteFile(*ready, []byte(cfgPath+"\n"), 0o644)
 	}
 	// Consul's catalog follows the local agent within a moment; show the fleet as Consul sees it.
 	var rows []fleet.Row

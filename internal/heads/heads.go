@@ -51,14 +51,12 @@ type Store struct {
 	all       map[string]map[string]Head // service -> node -> head, from the watch
 	published map[string]Head            // service/node -> last written
 	index     uint64
-	ready     chan struct{}
-	readyOnce sync.Once
 }
 
 // New returns a store under kvPrefix (e.g. "chainwarden").
 func New(kv KV, txn Txn, kvPrefix string, log hclog.Logger) *Store {
 	return &Store{kv: kv, txn: txn, prefix: strings.Trim(kvPrefix, "/") + "/heads/", log: log,
-		all: map[string]map[string]Head{}, published: map[string]Head{}, ready: make(chan struct{})}
+		all: map[string]map[string]Head{}, published: map[string]Head{}}
 }
 
 func (s *Store) key(service, node string) string { return s.prefix + service + "/" + node }
@@ -148,9 +146,6 @@ func (s *Store) All(service string) []Head {
 	return out
 }
 
-// Ready is closed once the first view of KV has been read.
-func (s *Store) Ready() <-chan struct{} { return s.ready }
-
 // Watch keeps the view current with blocking queries until ctx ends, backing off (capped) while Consul fails.
 func (s *Store) Watch(ctx context.Context, wait time.Duration) {
 	backoff := time.Duration(0)
@@ -192,7 +187,6 @@ func (s *Store) WatchOnce(ctx context.Context, wait time.Duration) error {
 	}
 	s.all = all
 	s.mu.Unlock()
-	s.readyOnce.Do(func() { close(s.ready) })
 	return nil
 }
 

@@ -356,22 +356,6 @@ func (r *Registry) audit(ctx context.Context, want map[string]bool) error {
 	return nil
 }
 
-// DeregisterAll removes every service this registry registered (on a clean shutdown, when asked to).
-func (r *Registry) DeregisterAll(ctx context.Context) error {
-	r.mu.Lock()
-	ids := make([]string, 0, len(r.registered))
-	for id := range r.registered {
-		ids = append(ids, id)
-	}
-	r.mu.Unlock()
-	for _, id := range ids {
-		if err := r.agent.ServiceDeregisterOpts(id, (&consulapi.QueryOptions{}).WithContext(ctx)); err != nil && !isNotFound(err) {
-			return fmt.Errorf("deregister %s: %w", id, err)
-		}
-	}
-	return nil
-}
-
 func sameRegistration(a, b *Service) bool {
 	if a.Name != b.Name || a.Address != b.Address || a.Port != b.Port || len(a.Tags) != len(b.Tags) || len(a.Meta) != len(b.Meta) {
 		return false

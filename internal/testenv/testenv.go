@@ -5,7 +5,6 @@ package testenv
 
 import (
 	"context"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -46,12 +45,11 @@ func RequireRoot(t testing.TB) {
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := devnet.FreePort()
 	if err != nil {
-		t.Fatalf("free port: %v", err)
+		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return p
 }
 
 // Process is a real component running for one test.
