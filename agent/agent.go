@@ -8,8 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"sort"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,18 +17,32 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/clock"
 	"github.com/chainwarden/chainwarden/internal/heads"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
-// Options are the parts of an agent tests and the benchmark replace.
+// Consul is what the agent needs of Consul: the local agent's service and check calls (for the registry) and the
+// KV store (for heads). ConsulAPI gives them from a real client; tests give internal/fakes.Consul for all three.
+type Consul struct {
+	Agent registry.AgentAPI
+	KV    heads.KV
+	Txn   heads.Txn
+}
+
+// ConsulAPI is Consul from a real API client.
+func ConsulAPI(c *consulapi.Client) Consul { return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn()} }
+
+// Options are the parts of an agent that the command, tests and the benchmark choose.
 type Options struct {
-	ID         string           // agent identity in Consul meta and KV; default: the hostname
-	Now        func() time.Time // the clock; default time.Now
-	HTTPClient *http.Client     // for probes; default probe.NewHTTPClient()
-	Consul     *consulapi.Client
+	ID         string       // agent identity in Consul meta and KV; default: the hostname
+	Clock      clock.Clock  // default: the wall clock
+	HTTPClient *http.Client // for probes; default probe.NewHTTPClient()
+	Consul     Consul       // required
 }
 
 // Agent watches this host's chain nodes.
@@ -37,37 +50,43 @@ type Agent struct {
 	cfg    *config.Config
 	log    hclog.Logger
 	id     string
-	now    func() time.Time
+	clock  clock.Clock
 	client *http.Client
-	consul *consulapi.Client
 
 	reg     *registry.Registry
 	heads   *heads.Store
 	metrics *metrics
 
+	// mu guards what SetNodes, SetReferences and the HTTP handlers share with Step: the node set, each node's
+	// spec, verdict and damper. Step probes without it and takes it to record what it found.
 	mu      sync.Mutex
-	sources map[string][]config.Node // "config", "nomad", ... -> nodes
-	nodes   map[string]*nodeState    // by node name
-	refs    []config.Reference
+	sources map[string][]nodespec.Node // "config", "nomad", ... -> nodes
+	nodes   map[string]*nodeState      // by node name
+	refs    []nodespec.Reference
 	gone    []string // service/node heads to delete from KV
 }
 
+// nodeState is what the agent keeps of one node. The fields under "guarded" are read and written with Agent.mu
+// held; the others belong to Step, which runs one pass at a time.
 type nodeState struct {
-	cfg      config.Node
-	damper   *verdict.Damper
-	report   verdict.Report
-	result   probe.Result
-	since    time.Time // when result.Height was first seen
-	updated  time.Time
-	lastSeen uint64
+	// guarded
+	cfg     nodespec.Node
+	damper  *verdict.Damper
+	report  verdict.Report
+	result  probe.Result
+	updated time.Time
 	// client and version as last reported, kept while probes fail so a failure doesn't rewrite the catalog.
 	client, version string
+
+	// Step's own
+	since    time.Time // when result.Height was first seen
+	lastSeen uint64
 }
 
 // New builds an agent from a validated configuration.
 func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
-	if opts.Now == nil {
-		opts.Now = time.Now
+	if opts.Consul.Agent == nil || opts.Consul.KV == nil || opts.Consul.Txn == nil {
+		return nil, fmt.Errorf("agent: no consul given")
 	}
 	if opts.HTTPClient == nil {
 		opts.HTTPClient = probe.NewHTTPClient()
@@ -79,56 +98,37 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 		}
 		opts.ID = h
 	}
-	if opts.Consul == nil {
-		cc := consulapi.DefaultConfig() // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE), CONSUL_CACERT, ... apply
-		// The registry updates checks many at a time: keep that many connections open instead of the default
-		// GOMAXPROCS+1, which would open and close a TCP connection for most calls.
-		cc.Transport.MaxIdleConnsPerHost = 2 * registry.Parallelism
-		if cfg.Consul.Address != "" {
-			cc.Address = cfg.Consul.Address
-		}
-		c, err := consulapi.NewClient(cc)
-		if err != nil {
-			return nil, fmt.Errorf("consul client: %w", err)
-		}
-		opts.Consul = c
-	}
-	a := &Agent{cfg: cfg, log: log, id: opts.ID, now: opts.Now, client: opts.HTTPClient, consul: opts.Consul,
-		sources: map[string][]config.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics()}
-	a.reg = registry.New(opts.Consul.Agent(), registry.Options{
-		AgentID: opts.ID, TTL: cfg.Consul.CheckTTLDur, DeregisterAfter: cfg.Consul.DeregisterAfterDur, Now: opts.Now,
+	clk := clock.OrReal(opts.Clock)
+	a := &Agent{cfg: cfg, log: log, id: opts.ID, clock: clk, client: opts.HTTPClient,
+		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics()}
+	a.reg = registry.New(opts.Consul.Agent, registry.Options{
+		AgentID: opts.ID, TTL: cfg.Consul.CheckTTL, DeregisterAfter: cfg.Consul.DeregisterAfter, Clock: clk,
 	}, log.Named("consul"))
-	a.heads = heads.New(opts.Consul.KV(), opts.Consul.Txn(), cfg.Consul.KVPrefix, log.Named("heads"))
+	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
 	a.reg.OnStateLost = a.heads.Forget
-	a.SetNodes("config", cfg.Nodes)
+	a.SetNodes(nodespec.SourceConfig, cfg.Nodes)
 	a.SetReferences(cfg.References)
 	return a, nil
 }
-
-// Consul is the client the agent talks to Consul with.
-func (a *Agent) Consul() *consulapi.Client { return a.consul }
 
 // ID is the agent's identity in Consul.
 func (a *Agent) ID() string { return a.id }
 
 // SetNodes replaces the nodes that came from source ("config" for node blocks, "nomad" for discovered tasks).
 // A node named in the config wins over a discovered one of the same name.
-func (a *Agent) SetNodes(source string, nodes []config.Node) {
+func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.sources[source] = append([]config.Node(nil), nodes...)
-	want := map[string]config.Node{}
+	a.sources[source] = slices.Clone(nodes)
+	want := map[string]nodespec.Node{}
 	srcs := make([]string, 0, len(a.sources))
 	for s := range a.sources {
-		srcs = append(srcs, s)
-	}
-	sort.Strings(srcs)
-	for i, s := range srcs { // "config" last, so it wins
-		if s == "config" {
-			srcs = append(append(srcs[:i:i], srcs[i+1:]...), "config")
-			break
+		if s != nodespec.SourceConfig {
+			srcs = append(srcs, s)
 		}
 	}
+	slices.Sort(srcs)
+	srcs = append(srcs, nodespec.SourceConfig) // last, so the config file wins
 	for _, s := range srcs {
 		for _, n := range a.sources[s] {
 			if prev, dup := want[n.Name]; dup && prev.Source != n.Source {
@@ -162,14 +162,14 @@ func (a *Agent) SetNodes(source string, nodes []config.Node) {
 	}
 }
 
-func newNodeState(n config.Node) *nodeState {
+func newNodeState(n nodespec.Node) *nodeState {
 	return &nodeState{cfg: n, damper: verdict.NewDamper(n.Thresholds.FailAfter, n.Thresholds.PassAfter)}
 }
 
 // SetReferences replaces the external head references.
-func (a *Agent) SetReferences(refs []config.Reference) {
+func (a *Agent) SetReferences(refs []nodespec.Reference) {
 	a.mu.Lock()
-	a.refs = append([]config.Reference(nil), refs...)
+	a.refs = slices.Clone(refs)
 	a.mu.Unlock()
 }
 
@@ -188,9 +188,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	go a.heads.Watch(ctx, 5*time.Minute)
-	a.log.Info("agent started", "id", a.id, "nodes", a.NodeCount(), "interval", a.cfg.IntervalDur, "listen", a.cfg.Listen)
+	a.log.Info("agent started", "id", a.id, "nodes", a.NodeCount(), "interval", a.cfg.Interval, "listen", a.cfg.Listen)
+	return a.loop(ctx, errc)
+}
 
-	tick := time.NewTicker(a.cfg.IntervalDur)
+// loop runs a pass every interval until ctx ends or errc reports a failure.
+func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
+	tick := a.clock.NewTicker(a.cfg.Interval)
 	defer tick.Stop()
 	for {
 		a.Step(ctx)
@@ -199,7 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case err := <-errc:
 			return err
-		case <-tick.C:
+		case <-tick.C():
 		}
 	}
 }
@@ -214,22 +218,28 @@ func (a *Agent) NodeCount() int {
 // maxParallelProbes bounds the goroutines probing at once.
 const maxParallelProbes = 256
 
+// work is one node of a pass: its state and its spec as it was when the pass began.
+type work struct {
+	st  *nodeState
+	cfg nodespec.Node
+}
+
 // Step does one pass: probe every node and reference, judge, publish heads and checks.
 func (a *Agent) Step(ctx context.Context) {
 	started := time.Now()
 	a.mu.Lock()
-	states := make([]*nodeState, 0, len(a.nodes))
+	nodes := make([]work, 0, len(a.nodes))
 	for _, st := range a.nodes {
-		states = append(states, st)
+		nodes = append(nodes, work{st: st, cfg: st.cfg})
 	}
-	refs := append([]config.Reference(nil), a.refs...)
+	refs := slices.Clone(a.refs)
 	gone := a.gone
 	a.gone = nil
 	a.mu.Unlock()
-	sort.Slice(states, func(i, j int) bool { return states[i].cfg.Name < states[j].cfg.Name })
+	slices.SortFunc(nodes, func(x, y work) int { return strings.Compare(x.cfg.Name, y.cfg.Name) })
 
 	// Probe nodes and references in parallel, each under the probe deadline.
-	results := make([]probe.Result, len(states))
+	results := make([]probe.Result, len(nodes))
 	refResults := make([]probe.Result, len(refs))
 	sem := make(chan struct{}, maxParallelProbes)
 	var wg sync.WaitGroup
@@ -237,25 +247,24 @@ func (a *Agent) Step(ctx context.Context) {
 		defer wg.Done()
 		sem <- struct{}{}
 		defer func() { <-sem }()
-		pctx, cancel := context.WithTimeout(ctx, a.cfg.TimeoutDur)
+		pctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
 		defer cancel()
 		*out = probe.Run(pctx, a.client, t)
 	}
-	for i, st := range states {
+	for i := range nodes {
 		wg.Add(1)
-		go run(&results[i], probe.Target{Name: st.cfg.Name, Kind: st.cfg.Kind, URL: st.cfg.RPC,
-			APIKey: st.cfg.APIKey, APISecret: st.cfg.APISecret})
+		go run(&results[i], nodes[i].cfg.Target())
 	}
-	for i, r := range refs {
+	for i := range refs {
 		wg.Add(1)
-		go run(&refResults[i], probe.Target{Name: r.Name, Kind: r.Kind, URL: r.RPC})
+		go run(&refResults[i], refs[i].Target())
 	}
 	wg.Wait()
 	if ctx.Err() != nil {
 		return
 	}
 	probed := time.Now()
-	now := a.now()
+	now := a.clock.Now()
 
 	// Network heads: fresh heads from KV, this pass's own nodes, and references.
 	local := map[string]verdict.Head{}
@@ -265,17 +274,17 @@ func (a *Agent) Step(ctx context.Context) {
 		}
 	}
 	var pub []heads.Head
-	for i, st := range states {
-		r := results[i]
-		a.metrics.observeProbe(st.cfg, r)
-		if r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(st.cfg, r) {
+	for i, w := range nodes {
+		r, st := results[i], w.st
+		a.metrics.observeProbe(w.cfg, r)
+		if r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(w.cfg, r) {
 			continue
 		}
 		if r.Height != st.lastSeen {
 			st.lastSeen, st.since = r.Height, now
 		}
-		consider(st.cfg.Service, verdict.Head{Height: r.Height, Node: st.cfg.Name, Observed: now})
-		pub = append(pub, heads.Head{Service: st.cfg.Service, Node: st.cfg.Name, Height: r.Height, Peers: r.Peers,
+		consider(w.cfg.Service, verdict.Head{Height: r.Height, Node: w.cfg.Name, Observed: now})
+		pub = append(pub, heads.Head{Service: w.cfg.Service, Node: w.cfg.Name, Height: r.Height, Peers: r.Peers,
 			BlockTime: r.BlockTime, Observed: st.since, Agent: a.id})
 	}
 	for i, ref := range refs {
@@ -285,7 +294,7 @@ func (a *Agent) Step(ctx context.Context) {
 			a.log.Debug("reference failed, ignored", "reference", ref.Name, "error", r.Err)
 			continue
 		}
-		if want := a.serviceChain(states, ref.Service); want != "" && r.ChainID != want {
+		if want := serviceChain(nodes, ref.Service); want != "" && r.ChainID != want {
 			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
 			a.log.Warn("reference is on another chain, ignored", "reference", ref.Name, "chain", r.ChainID, "want", want)
 			continue
@@ -295,22 +304,25 @@ func (a *Agent) Step(ctx context.Context) {
 	}
 	networkHead := func(service string) verdict.Head {
 		best := local[service]
-		if h, ok := a.heads.Network(service, now, a.cfg.HeadMaxAgeDur); ok && h.Height > best.Height {
+		if h, ok := a.heads.Network(service, now, a.cfg.HeadMaxAge); ok && h.Height > best.Height {
 			best = verdict.Head{Height: h.Height, Node: h.Node, Observed: h.Observed}
 		}
 		return best
 	}
 
-	services := make([]registry.Service, 0, len(states))
-	for i, st := range states {
-		r := results[i]
-		head := networkHead(st.cfg.Service)
-		rep := verdict.Judge(verdict.Input{Kind: st.cfg.Kind, Result: r, Head: head, WantChain: wantChain(st.cfg),
-			Standby: strings.Contains(st.cfg.Role, "standby"), Thresholds: st.cfg.Thresholds, Now: now})
-		raw := rep.Status
-		status, changed := st.damper.Observe(raw)
-		rep.Status = status
+	services := make([]registry.Service, 0, len(nodes))
+	for i, w := range nodes {
+		r, st := results[i], w.st
+		head := networkHead(w.cfg.Service)
+		rep := verdict.Judge(verdict.Input{Kind: w.cfg.Kind, Result: r, Head: head, WantChain: w.cfg.WantChain(),
+			Standby: strings.Contains(w.cfg.Role, "standby"), Thresholds: w.cfg.Thresholds, Now: now})
 		a.mu.Lock()
+		if a.nodes[w.cfg.Name] != st { // removed or replaced while this pass probed: its result is void
+			a.mu.Unlock()
+			continue
+		}
+		status, changed := st.damper.Observe(rep.Status)
+		rep.Status = status
 		prev := st.report.Status
 		st.report, st.result, st.updated = rep, r, now
 		if r.Version != "" {
@@ -319,13 +331,14 @@ func (a *Agent) Step(ctx context.Context) {
 		if r.Client != "" {
 			st.client = r.Client
 		}
+		svc := a.service(st, rep)
+		a.metrics.observeVerdict(w.cfg, rep, head)
 		a.mu.Unlock()
 		if changed {
-			a.metrics.transitions.WithLabelValues(st.cfg.Name, st.cfg.Service, status.String()).Inc()
-			a.log.Info("node status changed", "node", st.cfg.Name, "from", prev, "to", status, "output", rep.Output())
+			a.metrics.transitions.WithLabelValues(w.cfg.Name, w.cfg.Service, status.String()).Inc()
+			a.log.Info("node status changed", "node", w.cfg.Name, "from", prev, "to", status, "output", rep.Output())
 		}
-		a.metrics.observeVerdict(st.cfg, rep, head)
-		services = append(services, a.service(st, rep))
+		services = append(services, svc)
 	}
 
 	if _, err := a.heads.Publish(ctx, pub, gone); err != nil {
@@ -335,57 +348,46 @@ func (a *Agent) Step(ctx context.Context) {
 		a.log.Debug("publish heads failed", "error", err)
 	}
 	published := time.Now()
+	before := a.reg.Writes()
 	err := a.reg.Sync(ctx, services)
 	a.metrics.consulUp.Set(boolGauge(!a.reg.Down()))
-	a.metrics.consulWrites.Set(float64(a.reg.Writes()))
+	a.metrics.consulWrites.Add(float64(a.reg.Writes() - before))
 	if err != nil {
 		a.log.Debug("consul sync failed", "error", err)
 	}
 	took := time.Since(started)
 	a.metrics.stepSeconds.Observe(took.Seconds())
-	if took > a.cfg.IntervalDur {
+	if took > a.cfg.Interval {
 		a.log.Warn("a pass took longer than the interval", "took", took, "probe", probed.Sub(started),
-			"publish", published.Sub(probed), "consul", time.Since(published), "nodes", len(states))
+			"publish", published.Sub(probed), "consul", time.Since(published), "nodes", len(nodes))
 	}
 }
 
-func (a *Agent) serviceChain(states []*nodeState, service string) string {
-	for _, st := range states {
-		if st.cfg.Service == service {
-			return wantChain(st.cfg)
+// serviceChain is the chain a service's nodes must be on, from the first of them; "" when none says.
+func serviceChain(nodes []work, service string) string {
+	for _, w := range nodes {
+		if w.cfg.Service == service {
+			return w.cfg.WantChain()
 		}
 	}
 	return ""
 }
 
-// wantChain is the chain id (ethereum, decimal) or network (cometbft) a node must report.
-func wantChain(n config.Node) string {
-	switch n.Kind {
-	case config.KindEthereum:
-		if n.ChainID != nil {
-			return strconv.FormatUint(*n.ChainID, 10)
-		}
-	case config.KindCometBFT:
-		return n.Network
-	}
-	return ""
-}
-
-func chainMatches(n config.Node, r probe.Result) bool {
-	w := wantChain(n)
+func chainMatches(n nodespec.Node, r probe.Result) bool {
+	w := n.WantChain()
 	return w == "" || r.ChainID == w
 }
 
-// service is the Consul registration of a node with its check state.
+// service is the Consul registration of a node with its check state; a.mu must be held.
 func (a *Agent) service(st *nodeState, rep verdict.Report) registry.Service {
 	n := st.cfg
-	meta := map[string]string{"kind": n.Kind, "chain": n.Kind, "node": n.Name, "source": n.Source}
+	meta := map[string]string{"kind": string(n.Kind), "chain": string(n.Kind), "node": n.Name, "source": n.Source}
 	if n.Network != "" {
 		meta["network"] = n.Network
 	} else {
 		meta["network"] = n.Service
 	}
-	if c := wantChain(n); c != "" && n.Kind == config.KindEthereum {
+	if c := n.WantChain(); c != "" && n.Kind == probe.Ethereum {
 		meta["chain_id"] = c
 	}
 	client := n.Client

@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
@@ -27,7 +28,7 @@ func startAgent(t *testing.T, c *testenv.Consul, id, blocks string) (a *Agent, l
 		t.Fatal(err)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Info, Output: testWriter{t}})
-	a, err = New(cfg, log, Options{ID: id, Consul: c.Client})
+	a, err = New(cfg, log, Options{ID: id, Consul: ConsulAPI(c.Client)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,13 +213,13 @@ func TestAgentRemovedNodeIsDeregistered(t *testing.T) {
 	a, _, _ := startAgent(t, c, "host-a", gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n")+
 		gethBlock("geth-b", g, testenv.DevChainID, "  min_peers = 0\n"))
 	waitCheck(t, c, "geth-b", "passing", 30*time.Second)
-	var keep []config.Node
+	var keep []nodespec.Node
 	for _, n := range a.cfg.Nodes {
 		if n.Name == "geth-a" {
 			keep = append(keep, n)
 		}
 	}
-	a.SetNodes("config", keep)
+	a.SetNodes(nodespec.SourceConfig, keep)
 	testenv.Eventually(t, 10*time.Second, "geth-b deregistered", func() error {
 		if st, _, err := c.CheckStatus("geth-b"); err != nil || st != "" {
 			return fmt.Errorf("geth-b still %q (%v)", st, err)

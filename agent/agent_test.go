@@ -3,8 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,30 +14,56 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ethfake"
+	"github.com/chainwarden/chainwarden/internal/fakes"
 	"github.com/chainwarden/chainwarden/internal/heads"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
+	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
-func newFakeEth(t *testing.T, height uint64, clock func() time.Time) (*ethfake.Node, string) {
-	n := ethfake.New(height, 1, clock)
+// unit is an agent on fakes: Consul in memory and a clock the test moves. Its nodes are ethfake servers on
+// loopback, probed for real.
+type unit struct {
+	*Agent
+	consul *fakes.Consul
+	clock  *fakes.Clock
+}
+
+func newFakeEth(t *testing.T, height uint64, clk *fakes.Clock) (*ethfake.Node, string) {
+	n := ethfake.New(height, 1, clk.Now)
 	srv := httptest.NewServer(n)
 	t.Cleanup(srv.Close)
 	return n, srv.URL
 }
 
-// stepAgent builds an agent whose passes the test drives with Step, on a clock the test sets.
-func stepAgent(t *testing.T, c *testenv.Consul, clock *time.Time, blocks string) *Agent {
+// newUnit builds an agent whose passes the test drives with Step.
+func newUnit(t *testing.T, clk *fakes.Clock, blocks string) *unit { return newUnitEvery(t, clk, "1s", blocks) }
+
+// newUnitEvery builds an agent with the given interval.
+func newUnitEvery(t *testing.T, clk *fakes.Clock, interval, blocks string) *unit {
 	t.Helper()
-	src := fmt.Sprintf("consul {\n  address = %q\n}\ninterval = \"1s\"\nhead_max_age = \"30s\"\n%s", c.Addr, blocks)
+	src := fmt.Sprintf("consul {}\ninterval = %q\nhead_max_age = \"30s\"\n%s", interval, blocks)
 	cfg, err := config.Parse([]byte(src), "step.hcl")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := New(cfg, hclog.NewNullLogger(), Options{ID: "host-a", Consul: c.Client, Now: func() time.Time { return *clock }})
+	c := fakes.NewConsul()
+	a, err := New(cfg, hclog.NewNullLogger(), Options{ID: "host-a", Clock: clk, Consul: Consul{Agent: c, KV: c, Txn: c}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
+	return &unit{Agent: a, consul: c, clock: clk}
+}
+
+func (u *unit) check(t *testing.T, node string) (string, string) {
+	t.Helper()
+	st, out, ok := u.consul.Check(registry.CheckID(node))
+	if !ok {
+		t.Fatalf("no check of %s in consul", node)
+	}
+	return st, out
 }
 
 func health(t *testing.T, a *Agent, node string) NodeHealth {
@@ -53,67 +81,62 @@ func node(name, url string, passAfter int) string {
 	return fmt.Sprintf("node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = \"eth-mainnet\"\n  chain_id = 1\n  fail_after = 2\n  pass_after = %d\n}\n", name, url, passAfter)
 }
 
-// Damping, driven pass by pass with an injected clock: a new node needs 3 good passes, a lagging one 2 bad ones.
+func start() *fakes.Clock { return fakes.NewClock(time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)) }
+
+// Damping, driven pass by pass: a new node needs 3 good passes, a lagging one 2 bad ones; Consul follows.
 func TestStepDampingAndLag(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs Consul")
-	}
-	c := testenv.StartConsul(t)
-	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { return now }
-	a1, u1 := newFakeEth(t, 100, clock)
-	_, u2 := newFakeEth(t, 100, clock)
-	a := stepAgent(t, c, &now, node("geth-a", u1, 3)+node("geth-b", u2, 3))
+	clk := start()
+	a1, u1 := newFakeEth(t, 100, clk)
+	_, u2 := newFakeEth(t, 100, clk)
+	a := newUnit(t, clk, node("geth-a", u1, 3)+node("geth-b", u2, 3))
 	ctx := context.Background()
 
-	want := []string{"critical", "critical", "passing"}
-	for i, w := range want {
+	for i, w := range []string{"critical", "critical", "passing"} {
 		a.Step(ctx)
-		if got := health(t, a, "geth-a").Status; got != w {
+		if got := health(t, a.Agent, "geth-a").Status; got != w {
 			t.Fatalf("pass %d: %s, want %s", i+1, got, w)
 		}
-		now = now.Add(time.Second)
+		clk.Advance(time.Second)
 	}
-	if st, out, _ := c.CheckStatus("geth-a"); st != "passing" || out != "height 100, at head 100, 5 peers, last block 1s ago" {
+	if st, out := a.check(t, "geth-a"); st != "passing" || out != "height 100, at head 100, 5 peers, last block 1s ago" {
 		t.Fatalf("consul: %s %q", st, out)
 	}
 
 	a1.Height.Store(95) // 5 behind geth-b: warning after 2 passes
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Status != "passing" || h.Lag != 5 {
+	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || h.Lag != 5 {
 		t.Fatalf("one bad pass is damped: %+v", h)
 	}
 	a.Step(ctx)
-	h := health(t, a, "geth-a")
+	h := health(t, a.Agent, "geth-a")
 	if h.Status != "warning" || !strings.Contains(h.Output, "5 behind head 100 (geth-b)") {
 		t.Fatalf("after two bad passes: %+v", h)
 	}
-	if st, _, _ := c.CheckStatus("geth-a"); st != "warning" {
+	if st, _ := a.check(t, "geth-a"); st != "warning" {
 		t.Fatalf("consul has %s", st)
+	}
+	// Both heads were published to KV for the other agents.
+	if keys := a.consul.Keys(kvlayout.New("").ServiceHeads("eth-mainnet")); len(keys) != 2 {
+		t.Fatalf("heads in KV: %v", keys)
 	}
 }
 
 // The network head is the max of this agent's nodes, fresh heads other agents published to KV, and references that
 // answer on the right chain. A stale head and a failing or wrong-chain reference are ignored.
 func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
-	if testing.Short() {
-		t.Skip("needs Consul")
-	}
-	c := testenv.StartConsul(t)
-	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
-	clock := func() time.Time { return now }
-	_, u := newFakeEth(t, 100, clock)
-	ref, refURL := newFakeEth(t, 100, clock)
-	a := stepAgent(t, c, &now, node("geth-a", u, 1)+
+	clk := start()
+	_, u := newFakeEth(t, 100, clk)
+	ref, refURL := newFakeEth(t, 100, clk)
+	a := newUnit(t, clk, node("geth-a", u, 1)+
 		fmt.Sprintf("reference \"provider\" {\n  service = \"eth-mainnet\"\n  rpc = %q\n}\n", refURL))
 	ctx := context.Background()
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Status != "passing" || h.Head != 100 {
+	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || h.Head != 100 {
 		t.Fatalf("start: %+v", h)
 	}
-
+	now := clk.Now()
 	// Another agent's node is at 150, but its head is 2 minutes old: ignored.
-	other := heads.New(c.Client.KV(), c.Client.Txn(), "chainwarden", hclog.NewNullLogger())
+	other := heads.New(a.consul, a.consul, kvlayout.New(""), hclog.NewNullLogger(), clk)
 	if _, err := other.Publish(ctx, []heads.Head{{Service: "eth-mainnet", Node: "geth-far", Height: 150, Observed: now.Add(-2 * time.Minute), Agent: "host-b"}}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +144,7 @@ func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Head != 100 || h.Status != "passing" {
+	if h := health(t, a.Agent, "geth-a"); h.Head != 100 || h.Status != "passing" {
 		t.Fatalf("a stale head counted: %+v", h)
 	}
 
@@ -134,7 +157,7 @@ func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
 	}
 	a.Step(ctx)
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Head != 104 || h.HeadNode != "geth-near" || h.Status != "warning" {
+	if h := health(t, a.Agent, "geth-a"); h.Head != 104 || h.HeadNode != "geth-near" || h.Status != "warning" {
 		t.Fatalf("fresh KV head: %+v", h)
 	}
 
@@ -142,25 +165,177 @@ func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
 	ref.Height.Store(120)
 	a.Step(ctx)
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Head != 120 || h.HeadNode != "provider" || h.Status != "critical" {
+	if h := health(t, a.Agent, "geth-a"); h.Head != 120 || h.HeadNode != "provider" || h.Status != "critical" {
 		t.Fatalf("reference head: %+v", h)
 	}
 	// A failing reference is ignored; so is one on another chain.
 	ref.Down.Store(true)
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Head != 104 {
+	if h := health(t, a.Agent, "geth-a"); h.Head != 104 {
 		t.Fatalf("failing reference still counted: %+v", h)
 	}
 	ref.Down.Store(false)
 	ref.ChainID.Store(5)
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Head != 104 {
+	if h := health(t, a.Agent, "geth-a"); h.Head != 104 {
 		t.Fatalf("wrong-chain reference counted: %+v", h)
 	}
 	// Time passes: the KV head goes stale too, and geth-a is at the head again.
-	now = now.Add(time.Minute)
+	clk.Advance(time.Minute)
 	a.Step(ctx)
-	if h := health(t, a, "geth-a"); h.Head != 100 || h.Lag != 0 {
+	if h := health(t, a.Agent, "geth-a"); h.Head != 100 || h.Lag != 0 {
 		t.Fatalf("after the KV head aged out: %+v", h)
+	}
+}
+
+// A node removed from the config is deregistered and its head deleted from KV; a node the config and Nomad both
+// name is the config's.
+func TestSetNodesRemovesAndConfigWins(t *testing.T) {
+	clk := start()
+	_, u1 := newFakeEth(t, 100, clk)
+	_, u2 := newFakeEth(t, 100, clk)
+	a := newUnit(t, clk, node("geth-a", u1, 1)+node("geth-b", u2, 1))
+	ctx := context.Background()
+	a.Step(ctx)
+	layout := kvlayout.New("")
+	if a.consul.Key(layout.Head("eth-mainnet", "geth-b")) == nil {
+		t.Fatal("geth-b's head not published")
+	}
+	keep := a.cfg.Nodes[0]
+	a.SetNodes(nodespec.SourceConfig, []nodespec.Node{keep})
+	a.Step(ctx)
+	if ids := a.consul.ServiceIDs(); len(ids) != 1 || ids[0] != "geth-a" {
+		t.Fatalf("services after removal: %v", ids)
+	}
+	if a.consul.Key(layout.Head("eth-mainnet", "geth-b")) != nil {
+		t.Fatal("geth-b's head still in KV")
+	}
+
+	discovered := keep
+	discovered.Service, discovered.Source = "eth-other", nodespec.SourceNomad
+	a.SetNodes(nodespec.SourceNomad, []nodespec.Node{discovered})
+	a.Step(ctx)
+	if s := a.consul.Service("geth-a"); s == nil || s.Service != "eth-mainnet" || s.Meta["source"] != "config" {
+		t.Fatalf("the config's node must win: %+v", s)
+	}
+}
+
+// A Consul outage: passes go on (verdicts on HTTP keep changing), the agent says Consul is down, and when Consul is
+// back without its state everything is registered and published again.
+func TestConsulOutageAndLostState(t *testing.T) {
+	clk := start()
+	n, u := newFakeEth(t, 100, clk)
+	a := newUnit(t, clk, node("geth-a", u, 1))
+	ctx := context.Background()
+	a.Step(ctx)
+	a.consul.SetDown(true)
+	n.Down.Store(true)
+	for range 3 {
+		clk.Advance(time.Second)
+		a.Step(ctx)
+	}
+	if h := health(t, a.Agent, "geth-a"); h.Status != "critical" {
+		t.Fatalf("verdict stopped during the outage: %+v", h)
+	}
+	a.consul.Wipe(true)
+	a.consul.SetDown(false)
+	n.Down.Store(false)
+	for i := 0; ; i++ {
+		clk.Advance(time.Second)
+		a.Step(ctx)
+		if _, _, ok := a.consul.Check(registry.CheckID("geth-a")); ok && a.consul.Key(kvlayout.New("").Head("eth-mainnet", "geth-a")) != nil {
+			break
+		}
+		if i > 40 {
+			t.Fatal("not registered and published again after the outage")
+		}
+	}
+}
+
+// Run's loop passes on the clock's ticks, not on wall time: with an hour's interval, the second pass comes only
+// when the test moves the clock.
+func TestLoopTicksOnTheClock(t *testing.T) {
+	clk := start()
+	n, u := newFakeEth(t, 100, clk)
+	a := newUnitEvery(t, clk, "1h", node("geth-a", u, 1))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.loop(ctx, nil) }()
+	height := func(want uint64) func() error {
+		return func() error {
+			if h := health(t, a.Agent, "geth-a"); h.Height != want {
+				return fmt.Errorf("height %d, want %d", h.Height, want)
+			}
+			return nil
+		}
+	}
+	testenv.Eventually(t, 10*time.Second, "the first pass", height(100))
+	n.Height.Store(101)
+	clk.Advance(time.Hour)
+	testenv.Eventually(t, 10*time.Second, "a pass on the tick", height(101))
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Discovery swaps the node set and the HTTP handlers read verdicts while passes run: the race detector must find
+// nothing (go test -race), and every read sees a consistent node.
+func TestConcurrentDiscoveryHTTPAndPasses(t *testing.T) {
+	clk := start()
+	_, u1 := newFakeEth(t, 100, clk)
+	_, u2 := newFakeEth(t, 100, clk)
+	a := newUnit(t, clk, node("geth-a", u1, 1))
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	id := uint64(1)
+	nomadNode := func(rpc string, maxLag uint64) nodespec.Node {
+		n := nodespec.Node{Name: "nomad-0", Kind: probe.Ethereum, RPC: rpc, Service: "eth-mainnet", ChainID: &id,
+			MaxLag: &maxLag, Source: nodespec.SourceNomad}
+		if errs := n.Normalize(); errs != nil {
+			t.Fatal(errs)
+		}
+		return n
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { // discovery
+		defer wg.Done()
+		for i := 0; ctx.Err() == nil; i++ {
+			rpc := []string{u1, u2}[i%2]
+			a.SetNodes(nodespec.SourceNomad, []nodespec.Node{nomadNode(rpc, uint64(10+i%5))})
+			if i%7 == 0 {
+				a.SetNodes(nodespec.SourceNomad, nil)
+			}
+		}
+	}()
+	go func() { // load balancers and people
+		defer wg.Done()
+		for ctx.Err() == nil {
+			for _, path := range []string{"/v1/health", "/v1/health/geth-a", "/v1/health/nomad-0", "/metrics"} {
+				resp, err := http.Get(srv.URL + path)
+				if err == nil {
+					resp.Body.Close()
+				}
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			_ = a.Health()
+			_ = a.NodeCount()
+		}
+	}()
+	for range 30 {
+		a.Step(ctx)
+		clk.Advance(time.Second)
+	}
+	cancel()
+	wg.Wait()
+	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" {
+		t.Fatalf("geth-a: %+v", h)
 	}
 }

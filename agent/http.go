@@ -45,7 +45,7 @@ func (st *nodeState) health() NodeHealth {
 	if !r.Probed {
 		r.Status = st.damper.Current()
 	}
-	return NodeHealth{Node: st.cfg.Name, Service: st.cfg.Service, Kind: st.cfg.Kind, Status: r.Status.String(),
+	return NodeHealth{Node: st.cfg.Name, Service: st.cfg.Service, Kind: string(st.cfg.Kind), Status: r.Status.String(),
 		Output: r.Output(), Reasons: r.Reasons, Height: r.Height, Head: r.Head, HeadNode: r.HeadNode, Lag: r.Lag,
 		Peers: r.Peers, BlockAgeSeconds: r.BlockAge.Seconds(), Updated: st.updated}
 }

@@ -2,8 +2,9 @@ package agent
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
@@ -23,7 +24,7 @@ type metrics struct {
 	referenceUp  *prometheus.GaugeVec
 	stepSeconds  prometheus.Histogram
 	consulUp     prometheus.Gauge
-	consulWrites prometheus.Gauge
+	consulWrites prometheus.Counter
 }
 
 var nodeLabels = []string{"node", "service", "kind"}
@@ -49,27 +50,27 @@ func newMetrics() *metrics {
 			Help: "How long one pass over all nodes takes (probe, judge, publish).", Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30}}),
 		referenceUp:  g("reference_up", "1 when the external reference answered on the right chain, else 0.", "reference", "service"),
 		consulUp:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
-		consulWrites: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_writes", Help: "State-changing calls made to the Consul agent since start."}),
+		consulWrites: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "consul_writes_total", Help: "State-changing calls made to the Consul agent (registrations, check updates, deregistrations)."}),
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
 		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites,
-		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
-func labels(n config.Node) prometheus.Labels {
-	return prometheus.Labels{"node": n.Name, "service": n.Service, "kind": n.Kind}
+func labels(n nodespec.Node) prometheus.Labels {
+	return prometheus.Labels{"node": n.Name, "service": n.Service, "kind": string(n.Kind)}
 }
 
-func (m *metrics) observeProbe(n config.Node, r probe.Result) {
-	m.probeSeconds.WithLabelValues(n.Kind).Observe(r.Duration.Seconds())
+func (m *metrics) observeProbe(n nodespec.Node, r probe.Result) {
+	m.probeSeconds.WithLabelValues(string(n.Kind)).Observe(r.Duration.Seconds())
 	m.probeUp.With(labels(n)).Set(boolGauge(r.Err == nil))
 }
 
-func (m *metrics) observeVerdict(n config.Node, rep verdict.Report, head verdict.Head) {
+func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdict.Head) {
 	l := labels(n)
 	m.status.With(l).Set(float64(rep.Status))
-	if rep.Err != "" || n.Kind == config.KindChainlink {
+	if rep.Err != "" || n.Kind == probe.Chainlink {
 		return
 	}
 	m.height.With(l).Set(float64(rep.Height))
@@ -82,7 +83,7 @@ func (m *metrics) observeVerdict(n config.Node, rep verdict.Report, head verdict
 }
 
 // forget drops a removed node's series.
-func (m *metrics) forget(n config.Node) {
+func (m *metrics) forget(n nodespec.Node) {
 	l := labels(n)
 	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp} {
 		v.Delete(l)

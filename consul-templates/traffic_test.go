@@ -49,7 +49,7 @@ func startAgentWith(t *testing.T, consul *testenv.Consul, interval, thresholds s
 		t.Fatal(err)
 	}
 	a, err := agent.New(cfg, hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: io.Discard}),
-		agent.Options{ID: "proxy-test-host", Consul: consul.Client})
+		agent.Options{ID: "proxy-test-host", Consul: agent.ConsulAPI(consul.Client)})
 	if err != nil {
 		t.Fatal(err)
 	}

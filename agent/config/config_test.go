@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chainwarden/chainwarden/internal/probe"
 )
 
 // Bad files and the exact error each must give: the .err file beside each .hcl.
@@ -48,11 +50,11 @@ func TestGoodFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.IntervalDur != time.Second || c.TimeoutDur != time.Second || c.HeadMaxAgeDur != 30*time.Second {
-		t.Fatalf("durations: %v %v %v", c.IntervalDur, c.TimeoutDur, c.HeadMaxAgeDur)
+	if c.Interval != time.Second || c.Timeout != time.Second || c.HeadMaxAge != 30*time.Second {
+		t.Fatalf("durations: %v %v %v", c.Interval, c.Timeout, c.HeadMaxAge)
 	}
-	if c.Consul.DeregisterAfterDur != 5*time.Minute {
-		t.Fatalf("deregister_after %v", c.Consul.DeregisterAfterDur)
+	if c.Consul.DeregisterAfter != 5*time.Minute {
+		t.Fatalf("deregister_after %v", c.Consul.DeregisterAfter)
 	}
 	geth := c.Nodes[0]
 	if geth.Address != "127.0.0.1" || geth.Port != 8545 || *geth.ChainID != 4242 {
@@ -69,7 +71,7 @@ func TestGoodFull(t *testing.T) {
 	if cl.APIKey != "k" || cl.Thresholds.MinBalanceWei != "250000000000000000" {
 		t.Fatalf("chainlink: %+v", cl.Thresholds)
 	}
-	if c.References[0].Kind != KindEthereum || c.References[0].RPC != "https://mainnet.infura.io/v3/abc" {
+	if c.References[0].Kind != probe.Ethereum || c.References[0].RPC != "https://mainnet.infura.io/v3/abc" {
 		t.Fatalf("reference: %+v", c.References[0])
 	}
 	v := c.Volumes[0]
@@ -83,7 +85,7 @@ func TestGoodMinimalDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != DefaultListen || c.IntervalDur != DefaultInterval || c.Consul.KVPrefix != "chainwarden" {
+	if c.Listen != DefaultListen || c.Interval != DefaultInterval || c.Consul.KVPrefix != "chainwarden" {
 		t.Fatalf("defaults: %+v", c)
 	}
 	if c.Nodes[0].Source != "config" {
@@ -110,34 +112,5 @@ reference "p" {
 	_, err = Parse([]byte(strings.Replace(src, secret, filepath.Join(dir, "missing"), 1)), "x.hcl")
 	if err == nil || !strings.HasPrefix(err.Error(), "x.hcl:4,13:") {
 		t.Fatalf("missing file error: %v", err)
-	}
-}
-
-func TestNormalizeNode(t *testing.T) {
-	id := uint64(1)
-	n := Node{Name: "geth-0", Kind: KindEthereum, RPC: "http://10.0.0.5:31000", Service: "eth-mainnet", ChainID: &id}
-	if err := NormalizeNode(&n); err != nil {
-		t.Fatal(err)
-	}
-	if n.Source != "nomad" || n.Port != 31000 || n.Thresholds.MaxLag != 10 {
-		t.Fatalf("%+v", n)
-	}
-	bad := Node{Name: "x", Kind: "cometbft", RPC: "http://h:1", Service: "s"}
-	if err := NormalizeNode(&bad); err == nil || !strings.Contains(err.Error(), "network") {
-		t.Fatalf("want network error, got %v", err)
-	}
-}
-
-func TestEtherToWei(t *testing.T) {
-	for in, want := range map[string]string{"1": "1000000000000000000", "0.5": "500000000000000000", "0": "0", "0.000000000000000001": "1"} {
-		got, err := EtherToWei(in)
-		if err != nil || got != want {
-			t.Errorf("EtherToWei(%s) = %s, %v; want %s", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"-1", "abc", "0.0000000000000000001"} {
-		if _, err := EtherToWei(in); err == nil {
-			t.Errorf("EtherToWei(%s): no error", in)
-		}
 	}
 }

@@ -2,7 +2,6 @@ package config
 
 import (
 	"fmt"
-	"math/big"
 	"os"
 	"strings"
 
@@ -39,17 +38,4 @@ func evalContext() *hcl.EvalContext {
 			},
 		}),
 	}}
-}
-
-// EtherToWei turns a decimal ether amount ("0.5") into a decimal wei string ("500000000000000000").
-func EtherToWei(ether string) (string, error) {
-	r, ok := new(big.Rat).SetString(ether)
-	if !ok || r.Sign() < 0 {
-		return "", fmt.Errorf("%q is not a non-negative decimal amount of ether", ether)
-	}
-	r.Mul(r, new(big.Rat).SetInt(new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil)))
-	if !r.IsInt() {
-		return "", fmt.Errorf("%q has more than 18 decimals", ether)
-	}
-	return r.Num().String(), nil
 }

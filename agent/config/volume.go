@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/chainwarden/chainwarden/internal/nodespec"
 )
 
 // Volume is an EBS-backed host volume this host keeps for a chain node (see `chainwarden volume`).
@@ -41,7 +43,7 @@ type Volume struct {
 
 func (v *validator) volume(vol *Volume) {
 	at := func(attr string) hcl.Range { return v.attrRange("volume", vol.Name, attr) }
-	if !serviceName.MatchString(vol.Name) {
+	if !nodespec.ValidName(vol.Name) {
 		v.errf(vol.Range, "volume %q: the name must be letters, digits and dashes", vol.Name)
 	}
 	for _, attr := range []string{"chain", "network", "client"} {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/consulclient"
 )
 
 func init() {
@@ -46,7 +47,12 @@ func runAgent(args []string) int {
 			}
 		}()
 	}
-	a, err := agent.New(cfg, log, agent.Options{})
+	consul, err := consulclient.New(cfg.Consul.Address)
+	if err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
+	a, err := agent.New(cfg, log, agent.Options{Consul: agent.ConsulAPI(consul)})
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
@@ -54,7 +60,7 @@ func runAgent(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	startDiscovery(ctx, cfg, a, log)
-	startSnapshots(ctx, cfg, a.Consul(), log)
+	startSnapshots(ctx, cfg, consul, log)
 
 	// SIGHUP reloads the node and reference blocks; nodes gone from the file are deregistered.
 	hup := make(chan os.Signal, 1)

@@ -109,7 +109,7 @@ func runDev(args []string) int {
 	}
 	step("starting the agent (config: %s)", cfgPath)
 	log := newLogger("info")
-	a, err := agent.New(cfg, log, agent.Options{ID: "dev", Consul: consul.Client})
+	a, err := agent.New(cfg, log, agent.Options{ID: "dev", Consul: agent.ConsulAPI(consul.Client)})
 	if err != nil {
 		return fail("agent", err)
 	}
@@ -153,7 +153,7 @@ func runDev(args []string) int {
 	// Consul's catalog follows the local agent within a moment; show the fleet as Consul sees it.
 	var rows []fleet.Row
 	_ = devnet.Poll(ctx, 10*time.Second, "catalog", nil, func() error {
-		rows, err = fleet.Read(ctx, consul.Client, cfg.Consul.KVPrefix, cfg.HeadMaxAgeDur, time.Now())
+		rows, err = fleet.Read(ctx, consul.Client, cfg.Consul.KVPrefix, cfg.HeadMaxAge, time.Now())
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/discovery"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
 )
 
 // startDiscovery watches the allocations on the local Nomad client when the config has an enabled nomad block, and
@@ -26,6 +27,6 @@ func startDiscovery(ctx context.Context, cfg *config.Config, a *agent.Agent, log
 		log.Error("nomad discovery is off", "error", err)
 		return
 	}
-	w := discovery.New(client, "", log.Named("nomad"))
-	go w.Run(ctx, func(nodes []config.Node) { a.SetNodes("nomad", nodes) })
+	w := discovery.New(discovery.Client(client), "", log.Named("nomad"), nil)
+	go w.Run(ctx, func(nodes []nodespec.Node) { a.SetNodes(nodespec.SourceNomad, nodes) })
 }

@@ -8,9 +8,9 @@ import (
 	"os"
 	"time"
 
-	consulapi "github.com/hashicorp/consul/api"
-
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/consulclient"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/fleet"
 )
 
@@ -22,16 +22,12 @@ func runStatus(args []string) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	addr := fs.String("consul", "", "Consul HTTP address (default: CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
-	prefix := fs.String("kv-prefix", config.DefaultKVPrefix, "KV prefix the agents use")
+	prefix := fs.String("kv-prefix", kvlayout.DefaultPrefix, "KV prefix the agents use")
 	maxAge := fs.Duration("head-max-age", config.DefaultHeadMaxAge, "ignore heads older than this")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cc := consulapi.DefaultConfig()
-	if *addr != "" {
-		cc.Address = *addr
-	}
-	c, err := consulapi.NewClient(cc)
+	c, err := consulclient.New(*addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chainwarden status:", err)
 		return 1

@@ -1,5 +1,5 @@
 // Package discovery finds the chain nodes Nomad runs on the local Nomad client: every running task whose meta
-// declares it to chainwarden (chainwarden_kind, chainwarden_service, ...) becomes a config.Node, with the address
+// declares it to chainwarden (chainwarden_kind, chainwarden_service, ...) becomes a nodespec.Node, with the address
 // and port of its RPC port label taken from the allocation. A Watcher follows the client's allocations with
 // blocking queries and hands the agent the full current set whenever it changes.
 package discovery
@@ -13,6 +13,7 @@ import (
 	"net"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,7 +22,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/backoff"
+	"github.com/chainwarden/chainwarden/internal/clock"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
+	"github.com/chainwarden/chainwarden/internal/probe"
 )
 
 // Task meta keys a job spec sets on a chain node's task (group and job meta are inherited, as Nomad does).
@@ -45,11 +49,28 @@ const (
 // DefaultRPCPortLabel is used when a task sets no chainwarden_rpc_port.
 const DefaultRPCPortLabel = "rpc"
 
+// API is the part of Nomad's HTTP API discovery uses: the agent's own identity and a client node's allocations.
+type API interface {
+	Self() (*nomadapi.AgentSelf, error)
+	Allocations(nodeID string, q *nomadapi.QueryOptions) ([]*nomadapi.Allocation, *nomadapi.QueryMeta, error)
+}
+
+// Client adapts Nomad's API client to API.
+func Client(c *nomadapi.Client) API { return nomadClient{c} }
+
+type nomadClient struct{ c *nomadapi.Client }
+
+func (n nomadClient) Self() (*nomadapi.AgentSelf, error) { return n.c.Agent().Self() }
+func (n nomadClient) Allocations(nodeID string, q *nomadapi.QueryOptions) ([]*nomadapi.Allocation, *nomadapi.QueryMeta, error) {
+	return n.c.Nodes().Allocations(nodeID, q)
+}
+
 // Watcher follows the allocations of one Nomad client node.
 type Watcher struct {
-	client *nomadapi.Client
+	api    API
 	nodeID string
 	log    hclog.Logger
+	clock  clock.Clock
 
 	// WaitTime bounds each blocking query; MinBackoff/MaxBackoff pace retries after errors.
 	WaitTime   time.Duration
@@ -60,13 +81,13 @@ type Watcher struct {
 }
 
 // New returns a watcher of the allocations on the Nomad client nodeID; an empty nodeID means the client of the
-// agent the Nomad API client talks to (found from its /v1/agent/self).
-func New(client *nomadapi.Client, nodeID string, log hclog.Logger) *Watcher {
+// agent api talks to (found from its /v1/agent/self). A nil clock is the wall clock.
+func New(api API, nodeID string, log hclog.Logger, clk clock.Clock) *Watcher {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
 	return &Watcher{
-		client: client, nodeID: nodeID, log: log,
+		api: api, nodeID: nodeID, log: log, clock: clock.OrReal(clk),
 		WaitTime: 5 * time.Minute, MinBackoff: time.Second, MaxBackoff: 30 * time.Second,
 		warned: map[string]string{},
 	}
@@ -78,17 +99,12 @@ func (w *Watcher) NodeID() string { return w.nodeID }
 // Run calls update with the full set of chain nodes on the client at first and then every time the set changes,
 // until ctx is done. While Nomad can't be reached it keeps the last set (the containers keep running) and retries
 // with capped backoff.
-func (w *Watcher) Run(ctx context.Context, update func([]config.Node)) {
-	backoff := w.MinBackoff
+func (w *Watcher) Run(ctx context.Context, update func([]nodespec.Node)) {
+	bo := backoff.New(w.MinBackoff, w.MaxBackoff)
 	retry := func(what string, err error) bool {
-		w.log.Warn("nomad "+what+" failed, retrying", "error", err, "in", backoff)
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, w.MaxBackoff)
-		return true
+		wait := bo.Next()
+		w.log.Warn("nomad "+what+" failed, retrying", "error", err, "in", wait)
+		return clock.Sleep(ctx, w.clock, wait) == nil
 	}
 	for w.nodeID == "" {
 		id, err := w.localNodeID(ctx)
@@ -101,9 +117,9 @@ func (w *Watcher) Run(ctx context.Context, update func([]config.Node)) {
 			return
 		}
 	}
-	backoff = w.MinBackoff
+	bo.Reset()
 	var index uint64
-	var last []config.Node
+	var last []nodespec.Node
 	first := true
 	for ctx.Err() == nil {
 		nodes, next, err := w.Poll(ctx, index)
@@ -113,7 +129,7 @@ func (w *Watcher) Run(ctx context.Context, update func([]config.Node)) {
 			}
 			continue
 		}
-		backoff = w.MinBackoff
+		bo.Reset()
 		// Reset when the index goes backwards (a restored or new server), as Consul and Nomad advise.
 		if next < index {
 			next = 0
@@ -123,15 +139,9 @@ func (w *Watcher) Run(ctx context.Context, update func([]config.Node)) {
 			first = false
 			last = nodes
 			w.log.Debug("chain nodes on this nomad client changed", "count", len(nodes))
-			update(cloneNodes(nodes))
+			update(slices.Clone(nodes))
 		}
 	}
-}
-
-func cloneNodes(in []config.Node) []config.Node {
-	out := make([]config.Node, len(in))
-	copy(out, in)
-	return out
 }
 
 // localNodeID asks the agent the API client talks to for its client node ID.
@@ -142,7 +152,7 @@ func (w *Watcher) localNodeID(ctx context.Context) (string, error) {
 	}
 	ch := make(chan res, 1)
 	go func() {
-		s, err := w.client.Agent().Self()
+		s, err := w.api.Self()
 		ch <- res{s, err}
 	}()
 	select {
@@ -162,9 +172,9 @@ func (w *Watcher) localNodeID(ctx context.Context) (string, error) {
 
 // Poll runs one blocking query for the client's allocations (returning at once when index is 0) and returns the
 // chain nodes among them and the index for the next query.
-func (w *Watcher) Poll(ctx context.Context, index uint64) ([]config.Node, uint64, error) {
+func (w *Watcher) Poll(ctx context.Context, index uint64) ([]nodespec.Node, uint64, error) {
 	q := (&nomadapi.QueryOptions{WaitIndex: index, WaitTime: w.WaitTime}).WithContext(ctx)
-	allocs, meta, err := w.client.Nodes().Allocations(w.nodeID, q)
+	allocs, meta, err := w.api.Allocations(w.nodeID, q)
 	if err != nil {
 		return nil, index, fmt.Errorf("list allocations of nomad node %s: %w", w.nodeID, err)
 	}
@@ -173,9 +183,9 @@ func (w *Watcher) Poll(ctx context.Context, index uint64) ([]config.Node, uint64
 
 // nodes turns the running chainwarden tasks of allocs into nodes, one per name (the newest allocation wins while an
 // old one is still stopping), sorted by name.
-func (w *Watcher) nodes(allocs []*nomadapi.Allocation) []config.Node {
+func (w *Watcher) nodes(allocs []*nomadapi.Allocation) []nodespec.Node {
 	sort.Slice(allocs, func(i, j int) bool { return allocs[i].CreateIndex < allocs[j].CreateIndex })
-	byName := map[string]config.Node{}
+	byName := map[string]nodespec.Node{}
 	seen := map[string]bool{}
 	for _, a := range allocs {
 		for _, n := range w.allocNodes(a, seen) {
@@ -188,7 +198,7 @@ func (w *Watcher) nodes(allocs []*nomadapi.Allocation) []config.Node {
 			delete(w.warned, k)
 		}
 	}
-	out := make([]config.Node, 0, len(byName))
+	out := make([]nodespec.Node, 0, len(byName))
 	for _, n := range byName {
 		out = append(out, n)
 	}
@@ -196,7 +206,7 @@ func (w *Watcher) nodes(allocs []*nomadapi.Allocation) []config.Node {
 	return out
 }
 
-func (w *Watcher) allocNodes(a *nomadapi.Allocation, seen map[string]bool) []config.Node {
+func (w *Watcher) allocNodes(a *nomadapi.Allocation, seen map[string]bool) []nodespec.Node {
 	if a.Job == nil || a.DesiredStatus != nomadapi.AllocDesiredStatusRun || a.ClientStatus != nomadapi.AllocClientStatusRunning {
 		return nil
 	}
@@ -215,7 +225,7 @@ func (w *Watcher) allocNodes(a *nomadapi.Allocation, seen map[string]bool) []con
 			chainTasks = append(chainTasks, t)
 		}
 	}
-	var out []config.Node
+	var out []nodespec.Node
 	for _, t := range chainTasks {
 		key := a.ID + "/" + t.Name
 		seen[key] = true
@@ -224,7 +234,7 @@ func (w *Watcher) allocNodes(a *nomadapi.Allocation, seen map[string]bool) []con
 		}
 		n, err := taskNode(a, tg, t, len(chainTasks) > 1)
 		if err == nil {
-			err = config.NormalizeNode(&n)
+			err = n.Normalize().Err()
 		}
 		if err != nil {
 			if w.warned[key] != err.Error() {
@@ -250,7 +260,7 @@ func mergedMeta(job *nomadapi.Job, tg *nomadapi.TaskGroup, t *nomadapi.Task) map
 }
 
 // taskNode builds the node of one chain task of a running allocation.
-func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, multi bool) (config.Node, error) {
+func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, multi bool) (nodespec.Node, error) {
 	meta := mergedMeta(a.Job, tg, t)
 	env := allocEnv(a, t.Name)
 	for k, v := range meta {
@@ -262,15 +272,15 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 	}
 	ip, port, ok := allocPort(a, t.Name, label)
 	if !ok {
-		return config.Node{}, fmt.Errorf("no port labelled %q in the allocation (set %s to the RPC port's label)", label, MetaRPCPort)
+		return nodespec.Node{}, fmt.Errorf("no port labelled %q in the allocation (set %s to the RPC port's label)", label, MetaRPCPort)
 	}
 	scheme := meta[MetaScheme]
 	if scheme == "" {
 		scheme = "http"
 	}
-	n := config.Node{
+	n := nodespec.Node{
 		Name:    NodeName(a, t.Name, multi),
-		Kind:    meta[MetaKind],
+		Kind:    probe.Kind(meta[MetaKind]),
 		RPC:     scheme + "://" + net.JoinHostPort(ip, strconv.Itoa(port)),
 		Service: meta[MetaService],
 		Address: ip,
@@ -280,6 +290,7 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		Network: meta[MetaNetwork],
 
 		MaxBlockAge: meta[MetaMaxBlockAge],
+		Source:      nodespec.SourceNomad,
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
 		if _, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {

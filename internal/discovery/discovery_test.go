@@ -33,7 +33,7 @@ func gethMeta() map[string]string {
 }
 
 func TestNodesFromAllocations(t *testing.T) {
-	w := New(nil, "node-1", nil)
+	w := New(nil, "node-1", nil, nil)
 	rpc := nomadapi.PortMapping{Label: "rpc", Value: 21001, HostIP: "10.0.1.5"}
 	ws := nomadapi.PortMapping{Label: "ws", Value: 21002, HostIP: "10.0.1.5"}
 	nodes := w.nodes([]*nomadapi.Allocation{alloc("a1", "geth", "geth", 0, 10, gethMeta(), rpc, ws)})
@@ -78,7 +78,7 @@ func TestNodesSkipsWhatIsNotARunningChainTask(t *testing.T) {
 	delete(noChainMeta, MetaChainID)
 	missingChainID := alloc("a8", "geth", "geth", 6, 17, noChainMeta, rpc)
 
-	w := New(nil, "node-1", nil)
+	w := New(nil, "node-1", nil, nil)
 	nodes := w.nodes([]*nomadapi.Allocation{stopped, pending, taskDead, noMeta, noPort, badChainID, missingChainID})
 	if len(nodes) != 0 {
 		t.Fatalf("want no nodes, got %+v", nodes)
@@ -105,7 +105,7 @@ func TestNodesSkipsWhatIsNotARunningChainTask(t *testing.T) {
 func TestNewestAllocationWinsTheName(t *testing.T) {
 	oldA := alloc("old", "geth", "geth", 0, 10, gethMeta(), nomadapi.PortMapping{Label: "rpc", Value: 21001, HostIP: "127.0.0.1"})
 	newA := alloc("new", "geth", "geth", 0, 20, gethMeta(), nomadapi.PortMapping{Label: "rpc", Value: 22002, HostIP: "127.0.0.1"})
-	w := New(nil, "node-1", nil)
+	w := New(nil, "node-1", nil, nil)
 	nodes := w.nodes([]*nomadapi.Allocation{newA, oldA})
 	if len(nodes) != 1 || nodes[0].Port != 22002 {
 		t.Fatalf("want only the newest allocation's node, got %+v", nodes)
@@ -118,7 +118,7 @@ func TestMetaInterpolationAndInheritance(t *testing.T) {
 	// chainwarden_service from the job's meta, chainwarden_client from the group's: the task inherits both.
 	a.Job.Meta = map[string]string{MetaService: "irita", MetaClient: "job-level"}
 	a.Job.TaskGroups[0].Meta = map[string]string{MetaClient: "irita"}
-	nodes := New(nil, "", nil).nodes([]*nomadapi.Allocation{a})
+	nodes := New(nil, "", nil, nil).nodes([]*nomadapi.Allocation{a})
 	if len(nodes) != 1 {
 		t.Fatalf("nodes: %+v", nodes)
 	}
@@ -134,7 +134,7 @@ func TestNetworkResourcePorts(t *testing.T) {
 	a.AllocatedResources.Tasks = map[string]*nomadapi.AllocatedTaskResources{"node": {Networks: []*nomadapi.NetworkResource{{
 		IP: "192.168.1.7", DynamicPorts: []nomadapi.Port{{Label: "rpc", Value: 25000}},
 	}}}}
-	nodes := New(nil, "", nil).nodes([]*nomadapi.Allocation{a})
+	nodes := New(nil, "", nil, nil).nodes([]*nomadapi.Allocation{a})
 	if len(nodes) != 1 || nodes[0].RPC != "http://192.168.1.7:25000" {
 		t.Fatalf("nodes: %+v", nodes)
 	}

@@ -18,6 +18,8 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
+	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/discovery"
 	"github.com/chainwarden/chainwarden/internal/nomadjob"
 	"github.com/chainwarden/chainwarden/internal/testenv"
@@ -73,7 +75,7 @@ func startAgent(t *testing.T, consul *testenv.Consul) *agent.Agent {
 		t.Fatal(err)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: logWriter{t}})
-	a, err := agent.New(cfg, log, agent.Options{ID: "host-a", Consul: consul.Client})
+	a, err := agent.New(cfg, log, agent.Options{ID: "host-a", Consul: agent.ConsulAPI(consul.Client)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +94,7 @@ func startAgent(t *testing.T, consul *testenv.Consul) *agent.Agent {
 
 // waitConsul waits until the agent registered node in Consul with its check passing, and checks the
 // registration is the discovered one.
-func waitConsul(t *testing.T, c *cluster, n config.Node) {
+func waitConsul(t *testing.T, c *cluster, n nodespec.Node) {
 	t.Helper()
 	testenv.Eventually(t, 90*time.Second, n.Name+" passing in consul", func() error {
 		st, out, err := c.consul.CheckStatus(n.Name)
@@ -175,22 +177,22 @@ func (c *cluster) stop(t *testing.T, jobID string) {
 
 // watch runs a discovery Watcher on the cluster's client until the test ends and returns a function giving the
 // latest node set it reported.
-func watch(t *testing.T, c *cluster) func() map[string]config.Node {
+func watch(t *testing.T, c *cluster) func() map[string]nodespec.Node {
 	t.Helper()
 	var mu sync.Mutex
-	latest := map[string]config.Node{}
+	latest := map[string]nodespec.Node{}
 	updates := 0
-	w := discovery.New(c.nomad.Client, "", hclog.New(&hclog.LoggerOptions{Name: "discovery", Output: logWriter{t}, Level: hclog.Info}))
+	w := discovery.New(discovery.Client(c.nomad.Client), "", hclog.New(&hclog.LoggerOptions{Name: "discovery", Output: logWriter{t}, Level: hclog.Info}), nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		w.Run(ctx, func(nodes []config.Node) {
+		w.Run(ctx, func(nodes []nodespec.Node) {
 			c.agent.SetNodes("nomad", nodes)
 			mu.Lock()
 			defer mu.Unlock()
 			updates++
-			latest = map[string]config.Node{}
+			latest = map[string]nodespec.Node{}
 			for _, n := range nodes {
 				latest[n.Name] = n
 			}
@@ -208,10 +210,10 @@ func watch(t *testing.T, c *cluster) func() map[string]config.Node {
 		}
 		return nil
 	})
-	return func() map[string]config.Node {
+	return func() map[string]nodespec.Node {
 		mu.Lock()
 		defer mu.Unlock()
-		out := make(map[string]config.Node, len(latest))
+		out := make(map[string]nodespec.Node, len(latest))
 		for k, v := range latest {
 			out[k] = v
 		}
@@ -219,9 +221,9 @@ func watch(t *testing.T, c *cluster) func() map[string]config.Node {
 	}
 }
 
-func waitNode(t *testing.T, nodes func() map[string]config.Node, name string) config.Node {
+func waitNode(t *testing.T, nodes func() map[string]nodespec.Node, name string) nodespec.Node {
 	t.Helper()
-	var n config.Node
+	var n nodespec.Node
 	testenv.Eventually(t, 30*time.Second, "discovery of "+name, func() error {
 		var ok bool
 		if n, ok = nodes()[name]; !ok {
@@ -232,7 +234,7 @@ func waitNode(t *testing.T, nodes func() map[string]config.Node, name string) co
 	return n
 }
 
-func waitGone(t *testing.T, nodes func() map[string]config.Node, name string, stopped time.Time) {
+func waitGone(t *testing.T, nodes func() map[string]nodespec.Node, name string, stopped time.Time) {
 	t.Helper()
 	defer func() {
 		t.Logf("%s gone from discovery %s after the job stop was submitted", name, time.Since(stopped).Round(10*time.Millisecond))
@@ -245,7 +247,7 @@ func waitGone(t *testing.T, nodes func() map[string]config.Node, name string, st
 	})
 }
 
-func keys(m map[string]config.Node) []string {
+func keys(m map[string]nodespec.Node) []string {
 	var out []string
 	for k := range m {
 		out = append(out, k)
@@ -298,7 +300,7 @@ func TestGethOnNomad(t *testing.T) {
 	}
 
 	n := waitNode(t, nodes, "geth-geth-0")
-	if n.Kind != config.KindEthereum || n.Service != "eth-dev" || n.Client != "geth" || n.ChainID == nil || *n.ChainID != 1337 ||
+	if n.Kind != probe.Ethereum || n.Service != "eth-dev" || n.Client != "geth" || n.ChainID == nil || *n.ChainID != 1337 ||
 		n.Address != "127.0.0.1" || n.Port == 0 || n.RPC != fmt.Sprintf("http://127.0.0.1:%d", n.Port) || n.Source != "nomad" {
 		t.Fatalf("discovered node: %+v", n)
 	}
@@ -423,7 +425,7 @@ func TestCometBFTOnNomad(t *testing.T) {
 	c.run(t, "cometbft", vars)
 
 	n := waitNode(t, nodes, "cometbft-cometbft-0")
-	if n.Kind != config.KindCometBFT || n.Network != "cw-test" || n.Service != "cometbft-test" || n.Address != "127.0.0.1" {
+	if n.Kind != probe.CometBFT || n.Network != "cw-test" || n.Service != "cometbft-test" || n.Address != "127.0.0.1" {
 		t.Fatalf("discovered node: %+v", n)
 	}
 	ctx := context.Background()

@@ -153,7 +153,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 	}
 
 	cfg := agentConfig(t, c.Addr, map[string]string{"sealer": sealer.RPC, "geth-a": geth.rpc})
-	a, err := agent.New(cfg, e.m.Log.Named("agent"), agent.Options{ID: "test-host", Consul: c.Client})
+	a, err := agent.New(cfg, e.m.Log.Named("agent"), agent.Options{ID: "test-host", Consul: agent.ConsulAPI(c.Client)})
 	if err != nil {
 		t.Fatal(err)
 	}

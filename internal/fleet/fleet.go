@@ -14,6 +14,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/chainwarden/chainwarden/internal/heads"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/registry"
 )
 
@@ -32,7 +33,8 @@ type Row struct {
 	Output  string  `json:"output"`
 }
 
-// Read lists every chainwarden node known to Consul. Heights come from the heads in KV under kvPrefix; heads older
+// Read lists every chainwarden node known to Consul. Heights come from the heads in KV under kvPrefix (see
+// kvlayout); heads older
 // than maxAge don't count toward a network's head.
 func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time.Duration, now time.Time) ([]Row, error) {
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
@@ -40,7 +42,7 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 	if err != nil {
 		return nil, fmt.Errorf("list services from consul: %w", err)
 	}
-	prefix := kvPrefix + "/heads/"
+	prefix := kvlayout.New(kvPrefix).Heads()
 	pairs, _, err := c.KV().List(prefix, q)
 	if err != nil {
 		return nil, fmt.Errorf("read heads from consul kv: %w", err)

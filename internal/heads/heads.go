@@ -14,6 +14,10 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/internal/backoff"
+	"github.com/chainwarden/chainwarden/internal/clock"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 )
 
 // Head is one node's head as stored in KV at PREFIX/heads/SERVICE/NODE.
@@ -44,8 +48,10 @@ const maxTxnOps = 64
 type Store struct {
 	kv     KV
 	txn    Txn
-	prefix string // e.g. "chainwarden/heads/"
+	layout kvlayout.Layout
+	prefix string // layout.Heads(), e.g. "chainwarden/heads/"
 	log    hclog.Logger
+	clock  clock.Clock
 
 	mu        sync.Mutex
 	all       map[string]map[string]Head // service -> node -> head, from the watch
@@ -53,13 +59,11 @@ type Store struct {
 	index     uint64
 }
 
-// New returns a store under kvPrefix (e.g. "chainwarden").
-func New(kv KV, txn Txn, kvPrefix string, log hclog.Logger) *Store {
-	return &Store{kv: kv, txn: txn, prefix: strings.Trim(kvPrefix, "/") + "/heads/", log: log,
+// New returns a store of the heads in layout; a nil clock is the wall clock.
+func New(kv KV, txn Txn, layout kvlayout.Layout, log hclog.Logger, clk clock.Clock) *Store {
+	return &Store{kv: kv, txn: txn, layout: layout, prefix: layout.Heads(), log: log, clock: clock.OrReal(clk),
 		all: map[string]map[string]Head{}, published: map[string]Head{}}
 }
-
-func (s *Store) key(service, node string) string { return s.prefix + service + "/" + node }
 
 // Publish writes the heads whose height changed since they were last written, and deletes the keys of gone, a list
 // of "service/node" names no longer watched by this agent. It returns how many keys it wrote.
@@ -77,7 +81,7 @@ func (s *Store) Publish(ctx context.Context, heads []Head, gone []string) (int, 
 			s.mu.Unlock()
 			return 0, fmt.Errorf("encode head: %w", err)
 		}
-		ops = append(ops, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: s.key(h.Service, h.Node), Value: b}})
+		ops = append(ops, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVSet, Key: s.layout.Head(h.Service, h.Node), Value: b}})
 		written = append(written, h)
 	}
 	for _, k := range gone {
@@ -148,22 +152,19 @@ func (s *Store) All(service string) []Head {
 
 // Watch keeps the view current with blocking queries until ctx ends, backing off (capped) while Consul fails.
 func (s *Store) Watch(ctx context.Context, wait time.Duration) {
-	backoff := time.Duration(0)
+	bo := backoff.New(250*time.Millisecond, 10*time.Second)
 	for ctx.Err() == nil {
 		err := s.WatchOnce(ctx, wait)
 		if err == nil {
-			backoff = 0
+			bo.Reset()
 			continue
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		backoff = min(max(2*backoff, 250*time.Millisecond), 10*time.Second)
-		s.log.Debug("watch heads failed", "error", err, "retry_in", backoff)
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
+		d := bo.Next()
+		s.log.Debug("watch heads failed", "error", err, "retry_in", d)
+		_ = clock.Sleep(ctx, s.clock, d)
 	}
 }
 

@@ -102,7 +102,7 @@ func TestProbeLimits(t *testing.T) {
 				streamHuge(w, http.StatusOK, prefix)
 			}))
 			var r Result
-			alloc := allocatedDuring(func() { r = runProbe(t, client, Target{Name: "n", Kind: kind, URL: srv.URL}) })
+			alloc := allocatedDuring(func() { r = runProbe(t, client, Target{Name: "n", Kind: Kind(kind), URL: srv.URL}) })
 			if !errors.Is(r.Err, ErrTooLarge) {
 				t.Fatalf("want ErrTooLarge, got %v", r.Err)
 			}
@@ -121,7 +121,7 @@ func TestProbeLimits(t *testing.T) {
 			start := time.Now()
 			done := make(chan Result, 1)
 			go func() {
-				done <- Run(ctx, client, Target{Name: "n", Kind: kind, URL: srv.URL, APIKey: "k", APISecret: "s"})
+				done <- Run(ctx, client, Target{Name: "n", Kind: Kind(kind), URL: srv.URL, APIKey: "k", APISecret: "s"})
 			}()
 			select {
 			case r := <-done:
@@ -150,7 +150,7 @@ func TestTidyRedactsURL(t *testing.T) {
 	secretURL := srv.URL + "/v3/0123456789abcdef0123456789abcdef"
 	for _, kind := range []string{"ethereum", "cometbft", "chainlink"} {
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-		r := Run(ctx, NewHTTPClient(), Target{Name: "n", Kind: kind, URL: secretURL})
+		r := Run(ctx, NewHTTPClient(), Target{Name: "n", Kind: Kind(kind), URL: secretURL})
 		cancel()
 		if r.Err == nil {
 			t.Fatalf("%s: no error", kind)

@@ -12,7 +12,7 @@ import (
 // ErrTooLarge is returned when an answer is larger than MaxResponseBytes.
 var ErrTooLarge = errors.New("response larger than the probe limit")
 
-func errUnknownKind(kind string) error { return fmt.Errorf("no prober for kind %q", kind) }
+func errUnknownKind(kind Kind) error { return fmt.Errorf("no prober for kind %q", kind) }
 
 // NewHTTPClient returns the client every prober shares: keep-alive connections to many nodes, and a transport that
 // cuts every response body at MaxResponseBytes so a huge or endless answer costs bounded memory.

@@ -13,10 +13,23 @@ import (
 // MaxResponseBytes caps every answer a prober reads; a larger one is an error, not an out-of-memory.
 const MaxResponseBytes = 4 << 20
 
+// Kind is a kind of chain node: which prober asks it, which thresholds judge it.
+type Kind string
+
+// The kinds of node chainwarden probes.
+const (
+	Ethereum  Kind = "ethereum"  // Ethereum JSON-RPC: geth, OpenEthereum/Parity, Erigon, Nethermind, Ethermint
+	CometBFT  Kind = "cometbft"  // CometBFT / Tendermint RPC: CometBFT chains, IRITA
+	Chainlink Kind = "chainlink" // a Chainlink node's API
+)
+
+// Kinds lists every kind, in the order error messages name them.
+var Kinds = []Kind{Ethereum, CometBFT, Chainlink}
+
 // Target is what a prober needs to know about a node.
 type Target struct {
 	Name string
-	Kind string
+	Kind Kind
 	URL  string // base RPC URL, e.g. http://127.0.0.1:8545 or http://127.0.0.1:26657
 
 	// Chainlink API credentials; empty means only /health is checked.
@@ -56,10 +69,10 @@ type Wallet struct {
 type Prober func(ctx context.Context, client *http.Client, t Target) Result
 
 // Probers is the lookup table of probers by node kind.
-var Probers = map[string]Prober{
-	"ethereum":  probeEthereum,
-	"cometbft":  probeCometBFT,
-	"chainlink": probeChainlink,
+var Probers = map[Kind]Prober{
+	Ethereum:  probeEthereum,
+	CometBFT:  probeCometBFT,
+	Chainlink: probeChainlink,
 }
 
 // Run probes t with the prober for its kind, timing it.

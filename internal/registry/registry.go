@@ -15,6 +15,9 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/internal/backoff"
+	"github.com/chainwarden/chainwarden/internal/clock"
 )
 
 // Tag marks every service chainwarden registers.
@@ -23,8 +26,14 @@ const Tag = "chainwarden"
 // Parallelism is how many calls to the Consul agent the registry makes at once.
 const Parallelism = 16
 
-// CheckID is the ID of a node's TTL check.
+// CheckID is the ID of a node's TTL check: the one place it is made, for the registry, `volume snapshot` and tests.
 func CheckID(node string) string { return "chainwarden:" + node }
+
+// Backoff bounds of the retries while Consul is unreachable.
+const (
+	MinBackoff = time.Second
+	MaxBackoff = 30 * time.Second
+)
 
 // AgentAPI is the part of Consul's agent API the registry uses.
 type AgentAPI interface {
@@ -62,13 +71,13 @@ type Registry struct {
 	ttl             time.Duration
 	deregisterAfter time.Duration
 	log             hclog.Logger
-	now             func() time.Time
+	clock           clock.Clock
 
 	mu          sync.Mutex
 	registered  map[string]*Service // as last registered
 	lastTTL     map[string]sent     // what the check was last updated with, and when
 	down        bool
-	backoff     time.Duration
+	backoff     *backoff.Backoff
 	nextTry     time.Time
 	lastAudit   time.Time
 	auditEvery  time.Duration
@@ -83,20 +92,17 @@ type Options struct {
 	TTL             time.Duration
 	DeregisterAfter time.Duration
 	AuditEvery      time.Duration // how often the agent's services are listed to catch lost registrations
-	Now             func() time.Time
+	Clock           clock.Clock   // nil: the wall clock
 }
 
 // New returns a registry.
 func New(agent AgentAPI, opts Options, log hclog.Logger) *Registry {
-	if opts.Now == nil {
-		opts.Now = time.Now
-	}
 	if opts.AuditEvery == 0 {
 		opts.AuditEvery = 30 * time.Second
 	}
 	return &Registry{agent: agent, agentID: opts.AgentID, ttl: opts.TTL, deregisterAfter: opts.DeregisterAfter,
-		log: log, now: opts.Now, registered: map[string]*Service{}, lastTTL: map[string]sent{},
-		auditEvery: opts.AuditEvery, parallelism: Parallelism}
+		log: log, clock: clock.OrReal(opts.Clock), registered: map[string]*Service{}, lastTTL: map[string]sent{},
+		auditEvery: opts.AuditEvery, parallelism: Parallelism, backoff: backoff.New(MinBackoff, MaxBackoff)}
 }
 
 // Writes is how many calls that change state were made to Consul.
@@ -119,7 +125,7 @@ var errCheckGone = errors.New("check not registered")
 // Sync brings Consul in line with services: registers new or changed ones, updates every TTL check, deregisters
 // ours that are not in the list. While Consul is failing it returns quickly until the backoff has passed.
 func (r *Registry) Sync(ctx context.Context, services []Service) error {
-	now := r.now()
+	now := r.clock.Now()
 	r.mu.Lock()
 	if r.down && now.Before(r.nextTry) {
 		r.mu.Unlock()
@@ -136,14 +142,14 @@ func (r *Registry) Sync(ctx context.Context, services []Service) error {
 			r.log.Error("consul unreachable, will keep probing and retry", "error", err)
 		}
 		r.down = true
-		r.backoff = min(max(2*r.backoff, time.Second), 30*time.Second)
-		r.nextTry = now.Add(r.backoff)
+		r.nextTry = now.Add(r.backoff.Next())
 		return err
 	}
 	if r.down {
 		r.log.Info("consul reachable again, registrations restored")
 	}
-	r.down, r.backoff = false, 0
+	r.down = false
+	r.backoff.Reset()
 	if audit {
 		r.lastAudit = now
 	}
@@ -301,7 +307,7 @@ func (s *Service) key() string {
 }
 
 func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
-	now := r.now()
+	now := r.clock.Now()
 	r.mu.Lock()
 	last, ok := r.lastTTL[s.ID]
 	r.mu.Unlock()

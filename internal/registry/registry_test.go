@@ -75,30 +75,6 @@ func TestRegistryAgainstRealConsul(t *testing.T) {
 	})
 }
 
-func TestAuditRemovesStaleServicesOfThisAgentOnly(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration")
-	}
-	c := testenv.StartConsul(t)
-	ctx := context.Background()
-	old := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: 3 * time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
-	other := New(c.Client.Agent(), Options{AgentID: "host-b", TTL: 3 * time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
-	if err := old.Sync(ctx, []Service{svc("old-node", "passing", "x"), svc("kept", "passing", "x")}); err != nil {
-		t.Fatal(err)
-	}
-	if err := other.Sync(ctx, []Service{svc("theirs", "passing", "x")}); err != nil {
-		t.Fatal(err)
-	}
-	// The agent restarts with "old-node" removed from its config.
-	restarted := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: 3 * time.Second, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
-	if err := restarted.Sync(ctx, []Service{svc("kept", "passing", "y")}); err != nil {
-		t.Fatal(err)
-	}
-	assertCheck(t, c, "old-node", "", "")
-	assertCheck(t, c, "kept", "passing", "y")
-	assertCheck(t, c, "theirs", "passing", "x")
-}
-
 func TestTTLExpiresWhenNotUpdated(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration")
@@ -130,46 +106,4 @@ func assertCheck(t *testing.T, c *testenv.Consul, id, status, output string) {
 	if st != status || out != output {
 		t.Fatalf("check of %s: %q %q, want %q %q", id, st, out, status, output)
 	}
-}
-
-// Between status or key changes the check is only refreshed for its TTL: an output that differs only in a ticking
-// figure is not written every probe.
-func TestUpdatesFollowChangesNotProbes(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration")
-	}
-	c := testenv.StartConsul(t)
-	now := time.Now()
-	r := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: 30 * time.Second, DeregisterAfter: time.Minute,
-		Now: func() time.Time { return now }}, hclog.NewNullLogger())
-	ctx := context.Background()
-	s := svc("geth-a", "passing", "height 10, at head 10, last block 1s ago")
-	s.Key = "height 10, at head 10"
-	if err := r.Sync(ctx, []Service{s}); err != nil {
-		t.Fatal(err)
-	}
-	writes := r.Writes()
-	now = now.Add(time.Second)
-	s.Output = "height 10, at head 10, last block 2s ago"
-	if err := r.Sync(ctx, []Service{s}); err != nil {
-		t.Fatal(err)
-	}
-	if r.Writes() != writes {
-		t.Fatal("an age-only change was written")
-	}
-	assertCheck(t, c, "geth-a", "passing", "height 10, at head 10, last block 1s ago")
-
-	now = now.Add(time.Second)
-	s.Output, s.Key = "height 11, at head 11, last block 0s ago", "height 11, at head 11"
-	if err := r.Sync(ctx, []Service{s}); err != nil {
-		t.Fatal(err)
-	}
-	assertCheck(t, c, "geth-a", "passing", "height 11, at head 11, last block 0s ago")
-
-	now = now.Add(11 * time.Second) // a third of the TTL: refreshed even with nothing new
-	s.Output = "height 11, at head 11, last block 11s ago"
-	if err := r.Sync(ctx, []Service{s}); err != nil {
-		t.Fatal(err)
-	}
-	assertCheck(t, c, "geth-a", "passing", "height 11, at head 11, last block 11s ago")
 }

@@ -11,9 +11,27 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/probe"
 )
+
+// Thresholds are a node's verdict limits, after the per-kind defaults were applied.
+type Thresholds struct {
+	WarnLag       uint64
+	MaxLag        uint64
+	MaxBlockAge   time.Duration
+	MinPeers      uint64
+	FailAfter     int
+	PassAfter     int
+	MinBalanceWei string // decimal wei; "" = no wallet check
+	MaxFailedRuns int    // failed Chainlink job runs among the recent ones; -1 = no check
+}
+
+// KindDefaults are the thresholds of each kind where a node sets none.
+var KindDefaults = map[probe.Kind]Thresholds{
+	probe.Ethereum:  {WarnLag: 2, MaxLag: 10, MaxBlockAge: 2 * time.Minute, MinPeers: 1, FailAfter: 2, PassAfter: 3, MaxFailedRuns: -1},
+	probe.CometBFT:  {WarnLag: 2, MaxLag: 10, MaxBlockAge: 2 * time.Minute, MinPeers: 1, FailAfter: 2, PassAfter: 3, MaxFailedRuns: -1},
+	probe.Chainlink: {FailAfter: 2, PassAfter: 3, MaxFailedRuns: -1},
+}
 
 // Status is a node's health, ordered from best to worst.
 type Status int
@@ -58,14 +76,14 @@ type Head struct {
 
 // Input is everything one judgement needs.
 type Input struct {
-	Kind      string
+	Kind      probe.Kind
 	Result    probe.Result
 	Head      Head   // zero Height: unknown
 	WantChain string // expected chain id (decimal) or CometBFT network; "" = any
 	// Standby marks a Chainlink node of an active/standby pair: while the active one holds the database lock the
 	// standby does not serve its API, and that is its normal state, not a failure.
 	Standby    bool
-	Thresholds config.Thresholds
+	Thresholds Thresholds
 	Now        time.Time
 }
 
@@ -95,7 +113,7 @@ func Judge(in Input) Report {
 	}
 	if r.Err != nil {
 		rep.Err = r.Err.Error()
-		if in.Standby && in.Kind == config.KindChainlink && errors.Is(r.Err, syscall.ECONNREFUSED) {
+		if in.Standby && in.Kind == probe.Chainlink && errors.Is(r.Err, syscall.ECONNREFUSED) {
 			bad(Warning, "standby: API not serving (waiting for Chainlink's database lock)")
 			return rep
 		}
@@ -103,7 +121,7 @@ func Judge(in Input) Report {
 		return rep
 	}
 	t := in.Thresholds
-	if in.Kind == config.KindChainlink {
+	if in.Kind == probe.Chainlink {
 		judgeChainlink(r, t, bad)
 		return rep
 	}
@@ -143,7 +161,7 @@ func Judge(in Input) Report {
 	return rep
 }
 
-func judgeChainlink(r probe.Result, t config.Thresholds, bad func(Status, string, ...any)) {
+func judgeChainlink(r probe.Result, t Thresholds, bad func(Status, string, ...any)) {
 	if len(r.FailingChecks) > 0 {
 		bad(Critical, "failing checks: %s", strings.Join(r.FailingChecks, ", "))
 	}

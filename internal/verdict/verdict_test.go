@@ -11,13 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/probe"
 )
 
 var now = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
 
-func eth() config.Thresholds { return config.KindDefaults[config.KindEthereum] }
+func eth() Thresholds { return KindDefaults[probe.Ethereum] }
 
 func healthy(h uint64) probe.Result {
 	return probe.Result{Height: h, HasHeight: true, Peers: 5, ChainID: "4242", BlockTime: now.Add(-time.Second)}
@@ -27,32 +26,32 @@ func TestJudge(t *testing.T) {
 	head := Head{Height: 1236, Node: "geth-b"}
 	cases := []struct {
 		name   string
-		kind   string
+		kind   probe.Kind
 		result probe.Result
 		head   Head
-		th     config.Thresholds
+		th     Thresholds
 		want   Status
 		reason string // substring of the output
 	}{
-		{"at head", config.KindEthereum, healthy(1236), head, eth(), Passing, "height 1236, at head 1236, 5 peers, last block 1s ago"},
-		{"2 behind is within warn_lag", config.KindEthereum, healthy(1234), head, eth(), Passing, "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago"},
-		{"3 behind warns", config.KindEthereum, healthy(1233), head, eth(), Warning, "3 blocks behind, more than warn_lag 2"},
-		{"10 behind still warns", config.KindEthereum, healthy(1226), head, eth(), Warning, "10 blocks behind"},
-		{"11 behind is critical", config.KindEthereum, healthy(1225), head, eth(), Critical, "11 blocks behind, more than max_lag 10"},
-		{"ahead of head", config.KindEthereum, healthy(1240), head, eth(), Passing, "height 1240"},
-		{"unknown head", config.KindEthereum, healthy(10), Head{}, eth(), Passing, "head unknown"},
-		{"probe error", config.KindEthereum, probe.Result{Err: errors.New("eth_chainId: timeout")}, head, eth(), Critical, "probe failed: eth_chainId: timeout"},
-		{"wrong chain", config.KindEthereum, func() probe.Result { r := healthy(1236); r.ChainID = "1"; return r }(), head, eth(), Critical, "wrong chain 1 (want 4242)"},
-		{"syncing", config.KindEthereum, func() probe.Result { r := healthy(1236); r.Syncing = true; return r }(), head, eth(), Critical, "syncing"},
-		{"height 0 not syncing", config.KindEthereum, probe.Result{HasHeight: true, Peers: 3, ChainID: "4242"}, Head{}, eth(), Critical, "at height 0, not synced"},
-		{"no peers", config.KindEthereum, func() probe.Result { r := healthy(1236); r.Peers = 0; return r }(), head, eth(), Critical, "0 peers, want at least 1"},
-		{"stale block", config.KindEthereum, func() probe.Result { r := healthy(1236); r.BlockTime = now.Add(-5 * time.Minute); return r }(), head, eth(), Critical, "no new block for 5m0s"},
-		{"chainlink healthy", config.KindChainlink, probe.Result{}, Head{}, config.KindDefaults[config.KindChainlink], Passing, "healthy"},
-		{"chainlink failing", config.KindChainlink, probe.Result{FailingChecks: []string{"EVM.1.HeadTracker"}}, Head{}, config.KindDefaults[config.KindChainlink], Critical, "failing checks: EVM.1.HeadTracker"},
-		{"chainlink low balance", config.KindChainlink, probe.Result{Wallets: []probe.Wallet{{Address: "0xabc", Balance: big.NewInt(1e17)}}}, Head{},
-			config.Thresholds{MinBalanceWei: "500000000000000000", MaxFailedRuns: -1}, Critical, "wallet 0xabc has 0.1 ETH, below 0.5"},
-		{"chainlink failed runs", config.KindChainlink, probe.Result{RunsChecked: true, FailedRuns: 3}, Head{},
-			config.Thresholds{MaxFailedRuns: 1}, Warning, "3 recent job runs failed"},
+		{"at head", probe.Ethereum, healthy(1236), head, eth(), Passing, "height 1236, at head 1236, 5 peers, last block 1s ago"},
+		{"2 behind is within warn_lag", probe.Ethereum, healthy(1234), head, eth(), Passing, "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago"},
+		{"3 behind warns", probe.Ethereum, healthy(1233), head, eth(), Warning, "3 blocks behind, more than warn_lag 2"},
+		{"10 behind still warns", probe.Ethereum, healthy(1226), head, eth(), Warning, "10 blocks behind"},
+		{"11 behind is critical", probe.Ethereum, healthy(1225), head, eth(), Critical, "11 blocks behind, more than max_lag 10"},
+		{"ahead of head", probe.Ethereum, healthy(1240), head, eth(), Passing, "height 1240"},
+		{"unknown head", probe.Ethereum, healthy(10), Head{}, eth(), Passing, "head unknown"},
+		{"probe error", probe.Ethereum, probe.Result{Err: errors.New("eth_chainId: timeout")}, head, eth(), Critical, "probe failed: eth_chainId: timeout"},
+		{"wrong chain", probe.Ethereum, func() probe.Result { r := healthy(1236); r.ChainID = "1"; return r }(), head, eth(), Critical, "wrong chain 1 (want 4242)"},
+		{"syncing", probe.Ethereum, func() probe.Result { r := healthy(1236); r.Syncing = true; return r }(), head, eth(), Critical, "syncing"},
+		{"height 0 not syncing", probe.Ethereum, probe.Result{HasHeight: true, Peers: 3, ChainID: "4242"}, Head{}, eth(), Critical, "at height 0, not synced"},
+		{"no peers", probe.Ethereum, func() probe.Result { r := healthy(1236); r.Peers = 0; return r }(), head, eth(), Critical, "0 peers, want at least 1"},
+		{"stale block", probe.Ethereum, func() probe.Result { r := healthy(1236); r.BlockTime = now.Add(-5 * time.Minute); return r }(), head, eth(), Critical, "no new block for 5m0s"},
+		{"chainlink healthy", probe.Chainlink, probe.Result{}, Head{}, KindDefaults[probe.Chainlink], Passing, "healthy"},
+		{"chainlink failing", probe.Chainlink, probe.Result{FailingChecks: []string{"EVM.1.HeadTracker"}}, Head{}, KindDefaults[probe.Chainlink], Critical, "failing checks: EVM.1.HeadTracker"},
+		{"chainlink low balance", probe.Chainlink, probe.Result{Wallets: []probe.Wallet{{Address: "0xabc", Balance: big.NewInt(1e17)}}}, Head{},
+			Thresholds{MinBalanceWei: "500000000000000000", MaxFailedRuns: -1}, Critical, "wallet 0xabc has 0.1 ETH, below 0.5"},
+		{"chainlink failed runs", probe.Chainlink, probe.Result{RunsChecked: true, FailedRuns: 3}, Head{},
+			Thresholds{MaxFailedRuns: 1}, Warning, "3 recent job runs failed"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -69,23 +68,23 @@ func TestJudge(t *testing.T) {
 
 func TestChainlinkStandby(t *testing.T) {
 	refused := fmt.Errorf("GET /health: %w", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)})
-	th := config.KindDefaults[config.KindChainlink]
-	rep := Judge(Input{Kind: config.KindChainlink, Result: probe.Result{Err: refused}, Standby: true, Thresholds: th, Now: now})
+	th := KindDefaults[probe.Chainlink]
+	rep := Judge(Input{Kind: probe.Chainlink, Result: probe.Result{Err: refused}, Standby: true, Thresholds: th, Now: now})
 	if rep.Status != Warning || !strings.HasPrefix(rep.Output(), "standby: API not serving") {
 		t.Fatalf("standby: %s %q", rep.Status, rep.Output())
 	}
 	// The active node refusing connections is down; a standby failing otherwise is critical too.
-	if rep := Judge(Input{Kind: config.KindChainlink, Result: probe.Result{Err: refused}, Thresholds: th, Now: now}); rep.Status != Critical {
+	if rep := Judge(Input{Kind: probe.Chainlink, Result: probe.Result{Err: refused}, Thresholds: th, Now: now}); rep.Status != Critical {
 		t.Fatalf("active refusing: %s", rep.Status)
 	}
 	other := probe.Result{Err: errors.New("GET /health: HTTP 503")}
-	if rep := Judge(Input{Kind: config.KindChainlink, Result: other, Standby: true, Thresholds: th, Now: now}); rep.Status != Critical {
+	if rep := Judge(Input{Kind: probe.Chainlink, Result: other, Standby: true, Thresholds: th, Now: now}); rep.Status != Critical {
 		t.Fatalf("standby failing health: %s", rep.Status)
 	}
 }
 
 func TestOutputIsTheReadableLine(t *testing.T) {
-	rep := Judge(Input{Kind: config.KindEthereum, Result: healthy(1234), Head: Head{Height: 1236, Node: "geth-b"},
+	rep := Judge(Input{Kind: probe.Ethereum, Result: healthy(1234), Head: Head{Height: 1236, Node: "geth-b"},
 		WantChain: "4242", Thresholds: eth(), Now: now})
 	want := "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago"
 	if got := rep.Output(); got != want {

@@ -263,7 +263,7 @@ func countPassing(url string) (int, error) {
 
 var (
 	probeCount  = regexp.MustCompile(`(?m)^chainwarden_probe_duration_seconds_count\{kind="ethereum"\} (\S+)$`)
-	writesGauge = regexp.MustCompile(`(?m)^chainwarden_consul_writes (\S+)$`)
+	writesGauge = regexp.MustCompile(`(?m)^chainwarden_consul_writes_total (\S+)$`)
 )
 
 func agentCounters(url string) (probes, writes float64, err error) {

@@ -1,0 +1,311 @@
+package fakes
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+
+	consulapi "github.com/hashicorp/consul/api"
+)
+
+// ErrDown is what every call to a Consul fake returns while it is down.
+var ErrDown = errors.New("fakes: consul is down (connection refused)")
+
+// Consul is an in-memory Consul agent with its KV store: the calls registry.AgentAPI, heads.KV and heads.Txn make,
+// with Consul's answers (404 for an unknown check or service, a raft index that grows with every write, blocking KV
+// reads that wait for a change under their prefix).
+type Consul struct {
+	mu       sync.Mutex
+	down     bool
+	services map[string]*consulapi.AgentService
+	checks   map[string]*consulapi.AgentCheck
+	kv       map[string]*consulapi.KVPair
+	index    uint64
+	changed  chan struct{} // closed and replaced on every KV write
+	calls    map[string]int
+	blocked  int // List calls waiting for a change
+}
+
+// NewConsul returns an empty, reachable Consul.
+func NewConsul() *Consul {
+	c := &Consul{changed: make(chan struct{}), calls: map[string]int{}}
+	c.reset()
+	return c
+}
+
+func (c *Consul) reset() {
+	c.services = map[string]*consulapi.AgentService{}
+	c.checks = map[string]*consulapi.AgentCheck{}
+	c.kv = map[string]*consulapi.KVPair{}
+}
+
+// SetDown makes every call fail (true) or work again (false).
+func (c *Consul) SetDown(down bool) {
+	c.mu.Lock()
+	c.down = down
+	c.mu.Unlock()
+}
+
+// Wipe forgets every service, check and key, as a Consul agent restarted without its data does. The index keeps
+// growing unless resetIndex, which makes it go back as a new cluster's does.
+func (c *Consul) Wipe(resetIndex bool) {
+	c.mu.Lock()
+	c.reset()
+	if resetIndex {
+		c.index = 0
+	}
+	c.bump()
+	c.mu.Unlock()
+}
+
+// Calls is how many times each method was called, by name ("UpdateTTLOpts", "Txn", ...).
+func (c *Consul) Calls(method string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls[method]
+}
+
+// Check returns a check's status and output; ok is false when there is no such check.
+func (c *Consul) Check(checkID string) (status, output string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := c.checks[checkID]
+	if ch == nil {
+		return "", "", false
+	}
+	return ch.Status, ch.Output, true
+}
+
+// Service returns a copy of a registered service, or nil.
+func (c *Consul) Service(id string) *consulapi.AgentService {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.services[id]
+	if s == nil {
+		return nil
+	}
+	cp := *s
+	cp.Meta = maps.Clone(s.Meta)
+	cp.Tags = slices.Clone(s.Tags)
+	return &cp
+}
+
+// ServiceIDs lists the registered services' IDs, sorted.
+func (c *Consul) ServiceIDs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.services))
+}
+
+// Blocked is how many blocking KV reads are waiting for a change.
+func (c *Consul) Blocked() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.blocked
+}
+
+// Key returns a key's value, or nil.
+func (c *Consul) Key(key string) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.kv[key]; p != nil {
+		return slices.Clone(p.Value)
+	}
+	return nil
+}
+
+// Keys lists the keys under prefix, sorted.
+func (c *Consul) Keys(prefix string) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for k := range c.kv {
+		if strings.HasPrefix(k, prefix) {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// enter counts a call and fails it while down; it returns with c.mu held on success.
+func (c *Consul) enter(method string) error {
+	c.mu.Lock()
+	c.calls[method]++
+	if c.down {
+		c.mu.Unlock()
+		return ErrDown
+	}
+	return nil
+}
+
+func (c *Consul) bump() {
+	c.index++
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func notFound(what string) error {
+	return consulapi.StatusError{Code: 404, Body: what}
+}
+
+// ServiceRegisterOpts registers a service and its check, as the agent endpoint does.
+func (c *Consul) ServiceRegisterOpts(s *consulapi.AgentServiceRegistration, _ consulapi.ServiceRegisterOpts) error {
+	if err := c.enter("ServiceRegisterOpts"); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if s.ID == "" || s.Name == "" {
+		return consulapi.StatusError{Code: 400, Body: "Missing service name or ID"}
+	}
+	c.services[s.ID] = &consulapi.AgentService{ID: s.ID, Service: s.Name, Address: s.Address, Port: s.Port,
+		Tags: slices.Clone(s.Tags), Meta: maps.Clone(s.Meta)}
+	if ch := s.Check; ch != nil {
+		status := ch.Status
+		if status == "" {
+			status = consulapi.HealthCritical
+		}
+		c.checks[ch.CheckID] = &consulapi.AgentCheck{CheckID: ch.CheckID, Name: ch.Name, Status: status,
+			ServiceID: s.ID, ServiceName: s.Name, Type: "ttl"}
+	}
+	c.bump()
+	return nil
+}
+
+// ServiceDeregisterOpts removes a service and its checks.
+func (c *Consul) ServiceDeregisterOpts(id string, _ *consulapi.QueryOptions) error {
+	if err := c.enter("ServiceDeregisterOpts"); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if c.services[id] == nil {
+		return notFound(fmt.Sprintf("Unknown service ID %q. Ensure that the service ID is passed, not the service name.", id))
+	}
+	delete(c.services, id)
+	for k, ch := range c.checks {
+		if ch.ServiceID == id {
+			delete(c.checks, k)
+		}
+	}
+	c.bump()
+	return nil
+}
+
+// UpdateTTLOpts sets a TTL check's status and output.
+func (c *Consul) UpdateTTLOpts(checkID, output, status string, _ *consulapi.QueryOptions) error {
+	if err := c.enter("UpdateTTLOpts"); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	ch := c.checks[checkID]
+	if ch == nil {
+		return notFound(fmt.Sprintf("Unknown check ID %q. Ensure that the check ID is passed, not the check name.", checkID))
+	}
+	switch status {
+	case consulapi.HealthPassing, consulapi.HealthWarning, consulapi.HealthCritical:
+	default:
+		return consulapi.StatusError{Code: 400, Body: "Unknown check status: " + status}
+	}
+	if len(output) > 4096 {
+		output = output[:4096] // Consul truncates check output
+	}
+	ch.Status, ch.Output = status, output
+	return nil
+}
+
+// servicesFilter is the one filter form the registry sends: `"TAG" in Tags and Meta.agent == "ID"`.
+var servicesFilter = regexp.MustCompile(`^"([^"]+)" in Tags and Meta\.agent == "([^"]*)"$`)
+
+// ServicesWithFilterOpts lists the services matching the registry's filter; any other filter is an error, so a change
+// of the filter shows up in the unit tests.
+func (c *Consul) ServicesWithFilterOpts(filter string, _ *consulapi.QueryOptions) (map[string]*consulapi.AgentService, error) {
+	if err := c.enter("ServicesWithFilterOpts"); err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	m := servicesFilter.FindStringSubmatch(filter)
+	if m == nil {
+		return nil, fmt.Errorf("fakes: unsupported filter %q", filter)
+	}
+	out := map[string]*consulapi.AgentService{}
+	for id, s := range c.services {
+		if slices.Contains(s.Tags, m[1]) && s.Meta["agent"] == m[2] {
+			cp := *s
+			out[id] = &cp
+		}
+	}
+	return out, nil
+}
+
+// List returns the keys under prefix. With a WaitIndex it blocks, as Consul does, until the index passes it or the
+// query's context ends (then it answers with what it has, like a wait that timed out).
+func (c *Consul) List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPairs, *consulapi.QueryMeta, error) {
+	if err := c.enter("List"); err != nil {
+		return nil, nil, err
+	}
+	for q != nil && q.WaitIndex != 0 && c.index == q.WaitIndex {
+		ch := c.changed
+		c.blocked++
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-q.Context().Done():
+		}
+		c.mu.Lock()
+		c.blocked--
+		if q.Context().Err() != nil {
+			break
+		}
+	}
+	defer c.mu.Unlock()
+	var out consulapi.KVPairs
+	for _, k := range slices.Sorted(maps.Keys(c.kv)) {
+		if strings.HasPrefix(k, prefix) {
+			p := *c.kv[k]
+			p.Value = slices.Clone(p.Value)
+			out = append(out, &p)
+		}
+	}
+	return out, &consulapi.QueryMeta{LastIndex: max(c.index, 1)}, nil
+}
+
+// Txn applies KV set and delete operations atomically; any other verb rolls the transaction back.
+func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *consulapi.TxnResponse, *consulapi.QueryMeta, error) {
+	if err := c.enter("Txn"); err != nil {
+		return false, nil, nil, err
+	}
+	defer c.mu.Unlock()
+	if len(ops) > 64 {
+		return false, nil, nil, consulapi.StatusError{Code: 413, Body: fmt.Sprintf("Transaction contains too many operations (%d > 64)", len(ops))}
+	}
+	resp := &consulapi.TxnResponse{}
+	for i, op := range ops {
+		if op.KV == nil || (op.KV.Verb != consulapi.KVSet && op.KV.Verb != consulapi.KVDelete) {
+			resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "fakes: unsupported operation"})
+		}
+	}
+	if len(resp.Errors) > 0 {
+		return false, resp, &consulapi.QueryMeta{}, nil
+	}
+	c.index++
+	for _, op := range ops {
+		switch op.KV.Verb {
+		case consulapi.KVSet:
+			p := c.kv[op.KV.Key]
+			if p == nil {
+				p = &consulapi.KVPair{Key: op.KV.Key, CreateIndex: c.index}
+				c.kv[op.KV.Key] = p
+			}
+			p.Value, p.ModifyIndex = slices.Clone(op.KV.Value), c.index
+		case consulapi.KVDelete:
+			delete(c.kv, op.KV.Key)
+		}
+	}
+	c.index-- // bump adds it back and wakes the blocked readers
+	c.bump()
+	return true, resp, &consulapi.QueryMeta{}, nil
+}

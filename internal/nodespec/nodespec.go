@@ -1,0 +1,243 @@
+// Package nodespec is what chainwarden knows about a chain node it watches, wherever that came from — a node block
+// of the agent's configuration file or the meta of a Nomad task — and the one set of rules that checks it and
+// fills in the per-kind defaults. The configuration loader decodes node and reference blocks straight into these
+// types (hence the hcl tags) and points the field errors Normalize returns at their file and line.
+package nodespec
+
+import (
+	"fmt"
+	"math/big"
+	"net/url"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/chainwarden/chainwarden/internal/fielderr"
+	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/verdict"
+)
+
+// Sources of nodes.
+const (
+	SourceConfig = "config" // a node block of the configuration file
+	SourceNomad  = "nomad"  // a task of an allocation on the local Nomad client
+)
+
+// Node is one chain node an agent watches.
+type Node struct {
+	Name    string     `hcl:"name,label"`
+	Kind    probe.Kind `hcl:"kind"`
+	RPC     string     `hcl:"rpc"`
+	Service string     `hcl:"service"`
+	// Address and Port registered in Consul; default: the host and port of RPC.
+	Address string   `hcl:"address,optional"`
+	Port    int      `hcl:"port,optional"`
+	Tags    []string `hcl:"tags,optional"`
+	Client  string   `hcl:"client,optional"`
+	Role    string   `hcl:"role,optional"`
+
+	ChainID *uint64 `hcl:"chain_id,optional"` // ethereum
+	Network string  `hcl:"network,optional"`  // cometbft chain id; chain name for ethereum meta
+
+	// Threshold overrides; Normalize folds them with the kind's defaults into Thresholds.
+	WarnLag     *uint64 `hcl:"warn_lag,optional"`
+	MaxLag      *uint64 `hcl:"max_lag,optional"`
+	MaxBlockAge string  `hcl:"max_block_age,optional"`
+	MinPeers    *uint64 `hcl:"min_peers,optional"`
+	FailAfter   *int    `hcl:"fail_after,optional"`
+	PassAfter   *int    `hcl:"pass_after,optional"`
+
+	// Chainlink: API credentials (from env() or file(), never inline) and the wallet and job-run checks.
+	APIKey        string `hcl:"api_key,optional"`
+	APISecret     string `hcl:"api_secret,optional"`
+	MinBalance    string `hcl:"min_balance,optional"` // in ether, e.g. "0.5"
+	MaxFailedRuns *int   `hcl:"max_failed_runs,optional"`
+
+	// Filled by Normalize.
+	Thresholds verdict.Thresholds
+	Source     string // SourceConfig or SourceNomad
+}
+
+// Name follows Consul's DNS-safe naming; a dot would break consul-template's tag syntax.
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})$`)
+
+// ValidName reports whether s can name a node, a service or a volume.
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+// Normalize checks the node, fills Address and Port from RPC, and folds the kind's default thresholds with the
+// node's overrides into Thresholds. Each error's Field is the attribute it is about.
+func (n *Node) Normalize() fielderr.List {
+	var errs fielderr.List
+	bad := func(field, format string, args ...any) {
+		errs.Add(field, "node %q: "+format, append([]any{n.Name}, args...)...)
+	}
+	if n.Source == "" {
+		n.Source = SourceConfig
+	}
+	if !ValidName(n.Name) {
+		bad("", "the name must be letters, digits and dashes")
+	}
+	def, ok := verdict.KindDefaults[n.Kind]
+	if !ok {
+		bad("kind", "kind %q is not one of ethereum, cometbft, chainlink", n.Kind)
+		return errs
+	}
+	if !ValidName(n.Service) {
+		bad("service", "service %q must be letters, digits and dashes (no dots)", n.Service)
+	}
+	u, err := url.Parse(n.RPC)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("rpc", "rpc %q is not an http(s) URL", RedactURL(n.RPC))
+	} else {
+		if n.Address == "" {
+			n.Address = u.Hostname()
+		}
+		if n.Port == 0 {
+			n.Port = portOf(u)
+		}
+	}
+	switch n.Kind {
+	case probe.Ethereum:
+		if n.ChainID == nil {
+			bad("", "chain_id is required for an ethereum node (a node on the wrong chain must be caught)")
+		}
+	case probe.CometBFT:
+		if n.Network == "" {
+			bad("", "network (the chain id, e.g. \"irishub-1\") is required for a cometbft node")
+		}
+	}
+	t := def
+	for _, o := range []struct {
+		set *uint64
+		to  *uint64
+	}{{n.WarnLag, &t.WarnLag}, {n.MaxLag, &t.MaxLag}, {n.MinPeers, &t.MinPeers}} {
+		if o.set != nil {
+			*o.to = *o.set
+		}
+	}
+	if n.FailAfter != nil {
+		t.FailAfter = *n.FailAfter
+	}
+	if n.PassAfter != nil {
+		t.PassAfter = *n.PassAfter
+	}
+	if n.MaxBlockAge != "" {
+		d, err := time.ParseDuration(n.MaxBlockAge)
+		if err != nil || d <= 0 {
+			bad("max_block_age", "max_block_age: %q is not a positive duration (like \"1s\" or \"2m\")", n.MaxBlockAge)
+		} else {
+			t.MaxBlockAge = d
+		}
+	}
+	if n.Kind != probe.Chainlink && t.WarnLag > t.MaxLag {
+		bad("warn_lag", "warn_lag %d is above max_lag %d", t.WarnLag, t.MaxLag)
+	}
+	if t.FailAfter < 1 || t.PassAfter < 1 {
+		bad("", "fail_after and pass_after must be at least 1")
+	}
+	if n.MinBalance != "" {
+		wei, err := EtherToWei(n.MinBalance)
+		if err != nil {
+			bad("min_balance", "min_balance: %v", err)
+		}
+		t.MinBalanceWei = wei
+	}
+	if n.MaxFailedRuns != nil {
+		t.MaxFailedRuns = *n.MaxFailedRuns
+	}
+	if n.Kind != probe.Chainlink && (n.APIKey != "" || n.MinBalance != "" || n.MaxFailedRuns != nil) {
+		bad("", "api_key, min_balance and max_failed_runs are for chainlink nodes")
+	}
+	if (n.MinBalance != "" || n.MaxFailedRuns != nil) && (n.APIKey == "" || n.APISecret == "") {
+		bad("", "min_balance and max_failed_runs need api_key and api_secret (use env() or file())")
+	}
+	n.Thresholds = t
+	return errs
+}
+
+// WantChain is the chain id (ethereum, decimal) or network (cometbft) the node must report; "" = any.
+func (n *Node) WantChain() string {
+	switch n.Kind {
+	case probe.Ethereum:
+		if n.ChainID != nil {
+			return strconv.FormatUint(*n.ChainID, 10)
+		}
+	case probe.CometBFT:
+		return n.Network
+	}
+	return ""
+}
+
+// Target is what the prober needs to probe the node.
+func (n *Node) Target() probe.Target {
+	return probe.Target{Name: n.Name, Kind: n.Kind, URL: n.RPC, APIKey: n.APIKey, APISecret: n.APISecret}
+}
+
+// Reference is an external head for a service (a provider such as Infura), probed like a node of that service.
+type Reference struct {
+	Name    string     `hcl:"name,label"`
+	Service string     `hcl:"service"`
+	RPC     string     `hcl:"rpc"`
+	Kind    probe.Kind `hcl:"kind,optional"`
+}
+
+// Normalize checks the reference; an unset kind is that of the first of nodes in the same service, else ethereum.
+func (r *Reference) Normalize(nodes []Node) fielderr.List {
+	var errs fielderr.List
+	if r.Kind == "" {
+		for _, n := range nodes {
+			if n.Service == r.Service {
+				r.Kind = n.Kind
+				break
+			}
+		}
+		if r.Kind == "" {
+			r.Kind = probe.Ethereum
+		}
+	}
+	if r.Kind != probe.Ethereum && r.Kind != probe.CometBFT {
+		errs.Add("kind", "reference %q: kind %q must be ethereum or cometbft", r.Name, r.Kind)
+	}
+	u, err := url.Parse(r.RPC)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		// The URL may hold an API key: never print it.
+		errs.Add("rpc", "reference %q: rpc is not an http(s) URL", r.Name)
+	}
+	return errs
+}
+
+// Target is what the prober needs to probe the reference.
+func (r *Reference) Target() probe.Target { return probe.Target{Name: r.Name, Kind: r.Kind, URL: r.RPC} }
+
+// EtherToWei turns a decimal ether amount ("0.5") into a decimal wei string ("500000000000000000").
+func EtherToWei(ether string) (string, error) {
+	r, ok := new(big.Rat).SetString(ether)
+	if !ok || r.Sign() < 0 {
+		return "", fmt.Errorf("%q is not a non-negative decimal amount of ether", ether)
+	}
+	r.Mul(r, new(big.Rat).SetInt(new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil)))
+	if !r.IsInt() {
+		return "", fmt.Errorf("%q has more than 18 decimals", ether)
+	}
+	return r.Num().String(), nil
+}
+
+// RedactURL drops user info, path and query, which may carry API keys.
+func RedactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Host == "" {
+		return "<unparseable>"
+	}
+	return u.Scheme + "://" + u.Host
+}
+
+func portOf(u *url.URL) int {
+	if p := u.Port(); p != "" {
+		n, _ := strconv.Atoi(p)
+		return n
+	}
+	if u.Scheme == "https" {
+		return 443
+	}
+	return 80
+}

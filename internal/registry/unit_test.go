@@ -1,0 +1,192 @@
+package registry
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/internal/fakes"
+)
+
+func newUnit(t *testing.T, id string, c *fakes.Consul, clk *fakes.Clock) *Registry {
+	t.Helper()
+	r := New(c, Options{AgentID: id, TTL: 30 * time.Second, DeregisterAfter: time.Minute, Clock: clk}, hclog.NewNullLogger())
+	r.backoff.Jitter = -1 // exact waits
+	return r
+}
+
+func wantCheck(t *testing.T, c *fakes.Consul, id, status, output string) {
+	t.Helper()
+	st, out, ok := c.Check(CheckID(id))
+	if status == "" {
+		if ok {
+			t.Fatalf("check of %s still there: %s %q", id, st, out)
+		}
+		return
+	}
+	if !ok || st != status || out != output {
+		t.Fatalf("check of %s: %q %q (exists %v), want %q %q", id, st, out, ok, status, output)
+	}
+}
+
+func TestSyncRegistersUpdatesAndDeregisters(t *testing.T) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	r := newUnit(t, "host-a", c, clk)
+	ctx := context.Background()
+	if err := r.Sync(ctx, []Service{svc("geth-a", "passing", "height 10"), svc("geth-b", "warning", "3 behind")}); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, c, "geth-a", "passing", "height 10")
+	wantCheck(t, c, "geth-b", "warning", "3 behind")
+	s := c.Service("geth-a")
+	if s.Service != "eth-devnet" || s.Meta["agent"] != "host-a" || s.Tags[0] != Tag {
+		t.Fatalf("registration %+v", s)
+	}
+	regs := c.Calls("ServiceRegisterOpts")
+	if err := r.Sync(ctx, []Service{svc("geth-a", "critical", "probe failed")}); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, c, "geth-a", "critical", "probe failed")
+	wantCheck(t, c, "geth-b", "", "")
+	if c.Calls("ServiceRegisterOpts") != regs {
+		t.Fatal("an unchanged registration was written again")
+	}
+}
+
+// Between status or key changes the check is only refreshed for its TTL: an output that differs only in a ticking
+// figure is not written every probe.
+func TestUpdatesFollowChangesNotProbes(t *testing.T) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	r := newUnit(t, "host-a", c, clk)
+	ctx := context.Background()
+	s := svc("geth-a", "passing", "height 10, at head 10, last block 1s ago")
+	s.Key = "height 10, at head 10"
+	if err := r.Sync(ctx, []Service{s}); err != nil {
+		t.Fatal(err)
+	}
+	writes := r.Writes()
+	clk.Advance(time.Second)
+	s.Output = "height 10, at head 10, last block 2s ago"
+	if err := r.Sync(ctx, []Service{s}); err != nil {
+		t.Fatal(err)
+	}
+	if r.Writes() != writes {
+		t.Fatal("an age-only change was written")
+	}
+	wantCheck(t, c, "geth-a", "passing", "height 10, at head 10, last block 1s ago")
+
+	clk.Advance(time.Second)
+	s.Output, s.Key = "height 11, at head 11, last block 0s ago", "height 11, at head 11"
+	if err := r.Sync(ctx, []Service{s}); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, c, "geth-a", "passing", "height 11, at head 11, last block 0s ago")
+
+	clk.Advance(10 * time.Second) // a third of the TTL: refreshed even with nothing new
+	s.Output = "height 11, at head 11, last block 10s ago"
+	if err := r.Sync(ctx, []Service{s}); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, c, "geth-a", "passing", "height 11, at head 11, last block 10s ago")
+}
+
+func TestAuditRemovesStaleServicesOfThisAgentOnly(t *testing.T) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	ctx := context.Background()
+	if err := newUnit(t, "host-a", c, clk).Sync(ctx, []Service{svc("old-node", "passing", "x"), svc("kept", "passing", "x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := newUnit(t, "host-b", c, clk).Sync(ctx, []Service{svc("theirs", "passing", "x")}); err != nil {
+		t.Fatal(err)
+	}
+	// The agent restarts with "old-node" removed from its config.
+	if err := newUnit(t, "host-a", c, clk).Sync(ctx, []Service{svc("kept", "passing", "y")}); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, c, "old-node", "", "")
+	wantCheck(t, c, "kept", "passing", "y")
+	wantCheck(t, c, "theirs", "passing", "x")
+}
+
+// Consul restarted without its state: the next update finds the check gone, registers again, and says so.
+func TestLostRegistrationIsRegisteredAgain(t *testing.T) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	r := newUnit(t, "host-a", c, clk)
+	lost := 0
+	r.OnStateLost = func() { lost++ }
+	ctx := context.Background()
+	if err := r.Sync(ctx, []Service{svc("geth-a", "passing", "a")}); err != nil {
+		t.Fatal(err)
+	}
+	c.Wipe(false)
+	if err := r.Sync(ctx, []Service{svc("geth-a", "warning", "b")}); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, c, "geth-a", "warning", "b")
+	if lost != 1 {
+		t.Fatalf("OnStateLost called %d times, want 1", lost)
+	}
+	// Lost while unchanged: the audit (every 30 s) finds the service missing and registers it.
+	c.Wipe(false)
+	clk.Advance(31 * time.Second)
+	if err := r.Sync(ctx, []Service{svc("geth-a", "warning", "b")}); err != nil {
+		t.Fatal(err)
+	}
+	wantCheck(t, c, "geth-a", "warning", "b")
+}
+
+// While Consul is down, Sync fails once, then returns at once without calling Consul until the backoff (1 s, 2 s,
+// 4 s, ... capped at 30 s) has passed; when Consul answers again everything is registered again.
+func TestBackoffWhileConsulIsDown(t *testing.T) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	r := newUnit(t, "host-a", c, clk)
+	lost := 0
+	r.OnStateLost = func() { lost++ }
+	ctx := context.Background()
+	services := []Service{svc("geth-a", "passing", "a")}
+	if err := r.Sync(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDown(true)
+	services[0].Status = "critical" // a change to write
+	var tries []time.Duration // when Consul was called, relative to the first failure
+	start := clk.Now()
+	for range 80 {
+		before := c.Calls("UpdateTTLOpts") + c.Calls("ServicesWithFilterOpts")
+		_ = r.Sync(ctx, services)
+		if c.Calls("UpdateTTLOpts")+c.Calls("ServicesWithFilterOpts") != before {
+			tries = append(tries, clk.Now().Sub(start))
+		}
+		clk.Advance(500 * time.Millisecond)
+	}
+	if !r.Down() {
+		t.Fatal("registry does not know consul is down")
+	}
+	var want []time.Duration // waits of 1, 2, 4, 8, 16 s
+	for _, s := range []int{0, 1, 3, 7, 15, 31} {
+		want = append(want, time.Duration(s)*time.Second)
+	}
+	if len(tries) < len(want) {
+		t.Fatalf("tries at %v, want at least %v", tries, want)
+	}
+	for i, w := range want {
+		if tries[i] != w {
+			t.Fatalf("tries at %v, want %v", tries, want)
+		}
+	}
+	c.Wipe(false)
+	c.SetDown(false)
+	for i := 0; r.Down(); i++ {
+		if i > 70 {
+			t.Fatal("never retried after consul came back")
+		}
+		_ = r.Sync(ctx, []Service{svc("geth-a", "warning", "recovered")})
+		clk.Advance(500 * time.Millisecond)
+	}
+	wantCheck(t, c, "geth-a", "warning", "recovered")
+	if lost == 0 {
+		t.Fatal("OnStateLost not called after the outage")
+	}
+}
