@@ -39,7 +39,9 @@ func newFakeEth(t *testing.T, height uint64, clk *fakes.Clock) (*ethfake.Node, s
 }
 
 // newUnit builds an agent whose passes the test drives with Step.
-func newUnit(t *testing.T, clk *fakes.Clock, blocks string) *unit { return newUnitEvery(t, clk, "1s", blocks) }
+func newUnit(t *testing.T, clk *fakes.Clock, blocks string) *unit {
+	return newUnitEvery(t, clk, "1s", blocks)
+}
 
 // newUnitEvery builds an agent with the given interval.
 func newUnitEvery(t *testing.T, clk *fakes.Clock, interval, blocks string) *unit {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/consulclient"
-	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/fleet"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 )
 
 func init() {

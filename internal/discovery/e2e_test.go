@@ -18,10 +18,10 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
-	"github.com/chainwarden/chainwarden/internal/nodespec"
-	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/discovery"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/nomadjob"
+	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 	"github.com/chainwarden/chainwarden/jobs"
 )

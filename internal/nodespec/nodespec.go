@@ -207,7 +207,9 @@ func (r *Reference) Normalize(nodes []Node) fielderr.List {
 }
 
 // Target is what the prober needs to probe the reference.
-func (r *Reference) Target() probe.Target { return probe.Target{Name: r.Name, Kind: r.Kind, URL: r.RPC} }
+func (r *Reference) Target() probe.Target {
+	return probe.Target{Name: r.Name, Kind: r.Kind, URL: r.RPC}
+}
 
 // EtherToWei turns a decimal ether amount ("0.5") into a decimal wei string ("500000000000000000").
 func EtherToWei(ether string) (string, error) {

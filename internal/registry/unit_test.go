@@ -151,7 +151,7 @@ func TestBackoffWhileConsulIsDown(t *testing.T) {
 	}
 	c.SetDown(true)
 	services[0].Status = "critical" // a change to write
-	var tries []time.Duration // when Consul was called, relative to the first failure
+	var tries []time.Duration       // when Consul was called, relative to the first failure
 	start := clk.Now()
 	for range 80 {
 		before := c.Calls("UpdateTTLOpts") + c.Calls("ServicesWithFilterOpts")
