@@ -1,11 +1,17 @@
 package discovery
 
 import (
+	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/chainwarden/chainwarden/internal/fakes"
+	"github.com/chainwarden/chainwarden/internal/nodespec"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -167,4 +173,49 @@ func TestNodeName(t *testing.T) {
 	if NodeName(other, "t", false) == got {
 		t.Errorf("two long names collide: %q", got)
 	}
+}
+
+// Run hands the agent the node set at first and on every change, keeps the last set while Nomad fails, retries
+// with backoff on the clock, and picks up again when Nomad answers.
+func TestRunFollowsAllocations(t *testing.T) {
+	nomad := fakes.NewNomad("node-1")
+	clk := fakes.NewClock(time.Unix(1e9, 0))
+	w := New(nomad, "", nil, clk)
+	updates := make(chan []nodespec.Node, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx, func(n []nodespec.Node) { updates <- n }) }()
+
+	if got := <-updates; len(got) != 0 {
+		t.Fatalf("first update: %+v", got)
+	}
+	rpc := nomadapi.PortMapping{Label: "rpc", Value: 21001, HostIP: "10.0.1.5"}
+	nomad.SetAllocations("node-1", alloc("a1", "geth", "geth", 0, 10, gethMeta(), rpc))
+	if got := <-updates; len(got) != 1 || got[0].Name != "geth-geth-0" || got[0].Port != 21001 {
+		t.Fatalf("after a placement: %+v", got)
+	}
+	if w.NodeID() != "node-1" {
+		t.Fatalf("node id %q", w.NodeID())
+	}
+
+	// The same set again (another allocation of another job, not a chain node): no update.
+	other := alloc("b1", "web", "web", 0, 11, nil)
+	nomad.SetAllocations("node-1", alloc("a1", "geth", "geth", 0, 10, gethMeta(), rpc), other)
+
+	// Nomad fails: no update (the containers keep running); the retry waits on the clock.
+	nomad.SetError(errors.New("connection refused"))
+	clk.BlockUntil(1)
+	nomad.SetError(nil)
+	nomad.SetAllocations("node-1", other)
+	clk.Advance(w.MinBackoff) // the first retry waits at most MinBackoff
+	if got := <-updates; len(got) != 0 {
+		t.Fatalf("after the node stopped: %+v", got)
+	}
+	select {
+	case got := <-updates:
+		t.Fatalf("an update without a change: %+v", got)
+	default:
+	}
+	cancel()
+	<-done
 }

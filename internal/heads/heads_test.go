@@ -116,3 +116,51 @@ func TestDecodeSkipsGarbage(t *testing.T) {
 		t.Fatalf("decoded %+v", all)
 	}
 }
+
+// Watch keeps the view current, backs off on the clock while Consul fails, and starts over from index 0 when
+// Consul's index goes backwards (a new cluster), as Consul's blocking-query rules say.
+func TestWatchBacksOffAndResetsTheIndex(t *testing.T) {
+	c := fakes.NewConsul()
+	clk := fakes.NewClock(time.Unix(1e9, 0))
+	pub := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), clk)
+	s := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Watch(ctx, time.Minute) }()
+	waitHeight := func(want uint64) {
+		t.Helper()
+		testenv.Eventually(t, 10*time.Second, fmt.Sprintf("head %d in the view", want), func() error {
+			if h, ok := s.Network("eth", clk.Now(), time.Hour); !ok || h.Height != want {
+				return fmt.Errorf("head %+v", h)
+			}
+			return nil
+		})
+	}
+	publish := func(h uint64) {
+		t.Helper()
+		pub.Forget()
+		if _, err := pub.Publish(ctx, []Head{{Service: "eth", Node: "a", Height: h, Observed: clk.Now()}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(10)
+	waitHeight(10)
+
+	c.SetDown(true)
+	for c.Blocked() > 0 { // the blocked read returns when Consul changes; make one change fail it
+		c.SetDown(false)
+		publish(11)
+		c.SetDown(true)
+	}
+	clk.BlockUntil(1) // backing off
+	c.SetDown(false)
+	clk.Advance(10 * time.Second)
+	waitHeight(11)
+
+	// A new cluster: the index starts again from 1, below the watch's; the watch must not wait for it to catch up.
+	c.Wipe(true)
+	publish(5)
+	waitHeight(5)
+	cancel()
+	<-done
+}
