@@ -15,14 +15,24 @@ import (
 // CacheBin is where `make deps` puts the components it builds.
 func CacheBin() string { return devnet.CacheBin() }
 
-// Bin returns the path of a real component: from the deps cache, else from PATH.
+// Bin returns the path of a real component: from the deps cache, else from PATH. Under -short (make test-unit) it
+// skips the test: the unit tier starts no real component.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
+	Integration(t)
 	p, err := devnet.Bin(name)
 	if err != nil {
 		Missing(t, "%v", err)
 	}
 	return p
+}
+
+// Integration skips a test that starts real components, or needs root, under -short.
+func Integration(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration: starts real components (not under -short)")
+	}
 }
 
 // Missing skips the test, or fails it in CI, where every component must be installed.
@@ -37,6 +47,7 @@ func Missing(t testing.TB, format string, args ...any) {
 // RequireRoot skips (or fails in CI) a test that needs root (loop devices, network namespaces, dockerd).
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	Integration(t)
 	if os.Geteuid() != 0 {
 		Missing(t, "root is needed")
 	}
@@ -64,6 +75,7 @@ func Start(t testing.TB, name, bin string, args ...string) *Process {
 // StartIn is Start with a working directory and extra environment.
 func StartIn(t testing.TB, dir string, env []string, name, bin string, args ...string) *Process {
 	t.Helper()
+	Integration(t)
 	p, err := devnet.Start(t.TempDir(), dir, env, name, bin, args...)
 	if err != nil {
 		t.Fatal(err)
