@@ -85,12 +85,18 @@ func node(name, url string, passAfter int) string {
 
 func start() *fakes.Clock { return fakes.NewClock(time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)) }
 
+// twoNodes is an agent watching geth-a at heightA and geth-b at heightB (service eth-mainnet, fail_after 2).
+func twoNodes(t *testing.T, heightA, heightB uint64, passAfter int) (*unit, *ethfake.Node) {
+	clk := start()
+	a1, u1 := newFakeEth(t, heightA, clk)
+	_, u2 := newFakeEth(t, heightB, clk)
+	return newUnit(t, clk, node("geth-a", u1, passAfter)+node("geth-b", u2, passAfter)), a1
+}
+
 // Damping, driven pass by pass: a new node needs 3 good passes, a lagging one 2 bad ones; Consul follows.
 func TestStepDampingAndLag(t *testing.T) {
-	clk := start()
-	a1, u1 := newFakeEth(t, 100, clk)
-	_, u2 := newFakeEth(t, 100, clk)
-	a := newUnit(t, clk, node("geth-a", u1, 3)+node("geth-b", u2, 3))
+	a, a1 := twoNodes(t, 100, 100, 3)
+	clk := a.clock
 	ctx := context.Background()
 
 	for i, w := range []string{"critical", "critical", "passing"} {
@@ -193,10 +199,7 @@ func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
 // A node removed from the config is deregistered and its head deleted from KV; a node the config and Nomad both
 // name is the config's.
 func TestSetNodesRemovesAndConfigWins(t *testing.T) {
-	clk := start()
-	_, u1 := newFakeEth(t, 100, clk)
-	_, u2 := newFakeEth(t, 100, clk)
-	a := newUnit(t, clk, node("geth-a", u1, 1)+node("geth-b", u2, 1))
+	a, _ := twoNodes(t, 100, 100, 1)
 	ctx := context.Background()
 	a.Step(ctx)
 	layout := kvlayout.New("")

@@ -13,10 +13,8 @@ import (
 // The series a pass leaves, read with prometheus/testutil: the figures of each node, its damped status, transitions,
 // Consul's writes as a counter, and a removed node's series gone.
 func TestMetricsFollowPasses(t *testing.T) {
-	clk := start()
-	a1, u1 := newFakeEth(t, 100, clk)
-	_, u2 := newFakeEth(t, 104, clk)
-	a := newUnit(t, clk, node("geth-a", u1, 1)+node("geth-b", u2, 1))
+	a, a1 := twoNodes(t, 100, 104, 1)
+	clk := a.clock
 	ctx := context.Background()
 	a.Step(ctx)
 	m := a.metrics

@@ -10,6 +10,15 @@ import (
 	"github.com/chainwarden/chainwarden/internal/fakes"
 )
 
+// newLosing is newUnit on a new fake Consul and clock, counting the calls of OnStateLost.
+func newLosing(t *testing.T) (*Registry, *fakes.Consul, *fakes.Clock, *int) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	r := newUnit(t, "host-a", c, clk)
+	lost := new(int)
+	r.OnStateLost = func() { *lost++ }
+	return r, c, clk, lost
+}
+
 func newUnit(t *testing.T, id string, c *fakes.Consul, clk *fakes.Clock) *Registry {
 	t.Helper()
 	r := New(c, Options{AgentID: id, TTL: 30 * time.Second, DeregisterAfter: time.Minute, Clock: clk}, hclog.NewNullLogger())
@@ -112,10 +121,7 @@ func TestAuditRemovesStaleServicesOfThisAgentOnly(t *testing.T) {
 
 // Consul restarted without its state: the next update finds the check gone, registers again, and says so.
 func TestLostRegistrationIsRegisteredAgain(t *testing.T) {
-	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
-	r := newUnit(t, "host-a", c, clk)
-	lost := 0
-	r.OnStateLost = func() { lost++ }
+	r, c, clk, lost := newLosing(t)
 	ctx := context.Background()
 	if err := r.Sync(ctx, []Service{svc("geth-a", "passing", "a")}); err != nil {
 		t.Fatal(err)
@@ -125,8 +131,8 @@ func TestLostRegistrationIsRegisteredAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantCheck(t, c, "geth-a", "warning", "b")
-	if lost != 1 {
-		t.Fatalf("OnStateLost called %d times, want 1", lost)
+	if *lost != 1 {
+		t.Fatalf("OnStateLost called %d times, want 1", *lost)
 	}
 	// Lost while unchanged: the audit (every 30 s) finds the service missing and registers it.
 	c.Wipe(false)
@@ -140,10 +146,7 @@ func TestLostRegistrationIsRegisteredAgain(t *testing.T) {
 // While Consul is down, Sync fails once, then returns at once without calling Consul until the backoff (1 s, 2 s,
 // 4 s, ... capped at 30 s) has passed; when Consul answers again everything is registered again.
 func TestBackoffWhileConsulIsDown(t *testing.T) {
-	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
-	r := newUnit(t, "host-a", c, clk)
-	lost := 0
-	r.OnStateLost = func() { lost++ }
+	r, c, clk, lost := newLosing(t)
 	ctx := context.Background()
 	services := []Service{svc("geth-a", "passing", "a")}
 	if err := r.Sync(ctx, services); err != nil {
@@ -186,7 +189,7 @@ func TestBackoffWhileConsulIsDown(t *testing.T) {
 		clk.Advance(500 * time.Millisecond)
 	}
 	wantCheck(t, c, "geth-a", "warning", "recovered")
-	if lost == 0 {
+	if *lost == 0 {
 		t.Fatal("OnStateLost not called after the outage")
 	}
 }
