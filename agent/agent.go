@@ -153,6 +153,7 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 			continue
 		}
 		st.cfg = n
+		st.damper.SetLimits(n.Thresholds.FailAfter, n.Thresholds.PassAfter)
 	}
 	for name, n := range want {
 		if _, ok := a.nodes[name]; !ok {
@@ -322,7 +323,7 @@ func (a *Agent) Step(ctx context.Context) {
 			continue
 		}
 		status, changed := st.damper.Observe(rep.Status)
-		rep.Status = status
+		rep.Status, rep.Holding = status, st.damper.Holding()
 		prev := st.report.Status
 		st.report, st.result, st.updated = rep, r, now
 		if r.Version != "" {

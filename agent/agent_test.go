@@ -104,6 +104,12 @@ func TestStepDampingAndLag(t *testing.T) {
 		if got := health(t, a.Agent, "geth-a").Status; got != w {
 			t.Fatalf("pass %d: %s, want %s", i+1, got, w)
 		}
+		if i == 0 { // held critical by damping: the catalog says why, never a bare "healthy" figure line
+			st, out := a.check(t, "geth-a")
+			if want := "recovering: 1 of 3 good probes; last probe: height 100, at head 100, 5 peers, last block 1s ago"; st != "critical" || out != want {
+				t.Fatalf("consul after the first pass: %s %q, want critical %q", st, out, want)
+			}
+		}
 		clk.Advance(time.Second)
 	}
 	if st, out := a.check(t, "geth-a"); st != "passing" || out != "height 100, at head 100, 5 peers, last block 1s ago" {

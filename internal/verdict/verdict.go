@@ -99,6 +99,9 @@ type Report struct {
 	Peers    uint64
 	BlockAge time.Duration // zero when unknown
 	Err      string
+	// Holding says why Status is not this probe's own verdict while a Damper holds it, e.g. "recovering: 1 of 3
+	// good probes"; "" when the status is the probe's.
+	Holding string
 }
 
 // Judge decides a node's undamped status from one probe.
@@ -184,11 +187,24 @@ func judgeChainlink(r probe.Result, t Thresholds, bad func(Status, string, ...an
 }
 
 // Output is the line shown in the Consul UI, e.g.
-// "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago", prefixed by the reasons when not passing.
+// "height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago", prefixed by the reasons when not passing,
+// and by what holds the status when damping does ("recovering: 1 of 3 good probes; last probe: ...").
 func (r Report) Output() string {
 	if !r.Probed {
 		return "waiting for the first probe"
 	}
+	out := r.probeOutput()
+	if r.Holding != "" {
+		out = r.Holding + "; last probe: " + out
+	}
+	if len(out) > 4000 { // Consul keeps 4 KB of check output
+		out = out[:4000] + "…"
+	}
+	return out
+}
+
+// probeOutput is what this probe says: its reasons, then its figures.
+func (r Report) probeOutput() string {
 	var parts []string
 	if r.Err == "" && (r.Height > 0 || r.Head > 0) {
 		parts = append(parts, fmt.Sprintf("height %d", r.Height))
@@ -215,9 +231,6 @@ func (r Report) Output() string {
 	out := strings.Join(r.Reasons, "; ")
 	if stats != "" {
 		out += " — " + stats
-	}
-	if len(out) > 4000 { // Consul keeps 4 KB of check output
-		out = out[:4000] + "…"
 	}
 	return out
 }

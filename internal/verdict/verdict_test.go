@@ -104,7 +104,7 @@ func TestDamper(t *testing.T) {
 		{Passing, Critical}, {Passing, Critical}, {Passing, Passing}, // a new node proves itself 3 times
 		{Critical, Passing}, {Passing, Passing}, // one bad probe is not enough
 		{Critical, Passing}, {Critical, Critical}, // two are
-		{Warning, Critical}, {Passing, Critical}, {Warning, Warning}, // three better than critical: moves to the latest
+		{Warning, Critical}, {Passing, Critical}, {Warning, Warning}, // three better than critical: to the worst of them
 	}
 	for i, s := range steps {
 		got, _ := d.Observe(s.raw)
@@ -114,6 +114,63 @@ func TestDamper(t *testing.T) {
 	}
 	if got, changed := d.Observe(Passing); got != Warning || changed {
 		t.Fatalf("one passing probe after warning: %s changed=%v", got, changed)
+	}
+}
+
+// Each transition, with the output a person reads while the damper holds a status.
+func TestDamperTransitions(t *testing.T) {
+	type step struct {
+		raw     Status
+		want    Status
+		holding string
+	}
+	for _, tc := range []struct {
+		name                 string
+		failAfter, passAfter int
+		steps                []step
+	}{
+		{"new node proves itself", 2, 3, []step{
+			{Passing, Critical, "recovering: 1 of 3 good probes"},
+			{Passing, Critical, "recovering: 2 of 3 good probes"},
+			{Passing, Passing, ""}}},
+		{"warnings on the way up are not skipped", 2, 3, []step{
+			{Warning, Critical, "recovering: 1 of 3 good probes"},
+			{Warning, Critical, "recovering: 2 of 3 good probes"},
+			{Passing, Warning, ""}, // critical -> warning, not passing after one passing probe
+			{Passing, Warning, "recovering: 1 of 3 good probes"},
+			{Passing, Warning, "recovering: 2 of 3 good probes"},
+			{Passing, Passing, ""}}},
+		{"a worse probe restarts the climb", 2, 2, []step{
+			{Passing, Critical, "recovering: 1 of 2 good probes"},
+			{Critical, Critical, ""},
+			{Passing, Critical, "recovering: 1 of 2 good probes"},
+			{Passing, Passing, ""}}},
+		{"failing is held fail_after probes, then goes to the latest", 3, 1, []step{
+			{Passing, Passing, ""},
+			{Warning, Passing, "failing: 1 of 3 bad probes"},
+			{Critical, Passing, "failing: 2 of 3 bad probes"},
+			{Critical, Critical, ""}}},
+		{"a good probe ends a failing streak", 2, 1, []step{
+			{Passing, Passing, ""},
+			{Critical, Passing, "failing: 1 of 2 bad probes"},
+			{Passing, Passing, ""},
+			{Critical, Passing, "failing: 1 of 2 bad probes"}}},
+		{"warning held while getting better and worse", 2, 2, []step{
+			{Warning, Critical, "recovering: 1 of 2 good probes"},
+			{Warning, Warning, ""},
+			{Critical, Warning, "failing: 1 of 2 bad probes"},
+			{Passing, Warning, "recovering: 1 of 2 good probes"},
+			{Passing, Passing, ""}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := NewDamper(tc.failAfter, tc.passAfter)
+			for i, s := range tc.steps {
+				got, _ := d.Observe(s.raw)
+				if got != s.want || d.Holding() != s.holding {
+					t.Fatalf("step %d: raw %s -> %s %q, want %s %q", i, s.raw, got, d.Holding(), s.want, s.holding)
+				}
+			}
+		})
 	}
 }
 
