@@ -5,8 +5,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
+	"os/signal"
+	"syscall"
 	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/consulclient"
@@ -18,12 +23,20 @@ func init() {
 	register("status", "show the fleet's chain nodes and their health from Consul", runStatus)
 }
 
+type statusFlags struct {
+	asJSON, watch bool
+	prefix        string
+	maxAge        time.Duration
+}
+
 func runStatus(args []string) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	var f statusFlags
+	fs.BoolVar(&f.asJSON, "json", false, "print JSON instead of a table")
+	fs.BoolVar(&f.watch, "watch", false, "redraw whenever Consul's health changes (blocking queries), until Ctrl-C")
 	addr := fs.String("consul", "", "Consul HTTP address (default: CONSUL_HTTP_ADDR or 127.0.0.1:8500)")
-	prefix := fs.String("kv-prefix", kvlayout.DefaultPrefix, "KV prefix the agents use")
-	maxAge := fs.Duration("head-max-age", config.DefaultHeadMaxAge, "ignore heads older than this")
+	fs.StringVar(&f.prefix, "kv-prefix", kvlayout.DefaultPrefix, "KV prefix the agents use")
+	fs.DurationVar(&f.maxAge, "head-max-age", config.DefaultHeadMaxAge, "ignore heads older than this")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -32,26 +45,62 @@ func runStatus(args []string) int {
 		fmt.Fprintln(os.Stderr, "chainwarden status:", err)
 		return 1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	rows, err := fleet.Read(ctx, c, *prefix, *maxAge, time.Now())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "chainwarden status:", err)
-		return 1
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	style := fleet.Style{Color: isTerminal(os.Stdout)}
+	if !f.watch {
+		if err := printStatus(ctx, c, f, style, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "chainwarden status:", err)
+			return 1
+		}
+		return 0
 	}
-	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
+	var index uint64
+	for ctx.Err() == nil {
+		if style.Color {
+			fmt.Print("\x1b[H\x1b[2J") // home, clear
+		}
+		if err := printStatus(ctx, c, f, style, os.Stdout); err != nil && ctx.Err() == nil {
+			fmt.Fprintln(os.Stderr, "chainwarden status:", err)
+		}
+		// Redraw on every change of health, and every 5 s at the least so heights and ages stay current.
+		next, err := fleet.Wait(ctx, c, index, 5*time.Second)
+		if err != nil && ctx.Err() == nil {
+			fmt.Fprintln(os.Stderr, "chainwarden status:", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+		index = next
+	}
+	return 0
+}
+
+func printStatus(ctx context.Context, c *consulapi.Client, f statusFlags, style fleet.Style, w io.Writer) error {
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rows, err := fleet.Read(rctx, c, f.prefix, f.maxAge, time.Now())
+	if err != nil {
+		return err
+	}
+	if f.asJSON {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		if rows == nil {
 			rows = []fleet.Row{}
 		}
-		_ = enc.Encode(rows)
-		return 0
+		return enc.Encode(rows)
 	}
 	if len(rows) == 0 {
-		fmt.Println("no chainwarden nodes registered in Consul")
-		return 0
+		_, err := fmt.Fprintln(w, "no chainwarden nodes registered in Consul")
+		return err
 	}
-	_ = fleet.WriteTable(os.Stdout, rows)
-	return 0
+	return style.WriteTable(w, rows)
+}
+
+// isTerminal reports whether f is a terminal (colours only there).
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

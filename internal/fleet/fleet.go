@@ -6,8 +6,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -20,17 +22,22 @@ import (
 
 // Row is one node of the fleet.
 type Row struct {
-	Service string  `json:"service"`
-	Node    string  `json:"node"`
-	Host    string  `json:"host"` // Consul node the service is registered on
-	Status  string  `json:"status"`
-	Height  uint64  `json:"height"`
-	Head    uint64  `json:"head"`
-	Lag     uint64  `json:"lag"`
-	Peers   uint64  `json:"peers"`
-	AgeSec  float64 `json:"block_age_seconds"` // -1 when unknown
-	Client  string  `json:"client,omitempty"`
-	Output  string  `json:"output"`
+	Service string `json:"service"`
+	Node    string `json:"node"`
+	Host    string `json:"host"` // Consul node the service is registered on
+	Status  string `json:"status"`
+	Height  uint64 `json:"height"`
+	Head    uint64 `json:"head"`
+	Lag     uint64 `json:"lag"`
+	// LagSec is how long the node has been behind: since the network first saw a height above the node's (among the
+	// heads in KV); 0 when at the head.
+	LagSec float64 `json:"lag_seconds"`
+	Peers  uint64  `json:"peers"`
+	AgeSec float64 `json:"block_age_seconds"` // -1 when unknown
+	Client string  `json:"client,omitempty"`
+	Output string  `json:"output"`
+	// Reason is why the node is not passing, shortened for a table; "" when passing.
+	Reason string `json:"reason,omitempty"`
 }
 
 // Read lists every chainwarden node known to Consul. Heights come from the heads in KV under kvPrefix (see
@@ -51,7 +58,7 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 
 	var rows []Row
 	for name, tags := range svcs {
-		if !hasTag(tags, registry.Tag) {
+		if !slices.Contains(tags, registry.Tag) {
 			continue
 		}
 		entries, _, err := c.Health().Service(name, registry.Tag, false, q)
@@ -75,10 +82,14 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 					row.Status, row.Output = "maintenance", ch.Output
 				}
 			}
+			if row.Status != "passing" {
+				row.Reason = Reason(row.Output, 60)
+			}
 			if h, ok := all[name][e.Service.ID]; ok {
 				row.Height, row.Peers = h.Height, h.Peers
 				if head > h.Height {
 					row.Lag = head - h.Height
+					row.LagSec = behindSince(all[name], h.Height, now, maxAge)
 				}
 				if !h.BlockTime.IsZero() {
 					row.AgeSec = now.Sub(h.BlockTime).Seconds()
@@ -96,29 +107,104 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 	return rows, nil
 }
 
+// behindSince is how long ago the network first saw a height above height, among the fresh heads of a service.
+func behindSince(hs map[string]heads.Head, height uint64, now time.Time, maxAge time.Duration) float64 {
+	var first time.Time
+	for _, h := range hs {
+		if h.Height > height && now.Sub(h.Observed) <= maxAge && (first.IsZero() || h.Observed.Before(first)) {
+			first = h.Observed
+		}
+	}
+	if first.IsZero() {
+		return 0
+	}
+	return max(now.Sub(first).Seconds(), 0)
+}
+
+// Reason shortens a check output to its first reason, at most n runes: the figures after " — " and the detail
+// after the first "; " go (a held status keeps its "recovering: 1 of 3 good probes" and the last probe's reason).
+func Reason(output string, n int) string {
+	out := output
+	if hold, rest, ok := strings.Cut(out, "; last probe: "); ok {
+		out = hold + ": " + firstReason(rest)
+	} else {
+		out = firstReason(out)
+	}
+	if r := []rune(out); len(r) > n {
+		out = string(r[:n-1]) + "…"
+	}
+	return out
+}
+
+func firstReason(s string) string {
+	s, _, _ = strings.Cut(s, " — ")
+	s, _, _ = strings.Cut(s, "; ")
+	return s
+}
+
+// Style colours a table; the zero Style prints plain text (not a terminal).
+type Style struct{ Color bool }
+
+var statusColor = map[string]string{"passing": "32", "warning": "33", "critical": "31", "maintenance": "36"}
+
+func (s Style) status(st string) string {
+	if !s.Color || statusColor[st] == "" {
+		return st
+	}
+	return "\x1b[" + statusColor[st] + "m" + st + "\x1b[0m"
+}
+
 // WriteTable prints rows as an aligned table.
-func WriteTable(w io.Writer, rows []Row) error {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SERVICE\tNODE\tHOST\tSTATUS\tHEIGHT\tLAG\tPEERS\tAGE\tCLIENT")
+func WriteTable(w io.Writer, rows []Row) error { return Style{}.WriteTable(w, rows) }
+
+// WriteTable prints rows as an aligned table in the style.
+func (s Style) WriteTable(w io.Writer, rows []Row) error {
+	// tabwriter counts the colour escapes as text; colouring after alignment keeps the columns straight.
+	var buf strings.Builder
+	tw := tabwriter.NewWriter(&buf, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tNODE\tHOST\tSTATUS\tHEIGHT\tLAG\tBEHIND\tPEERS\tAGE\tCLIENT\tREASON")
 	for _, r := range rows {
 		age := "-"
 		if r.AgeSec >= 0 {
-			age = (time.Duration(r.AgeSec * float64(time.Second))).Round(time.Second).String()
+			age = seconds(r.AgeSec)
 		}
-		height, lag := "-", "-"
+		height, lag, behind := "-", "-", "-"
 		if r.Height > 0 {
-			height, lag = strconv.FormatUint(r.Height, 10), strconv.FormatUint(r.Lag, 10)
+			height, lag, behind = strconv.FormatUint(r.Height, 10), strconv.FormatUint(r.Lag, 10), seconds(r.LagSec)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.Service, r.Node, r.Host, r.Status, height, lag, r.Peers, age, r.Client)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Service, r.Node, r.Host, r.Status, height, lag, behind,
+			r.Peers, age, r.Client, r.Reason)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	lines := strings.SplitAfter(buf.String(), "\n")
+	for i, line := range lines {
+		if i > 0 && i <= len(rows) && s.Color {
+			st := rows[i-1].Status
+			line = strings.Replace(line, "  "+st+" ", "  "+s.status(st)+" ", 1)
+		}
+		if _, err := io.WriteString(w, line); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-func hasTag(tags []string, tag string) bool {
-	for _, t := range tags {
-		if t == tag {
-			return true
-		}
+func seconds(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(time.Second).String()
+}
+
+// Wait blocks until the health of any service in Consul changes after index, or wait passes, and returns the new
+// index (0 the first time: call it with 0 to get one at once).
+func Wait(ctx context.Context, c *consulapi.Client, index uint64, wait time.Duration) (uint64, error) {
+	q := (&consulapi.QueryOptions{WaitIndex: index, WaitTime: wait}).WithContext(ctx)
+	_, meta, err := c.Health().State(consulapi.HealthAny, q)
+	if err != nil {
+		return index, fmt.Errorf("watch health in consul: %w", err)
 	}
-	return false
+	if meta.LastIndex < index { // reset (a new cluster), as Consul's blocking-query rules say
+		return 0, nil
+	}
+	return meta.LastIndex, nil
 }
