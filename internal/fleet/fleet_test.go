@@ -11,8 +11,8 @@ import (
 
 func TestReason(t *testing.T) {
 	for in, want := range map[string]string{
-		"3 blocks behind, more than warn_lag 2 — height 97, 3 behind head 100 (geth-b), 5 peers":                   "3 blocks behind, more than warn_lag 2",
-		"probe failed: dial tcp 10.0.0.5:8545: connect: connection refused; 0 peers, want at least 1":              "probe failed: dial tcp 10.0.0.5:8545: connect: connection refused",
+		"3 blocks behind, more than warn_lag 2 — height 97, 3 behind head 100 (geth-b), 5 peers":                    "3 blocks behind, more than warn_lag 2",
+		"probe failed: dial tcp 10.0.0.5:8545: connect: connection refused; 0 peers, want at least 1":               "probe failed: dial tcp 10.0.0.5:8545: connect: connection refused",
 		"recovering: 1 of 3 good probes; last probe: height 100, at head 100, 5 peers":                              "recovering: 1 of 3 good probes: height 100, at head 100, 5 peers",
 		"failing: 1 of 2 bad probes; last probe: no new block for 33s; 33 blocks behind — height 1, 33 behind head": "failing: 1 of 2 bad probes: no new block for 33s",
 		"": "",
