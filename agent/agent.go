@@ -4,7 +4,9 @@
 package agent
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -64,6 +66,8 @@ type Agent struct {
 	nodes   map[string]*nodeState      // by node name
 	refs    []nodespec.Reference
 	gone    []string // service/node heads to delete from KV
+
+	slow bool // Step's own: the last pass took longer than the interval (logged once, and again when it ends)
 }
 
 // nodeState is what the agent keeps of one node. The fields under "guarded" are read and written with Agent.mu
@@ -358,10 +362,33 @@ func (a *Agent) Step(ctx context.Context) {
 	}
 	took := time.Since(started)
 	a.metrics.stepSeconds.Observe(took.Seconds())
-	if took > a.cfg.Interval {
-		a.log.Warn("a pass took longer than the interval", "took", took, "probe", probed.Sub(started),
-			"publish", published.Sub(probed), "consul", time.Since(published), "nodes", len(nodes))
+	switch slow := took > a.cfg.Interval; {
+	case slow && !a.slow:
+		a.log.Warn("passes take longer than the interval", "took", took, "interval", a.cfg.Interval,
+			"probe", probed.Sub(started), "publish", published.Sub(probed), "consul", time.Since(published),
+			"nodes", len(nodes), "slowest", slowest(nodes, results, 5))
+	case !slow && a.slow:
+		a.log.Info("passes are within the interval again", "took", took, "interval", a.cfg.Interval)
 	}
+	a.slow = took > a.cfg.Interval
+}
+
+// slowest names the n nodes whose probes took longest, with their times, e.g. "geth-a 2s (timeout), geth-b 800ms".
+func slowest(nodes []work, results []probe.Result, n int) string {
+	idx := make([]int, len(nodes))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(x, y int) int { return cmp.Compare(results[y].Duration, results[x].Duration) })
+	var parts []string
+	for _, i := range idx[:min(n, len(idx))] {
+		p := nodes[i].cfg.Name + " " + results[i].Duration.Round(time.Millisecond).String()
+		if errors.Is(results[i].Err, context.DeadlineExceeded) {
+			p += " (timed out)"
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // serviceChain is the chain a service's nodes must be on, from the first of them; "" when none says.

@@ -350,3 +350,73 @@ func TestConcurrentDiscoveryHTTPAndPasses(t *testing.T) {
 		t.Fatalf("geth-a: %+v", h)
 	}
 }
+
+// A hung node makes passes overrun the interval: the agent says so once, naming the node, and once when it ends.
+func TestSlowPassesLoggedOnceNamingTheNode(t *testing.T) {
+	clk := start()
+	_, fast := newFakeEth(t, 100, clk)
+	hang := make(chan struct{})
+	hung := true
+	var mu sync.Mutex
+	eth := ethfake.New(100, 1, clk.Now)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		h := hung
+		mu.Unlock()
+		if h {
+			select {
+			case <-hang:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		eth.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	defer close(hang)
+	src := fmt.Sprintf("consul {}\ninterval = \"100ms\"\ntimeout = \"300ms\"\n%s%s", node("geth-fast", fast, 1), node("geth-hung", srv.URL, 1))
+	cfg, err := config.Parse([]byte(src), "slow.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs strings.Builder
+	var logMu sync.Mutex
+	log := hclog.New(&hclog.LoggerOptions{Output: lockedWriter{&logMu, &logs}, Level: hclog.Info})
+	c := fakes.NewConsul()
+	a, err := New(cfg, log, Options{ID: "host-a", Clock: clk, Consul: Consul{Agent: c, KV: c, Txn: c}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for range 3 {
+		a.Step(ctx)
+	}
+	mu.Lock()
+	hung = false
+	mu.Unlock()
+	a.Step(ctx)
+	a.Step(ctx)
+	logMu.Lock()
+	out := logs.String()
+	logMu.Unlock()
+	if n := strings.Count(out, "passes take longer than the interval"); n != 1 {
+		t.Fatalf("%d slow-pass warnings, want 1:\n%s", n, out)
+	}
+	if !strings.Contains(out, "slowest=\"geth-hung 3") || !strings.Contains(out, "(timed out)") {
+		t.Fatalf("the warning does not name the hung node first:\n%s", out)
+	}
+	if n := strings.Count(out, "passes are within the interval again"); n != 1 {
+		t.Fatalf("%d recovery lines, want 1:\n%s", n, out)
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *strings.Builder
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
