@@ -31,13 +31,16 @@ import (
 // Consul is what the agent needs of Consul: the local agent's service and check calls (for the registry) and the
 // KV store (for heads). ConsulAPI gives them from a real client; tests give internal/fakes.Consul for all three.
 type Consul struct {
-	Agent registry.AgentAPI
-	KV    heads.KV
-	Txn   heads.Txn
+	Agent   registry.AgentAPI
+	KV      heads.KV
+	Txn     heads.Txn
+	Catalog registry.CatalogAPI // nil: outputs reach the servers only as the local agent sends them
 }
 
 // ConsulAPI is Consul from a real API client.
-func ConsulAPI(c *consulapi.Client) Consul { return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn()} }
+func ConsulAPI(c *consulapi.Client) Consul {
+	return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn(), Catalog: registry.Catalog(c)}
+}
 
 // Options are the parts of an agent that the command, tests and the benchmark choose.
 type Options struct {
@@ -107,6 +110,7 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics()}
 	a.reg = registry.New(opts.Consul.Agent, registry.Options{
 		AgentID: opts.ID, TTL: cfg.Consul.CheckTTL, DeregisterAfter: cfg.Consul.DeregisterAfter, Clock: clk,
+		Catalog: opts.Consul.Catalog,
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
 	a.reg.OnStateLost = a.heads.Forget

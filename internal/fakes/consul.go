@@ -15,19 +15,27 @@ import (
 // ErrDown is what every call to a Consul fake returns while it is down.
 var ErrDown = errors.New("fakes: consul is down (connection refused)")
 
+// NodeName is the Consul node name of the fake agent.
+const NodeName = "fake-node"
+
 // Consul is an in-memory Consul agent with its KV store: the calls registry.AgentAPI, heads.KV and heads.Txn make,
 // with Consul's answers (404 for an unknown check or service, a raft index that grows with every write, blocking KV
-// reads that wait for a change under their prefix).
+// reads that wait for a change under their prefix). It keeps the servers' catalog apart from the agent's own state,
+// as Consul does: registrations and status changes reach the catalog at once, an output-only change of a check does
+// not (Consul's check_update_interval defers it; SyncDeferred plays that timer firing).
 type Consul struct {
 	mu       sync.Mutex
 	down     bool
 	services map[string]*consulapi.AgentService
 	checks   map[string]*consulapi.AgentCheck
+	catalog  map[string]*consulapi.HealthCheck // the servers' copy of the checks
 	kv       map[string]*consulapi.KVPair
 	index    uint64
 	changed  chan struct{} // closed and replaced on every KV write
 	calls    map[string]int
 	blocked  int // List calls waiting for a change
+
+	catalogWrites int
 }
 
 // NewConsul returns an empty, reachable Consul.
@@ -40,6 +48,7 @@ func NewConsul() *Consul {
 func (c *Consul) reset() {
 	c.services = map[string]*consulapi.AgentService{}
 	c.checks = map[string]*consulapi.AgentCheck{}
+	c.catalog = map[string]*consulapi.HealthCheck{}
 	c.kv = map[string]*consulapi.KVPair{}
 }
 
@@ -78,6 +87,91 @@ func (c *Consul) Check(checkID string) (status, output string, ok bool) {
 		return "", "", false
 	}
 	return ch.Status, ch.Output, true
+}
+
+// CatalogCheck returns the servers' copy of a check's status and output: what the Consul UI, consul-template and
+// `chainwarden status` see. ok is false when the catalog has no such check.
+func (c *Consul) CatalogCheck(checkID string) (status, output string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ch := c.catalog[checkID]
+	if ch == nil {
+		return "", "", false
+	}
+	return ch.Status, ch.Output, true
+}
+
+// SyncDeferred copies every agent check to the catalog, as the agent does when check_update_interval runs out.
+func (c *Consul) SyncDeferred() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.checks {
+		c.syncCheck(id)
+	}
+}
+
+// syncCheck writes the agent's check to the catalog; c.mu must be held.
+func (c *Consul) syncCheck(id string) {
+	ch := c.checks[id]
+	c.catalog[id] = &consulapi.HealthCheck{Node: NodeName, CheckID: ch.CheckID, Name: ch.Name, Status: ch.Status,
+		Output: ch.Output, ServiceID: ch.ServiceID, ServiceName: ch.ServiceName, Type: ch.Type}
+	c.catalogWrites++
+}
+
+// CatalogWrites is how many writes reached the servers' catalog: the agent's syncs and catalog registrations.
+func (c *Consul) CatalogWrites() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.catalogWrites
+}
+
+// NodeName is the agent's node name.
+func (c *Consul) NodeName() (string, error) {
+	if err := c.enter("NodeName"); err != nil {
+		return "", err
+	}
+	defer c.mu.Unlock()
+	return NodeName, nil
+}
+
+// Node lists the catalog's checks of a node, as /v1/health/node/:node does.
+func (c *Consul) Node(node string, _ *consulapi.QueryOptions) (consulapi.HealthChecks, *consulapi.QueryMeta, error) {
+	if err := c.enter("Node"); err != nil {
+		return nil, nil, err
+	}
+	defer c.mu.Unlock()
+	var out consulapi.HealthChecks
+	if node != NodeName {
+		return out, &consulapi.QueryMeta{LastIndex: c.index}, nil
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.catalog)) {
+		cp := *c.catalog[id]
+		out = append(out, &cp)
+	}
+	return out, &consulapi.QueryMeta{LastIndex: c.index}, nil
+}
+
+// Register writes checks to the catalog, as /v1/catalog/register does; the fake takes only SkipNodeUpdate
+// registrations of this node's existing checks (all the registry sends).
+func (c *Consul) Register(reg *consulapi.CatalogRegistration, _ *consulapi.WriteOptions) (*consulapi.WriteMeta, error) {
+	if err := c.enter("Register"); err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	if reg.Node != NodeName || !reg.SkipNodeUpdate || reg.Service != nil {
+		return nil, fmt.Errorf("fakes: unsupported catalog registration of node %q", reg.Node)
+	}
+	for _, ch := range reg.Checks {
+		if c.services[ch.ServiceID] == nil {
+			return nil, consulapi.StatusError{Code: 500, Body: "Unknown service ID " + ch.ServiceID + " for check ID " + ch.CheckID}
+		}
+	}
+	for _, ch := range reg.Checks {
+		cp := *ch
+		c.catalog[ch.CheckID] = &cp
+	}
+	c.catalogWrites++
+	return &consulapi.WriteMeta{}, nil
 }
 
 // Service returns a copy of a registered service, or nil.
@@ -171,6 +265,7 @@ func (c *Consul) ServiceRegisterOpts(s *consulapi.AgentServiceRegistration, _ co
 		}
 		c.checks[ch.CheckID] = &consulapi.AgentCheck{CheckID: ch.CheckID, Name: ch.Name, Status: status,
 			ServiceID: s.ID, ServiceName: s.Name, Type: "ttl"}
+		c.syncCheck(ch.CheckID)
 	}
 	c.bump()
 	return nil
@@ -189,6 +284,7 @@ func (c *Consul) ServiceDeregisterOpts(id string, _ *consulapi.QueryOptions) err
 	for k, ch := range c.checks {
 		if ch.ServiceID == id {
 			delete(c.checks, k)
+			delete(c.catalog, k)
 		}
 	}
 	c.bump()
@@ -213,7 +309,11 @@ func (c *Consul) UpdateTTLOpts(checkID, output, status string, _ *consulapi.Quer
 	if len(output) > 4096 {
 		output = output[:4096] // Consul truncates check output
 	}
+	changed := ch.Status != status
 	ch.Status, ch.Output = status, output
+	if changed { // a status change goes to the servers at once, its output with it; an output-only change waits
+		c.syncCheck(checkID)
+	}
 	return nil
 }
 

@@ -37,11 +37,35 @@ const (
 
 // AgentAPI is the part of Consul's agent API the registry uses.
 type AgentAPI interface {
+	NodeName() (string, error)
 	ServiceRegisterOpts(service *consulapi.AgentServiceRegistration, opts consulapi.ServiceRegisterOpts) error
 	ServiceDeregisterOpts(serviceID string, q *consulapi.QueryOptions) error
 	UpdateTTLOpts(checkID, output, status string, q *consulapi.QueryOptions) error
 	ServicesWithFilterOpts(filter string, q *consulapi.QueryOptions) (map[string]*consulapi.AgentService, error)
 }
+
+// CatalogAPI is the part of Consul's health and catalog APIs the registry uses to bring check outputs to the servers:
+// Health().Node reads this node's checks as the catalog has them, Catalog().Register writes them back.
+type CatalogAPI interface {
+	Node(node string, q *consulapi.QueryOptions) (consulapi.HealthChecks, *consulapi.QueryMeta, error)
+	Register(reg *consulapi.CatalogRegistration, q *consulapi.WriteOptions) (*consulapi.WriteMeta, error)
+}
+
+// Catalog adapts a Consul API client to CatalogAPI.
+func Catalog(c *consulapi.Client) CatalogAPI { return catalogClient{c} }
+
+type catalogClient struct{ c *consulapi.Client }
+
+func (c catalogClient) Node(node string, q *consulapi.QueryOptions) (consulapi.HealthChecks, *consulapi.QueryMeta, error) {
+	return c.c.Health().Node(node, q)
+}
+
+func (c catalogClient) Register(reg *consulapi.CatalogRegistration, q *consulapi.WriteOptions) (*consulapi.WriteMeta, error) {
+	return c.c.Catalog().Register(reg, q)
+}
+
+// DefaultFreshEvery bounds how far the catalog's figures (height, lag, block age) may trail the agent's.
+const DefaultFreshEvery = 10 * time.Second
 
 // Service is one node's registration and its current check state.
 type Service struct {
@@ -64,6 +88,12 @@ type sent struct {
 	at          time.Time
 }
 
+// pushed is what the catalog was last given for a check by a catalog write.
+type pushed struct {
+	output, key string
+	at          time.Time
+}
+
 // Registry syncs services to the local Consul agent.
 type Registry struct {
 	agent           AgentAPI
@@ -76,6 +106,14 @@ type Registry struct {
 	mu          sync.Mutex
 	registered  map[string]*Service // as last registered
 	lastTTL     map[string]sent     // what the check was last updated with, and when
+	agentStatus map[string]string   // the status the local agent has for a check (registration or update)
+
+	catalog    CatalogAPI
+	freshEvery time.Duration
+	nodeName   string
+	pushed     map[string]pushed
+	deferred   map[string]*Service // checks whose latest output the local agent holds back from the servers
+	pushFailed bool
 	down        bool
 	backoff     *backoff.Backoff
 	nextTry     time.Time
@@ -93,6 +131,12 @@ type Options struct {
 	DeregisterAfter time.Duration
 	AuditEvery      time.Duration // how often the agent's services are listed to catch lost registrations
 	Clock           clock.Clock   // nil: the wall clock
+	// Catalog, when set, brings check outputs to the servers at once: the local Consul agent sends an output-only
+	// change (same status, new output) to the servers only every check_update_interval (5 minutes by default), so the
+	// Consul UI and consul-template would show a blank or stale reason. Reasons go at once; figures at most every
+	// FreshEvery (default DefaultFreshEvery), in one catalog write per pass for all checks of this host.
+	Catalog    CatalogAPI
+	FreshEvery time.Duration
 }
 
 // New returns a registry.
@@ -100,8 +144,13 @@ func New(agent AgentAPI, opts Options, log hclog.Logger) *Registry {
 	if opts.AuditEvery == 0 {
 		opts.AuditEvery = 30 * time.Second
 	}
+	if opts.FreshEvery == 0 {
+		opts.FreshEvery = DefaultFreshEvery
+	}
 	return &Registry{agent: agent, agentID: opts.AgentID, ttl: opts.TTL, deregisterAfter: opts.DeregisterAfter,
 		log: log, clock: clock.OrReal(opts.Clock), registered: map[string]*Service{}, lastTTL: map[string]sent{},
+		agentStatus: map[string]string{}, catalog: opts.Catalog, freshEvery: opts.FreshEvery,
+		pushed: map[string]pushed{}, deferred: map[string]*Service{},
 		auditEvery: opts.AuditEvery, parallelism: Parallelism, backoff: backoff.New(MinBackoff, MaxBackoff)}
 }
 
@@ -165,6 +214,9 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 		r.mu.Lock()
 		r.registered = map[string]*Service{}
 		r.lastTTL = map[string]sent{}
+		r.agentStatus = map[string]string{}
+		r.pushed = map[string]pushed{}
+		r.deferred = map[string]*Service{}
 		r.mu.Unlock()
 		if r.OnStateLost != nil {
 			r.OnStateLost()
@@ -195,8 +247,7 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 			return fmt.Errorf("deregister %s: %w", id, err)
 		}
 		r.mu.Lock()
-		delete(r.registered, id)
-		delete(r.lastTTL, id)
+		r.forget(id)
 		r.writes++
 		r.mu.Unlock()
 		r.log.Info("deregistered node", "node", id)
@@ -216,7 +267,112 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 	if err := r.parallel(ctx, known, func(s *Service) error { return r.syncOne(ctx, s) }); err != nil {
 		return err
 	}
-	return r.parallel(ctx, fresh, func(s *Service) error { return r.syncOne(ctx, s) })
+	if err := r.parallel(ctx, fresh, func(s *Service) error { return r.syncOne(ctx, s) }); err != nil {
+		return err
+	}
+	r.pushOutputs(ctx)
+	return nil
+}
+
+// forget drops what the registry knows of a check; r.mu must be held.
+func (r *Registry) forget(id string) {
+	delete(r.registered, id)
+	delete(r.lastTTL, id)
+	delete(r.agentStatus, id)
+	delete(r.pushed, id)
+	delete(r.deferred, id)
+}
+
+// pushOutputs writes the outputs the local agent holds back to the catalog, in one registration for every check of
+// this host that needs it: a check whose reasons changed, and one whose figures are older than freshEvery there. It
+// reads the catalog's own copy of the checks first and changes only status and output, so the agent's anti-entropy
+// finds the catalog in sync with it. A failure is logged (once) and retried next pass; the checks' TTLs never depend
+// on it.
+func (r *Registry) pushOutputs(ctx context.Context) {
+	if r.catalog == nil {
+		return
+	}
+	now := r.clock.Now()
+	r.mu.Lock()
+	var due []Service
+	for id, s := range r.deferred {
+		p, ok := r.pushed[id]
+		if ok && p.output == s.Output {
+			delete(r.deferred, id)
+			continue
+		}
+		if !ok || p.key != s.key() || now.Sub(p.at) >= r.freshEvery {
+			due = append(due, *s)
+		}
+	}
+	node := r.nodeName
+	r.mu.Unlock()
+	if len(due) == 0 {
+		return
+	}
+	err := r.push(ctx, node, due, now)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case err != nil && !r.pushFailed:
+		r.log.Warn("cannot write check outputs to the consul catalog; the consul ui shows them late", "error", err)
+	case err == nil && r.pushFailed:
+		r.log.Info("check outputs reach the consul catalog again")
+	}
+	r.pushFailed = err != nil
+}
+
+func (r *Registry) push(ctx context.Context, node string, due []Service, now time.Time) error {
+	if node == "" {
+		n, err := r.agent.NodeName()
+		if err != nil {
+			return fmt.Errorf("consul node name: %w", err)
+		}
+		node = n
+		r.mu.Lock()
+		r.nodeName = n
+		r.mu.Unlock()
+	}
+	have, _, err := r.catalog.Node(node, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("read checks of node %s: %w", node, err)
+	}
+	byID := make(map[string]*consulapi.HealthCheck, len(have))
+	for _, c := range have {
+		byID[c.CheckID] = c
+	}
+	var checks consulapi.HealthChecks
+	var sentSvc []Service
+	for _, s := range due {
+		c := byID[CheckID(s.ID)]
+		if c == nil { // not in the catalog yet: the agent's own sync of the registration brings it
+			continue
+		}
+		if c.Status != s.Status || c.Output != s.Output {
+			cp := *c
+			cp.Status, cp.Output = s.Status, s.Output
+			checks = append(checks, &cp)
+		}
+		sentSvc = append(sentSvc, s)
+	}
+	if len(checks) > 0 {
+		reg := &consulapi.CatalogRegistration{Node: node, SkipNodeUpdate: true, Checks: checks}
+		if _, err := r.catalog.Register(reg, (&consulapi.WriteOptions{}).WithContext(ctx)); err != nil {
+			return fmt.Errorf("write %d check outputs to the catalog: %w", len(checks), err)
+		}
+	}
+	r.mu.Lock()
+	if len(checks) > 0 {
+		r.writes++
+	}
+	for _, s := range sentSvc {
+		r.pushed[s.ID] = pushed{output: s.Output, key: s.key(), at: now}
+		if d := r.deferred[s.ID]; d != nil && d.Output == s.Output {
+			delete(r.deferred, s.ID)
+		}
+	}
+	r.mu.Unlock()
+	return nil
 }
 
 // parallel runs fn over services with bounded concurrency and returns the first error.
@@ -294,6 +450,7 @@ func (r *Registry) register(ctx context.Context, s *Service) error {
 	r.mu.Lock()
 	r.registered[s.ID] = &cp
 	delete(r.lastTTL, s.ID)
+	r.agentStatus[s.ID] = s.Status
 	r.writes++
 	r.mu.Unlock()
 	return nil
@@ -324,6 +481,16 @@ func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
 	r.mu.Lock()
 	r.writes++
 	r.lastTTL[s.ID] = sent{status: s.Status, key: s.key(), at: now}
+	if r.agentStatus[s.ID] == s.Status {
+		// The local agent keeps an output-only change from the servers for check_update_interval.
+		cp := *s
+		r.deferred[s.ID] = &cp
+	} else {
+		// A status change goes to the servers at once, with its output.
+		r.pushed[s.ID] = pushed{output: s.Output, key: s.key(), at: now}
+		delete(r.deferred, s.ID)
+	}
+	r.agentStatus[s.ID] = s.Status
 	r.mu.Unlock()
 	return nil
 }
@@ -339,7 +506,7 @@ func (r *Registry) audit(ctx context.Context, want map[string]bool) error {
 	r.mu.Lock()
 	for id := range r.registered {
 		if _, ok := have[id]; !ok {
-			delete(r.registered, id)
+			r.forget(id)
 		}
 	}
 	var stale []string

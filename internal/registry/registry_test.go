@@ -107,3 +107,57 @@ func assertCheck(t *testing.T, c *testenv.Consul, id, status, output string) {
 		t.Fatalf("check of %s: %q %q, want %q %q", id, st, out, status, output)
 	}
 }
+
+// Against a real Consul whose agent holds output-only changes back for check_update_interval (5m, as in
+// production): with Catalog set, the servers' copy — what the Consul UI and consul-template read — has the first
+// output from the start and every new reason at once; without it, it stays blank.
+func TestCatalogOutputsAgainstRealConsul(t *testing.T) {
+	c := testenv.StartConsulWith(t, testenv.ProductionChecks...)
+	ctx := context.Background()
+	catalogOutput := func(id string) string {
+		checks, _, err := c.Client.Health().Checks("eth-devnet", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, ch := range checks {
+			if ch.CheckID == CheckID(id) {
+				return ch.Output
+			}
+		}
+		return "<none>"
+	}
+	plain := New(c.Client.Agent(), Options{AgentID: "host-b", TTL: time.Minute, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	r := New(c.Client.Agent(), Options{AgentID: "host-a", TTL: time.Minute, DeregisterAfter: time.Minute, Catalog: Catalog(c.Client)},
+		hclog.NewNullLogger())
+	first := svc("geth-a", "critical", "0 peers, want at least 1 — height 5, 0 peers")
+	testenv.Eventually(t, 10*time.Second, "the first output in the catalog", func() error {
+		if err := r.Sync(ctx, []Service{first}); err != nil {
+			return err
+		}
+		if got := catalogOutput("geth-a"); got != first.Output {
+			return errors.New("catalog has " + got)
+		}
+		return nil
+	})
+	next := svc("geth-a", "critical", "no new block for 2m0s — height 5, 0 peers")
+	if err := r.Sync(ctx, []Service{next}); err != nil {
+		t.Fatal(err)
+	}
+	if got := catalogOutput("geth-a"); got != next.Output {
+		t.Fatalf("catalog %q right after a new reason, want %q", got, next.Output)
+	}
+
+	// The control: the same through the local agent alone stays blank in the catalog.
+	if err := plain.Sync(ctx, []Service{svc("geth-b", "critical", "0 peers, want at least 1")}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "geth-b in the catalog", func() error {
+		if got := catalogOutput("geth-b"); got == "<none>" {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if got := catalogOutput("geth-b"); got != "" {
+		t.Fatalf("without the catalog write, the catalog has %q: is check_update_interval in force?", got)
+	}
+}

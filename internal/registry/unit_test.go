@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -191,5 +192,79 @@ func TestBackoffWhileConsulIsDown(t *testing.T) {
 	wantCheck(t, c, "geth-a", "warning", "recovered")
 	if *lost == 0 {
 		t.Fatal("OnStateLost not called after the outage")
+	}
+}
+
+// What the servers' catalog holds — the Consul UI, consul-template, `chainwarden status` — is never blank and gets
+// every change of status and of reasons at once, and figures within FreshEvery, although the local agent holds
+// output-only changes back; with one catalog write per pass for all checks.
+func TestCatalogGetsOutputsTheAgentHoldsBack(t *testing.T) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	r := New(c, Options{AgentID: "host-a", TTL: 30 * time.Second, DeregisterAfter: time.Minute, Clock: clk, Catalog: c},
+		hclog.NewNullLogger())
+	ctx := context.Background()
+	catalog := func(id string) string {
+		t.Helper()
+		_, out, ok := c.CatalogCheck(CheckID(id))
+		if !ok {
+			t.Fatalf("no check of %s in the catalog", id)
+		}
+		return out
+	}
+	critical := func(id, reason, figures string) Service {
+		s := svc(id, "critical", reason+" — "+figures)
+		s.Key = reason
+		return s
+	}
+	a := critical("geth-a", "0 peers, want at least 1", "height 10, last block 1s ago")
+	b := critical("geth-b", "0 peers, want at least 1", "height 10, last block 1s ago")
+	// Registered critical from the first probe: the registration carries no output and the update keeps the
+	// status, so only the catalog write brings the reason.
+	if err := r.Sync(ctx, []Service{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if got := catalog("geth-a"); got != a.Output {
+		t.Fatalf("catalog output %q, want %q", got, a.Output)
+	}
+	writes := c.CatalogWrites()
+
+	// A new reason, same status: in the catalog at once, both checks in one write.
+	clk.Advance(time.Second)
+	a = critical("geth-a", "no new block for 2m0s", "height 10, last block 2m0s ago")
+	b = critical("geth-b", "no new block for 2m0s", "height 10, last block 2m0s ago")
+	if err := r.Sync(ctx, []Service{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if catalog("geth-a") != a.Output || catalog("geth-b") != b.Output {
+		t.Fatalf("reasons not in the catalog: %q %q", catalog("geth-a"), catalog("geth-b"))
+	}
+	if got := c.CatalogWrites() - writes; got != 1 {
+		t.Fatalf("%d catalog writes for two changed checks, want 1", got)
+	}
+
+	// Figures only: held back until FreshEvery (10 s) has passed since the last write, then written.
+	reasonOut := a.Output
+	for i := 1; i <= 10; i++ {
+		clk.Advance(time.Second)
+		a = critical("geth-a", "no new block for 2m0s", fmt.Sprintf("height 10, last block 2m%ds ago", i))
+		if err := r.Sync(ctx, []Service{a, b}); err != nil {
+			t.Fatal(err)
+		}
+		want := reasonOut
+		if i == 10 {
+			want = a.Output
+		}
+		if got := catalog("geth-a"); got != want {
+			t.Fatalf("%d s after the reason: catalog %q, want %q", i, got, want)
+		}
+	}
+	// A status change reaches the catalog through the agent itself, with its output.
+	clk.Advance(time.Second)
+	p := svc("geth-a", "passing", "height 11, at head 11")
+	if err := r.Sync(ctx, []Service{p, b}); err != nil {
+		t.Fatal(err)
+	}
+	if st, out, _ := c.CatalogCheck(CheckID("geth-a")); st != "passing" || out != p.Output {
+		t.Fatalf("catalog %s %q after a status change", st, out)
 	}
 }

@@ -17,8 +17,18 @@ type Consul struct {
 // StartConsul starts a Consul dev agent and waits for it to have a leader.
 func StartConsul(t testing.TB) *Consul {
 	t.Helper()
+	return StartConsulWith(t)
+}
+
+// ProductionChecks are the agent flags that make a dev agent treat check outputs as a production agent does: an
+// output-only change reaches the servers only after check_update_interval (Consul's default, 5m).
+var ProductionChecks = []string{"-hcl", `check_update_interval = "5m"`}
+
+// StartConsulWith starts a Consul dev agent with extra agent flags (e.g. ProductionChecks).
+func StartConsulWith(t testing.TB, extra ...string) *Consul {
+	t.Helper()
 	Bin(t, "consul")
-	c, err := devnet.StartConsul(context.Background(), t.TempDir(), 0)
+	c, err := devnet.StartConsul(context.Background(), t.TempDir(), 0, extra...)
 	if c != nil && c.Proc != nil {
 		track(t, c.Proc)
 	}
