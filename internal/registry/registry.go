@@ -108,12 +108,12 @@ type Registry struct {
 	lastTTL     map[string]sent     // what the check was last updated with, and when
 	agentStatus map[string]string   // the status the local agent has for a check (registration or update)
 
-	catalog    CatalogAPI
-	freshEvery time.Duration
-	nodeName   string
-	pushed     map[string]pushed
-	deferred   map[string]*Service // checks whose latest output the local agent holds back from the servers
-	pushFailed bool
+	catalog     CatalogAPI
+	freshEvery  time.Duration
+	nodeName    string
+	pushed      map[string]pushed
+	deferred    map[string]*Service // checks whose latest output the local agent holds back from the servers
+	pushFailed  bool
 	down        bool
 	backoff     *backoff.Backoff
 	nextTry     time.Time
