@@ -13,9 +13,9 @@ import (
 // startSnapshots runs the scheduled EBS snapshots of volumes that have a snapshot_interval, beside the agent.
 // Without AWS (no instance metadata, no credentials) the agent keeps running and says scheduled snapshots are off.
 func startSnapshots(ctx context.Context, cfg *config.Config, consul *consulapi.Client, log hclog.Logger) {
-	var vols []config.Volume
+	var vols []ebs.Volume
 	for _, v := range cfg.Volumes {
-		if v.SnapshotDur > 0 {
+		if v.SnapshotInterval > 0 {
 			vols = append(vols, v)
 		}
 	}

@@ -214,14 +214,14 @@ func volumeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 }
 
-func selectVolumes(cfg *config.Config, names []string) ([]config.Volume, error) {
+func selectVolumes(cfg *config.Config, names []string) ([]ebs.Volume, error) {
 	if len(cfg.Volumes) == 0 {
 		return nil, fmt.Errorf("%s has no volume blocks", cfg.File)
 	}
 	if len(names) == 0 {
 		return cfg.Volumes, nil
 	}
-	var out []config.Volume
+	var out []ebs.Volume
 	for _, n := range names {
 		found := false
 		for _, v := range cfg.Volumes {

@@ -12,8 +12,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
-	"github.com/chainwarden/chainwarden/agent/config"
 )
 
 // EnsureResult says what Ensure found or did.
@@ -32,7 +30,7 @@ type EnsureResult struct {
 // Ensure gives vol an attached, mounted EBS volume and writes its fstab entry and Nomad host_volume config. It is
 // idempotent; two runs at once on one host serialize on a lock file, and the CreateVolume ClientToken makes even
 // unserialized runs create one volume.
-func (m *Manager) Ensure(ctx context.Context, vol config.Volume) (*EnsureResult, error) {
+func (m *Manager) Ensure(ctx context.Context, vol Volume) (*EnsureResult, error) {
 	m.defaults()
 	log := m.Log.With("volume", vol.Name, "family", Family(vol))
 	unlock, err := m.lock(ctx, "volume-"+vol.Name)
@@ -60,7 +58,7 @@ func (m *Manager) Ensure(ctx context.Context, vol config.Volume) (*EnsureResult,
 
 // EnsureAttached is the AWS half of Ensure: find or create the volume, attach it to this instance, wait until
 // the attachment is "attached". It takes no host lock.
-func (m *Manager) EnsureAttached(ctx context.Context, vol config.Volume) (*EnsureResult, error) {
+func (m *Manager) EnsureAttached(ctx context.Context, vol Volume) (*EnsureResult, error) {
 	m.defaults()
 	log := m.Log.With("volume", vol.Name, "family", Family(vol))
 	res := &EnsureResult{MountPath: vol.MountPath}
@@ -109,7 +107,7 @@ func attachedHere(v *types.Volume, instanceID string) bool {
 
 // findVolume returns the volume to use: one of ours attached here, else one being created in this AZ (by a
 // concurrent ensure), else the oldest available one in this AZ; nil if none.
-func (m *Manager) findVolume(ctx context.Context, vol config.Volume) (*types.Volume, error) {
+func (m *Manager) findVolume(ctx context.Context, vol Volume) (*types.Volume, error) {
 	vols, err := m.describeVolumes(ctx, []types.Filter{
 		filter("tag:"+TagVolume, vol.Name), filter("tag:"+TagFamily, Family(vol)),
 	})
@@ -203,12 +201,12 @@ func (m *Manager) familySnapshots(ctx context.Context, family, status string) ([
 }
 
 // clientToken is the same for every ensure of this volume on this instance during this boot.
-func (m *Manager) clientToken(vol config.Volume) string {
+func (m *Manager) clientToken(vol Volume) string {
 	sum := sha256.Sum256([]byte(m.Host.InstanceID + "\x00" + vol.Name + "\x00" + Family(vol) + "\x00" + m.BootID))
 	return "chainwarden-" + hex.EncodeToString(sum[:])[:40]
 }
 
-func (m *Manager) createVolume(ctx context.Context, vol config.Volume, res *EnsureResult) (*types.Volume, error) {
+func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResult) (*types.Volume, error) {
 	snap, err := m.NewestSnapshot(ctx, Family(vol))
 	if err != nil {
 		return nil, err

@@ -11,7 +11,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
-	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/ec2test"
 )
@@ -285,64 +284,5 @@ func TestIMDSv2Only(t *testing.T) {
 	}
 	if e.imds.Gets() == 0 {
 		t.Fatal("Connect did not read the identity document")
-	}
-}
-
-func TestVolumeConfigErrors(t *testing.T) {
-	cases := map[string]string{
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  type = "gp2"
-  iops = 3000
-}`: "test.hcl:6,3: volume \"v\": iops is only for gp3, io1 and io2 volumes",
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  freeze = "command"
-}`: "test.hcl:5,3: volume \"v\": freeze = \"command\" needs stop_command and start_command",
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  snapshot_interval = "6h"
-}`: "test.hcl:5,3: volume \"v\": snapshot_interval needs node",
-		`volume "v" {
-  chain = "ethereum"
-  network = "main/net"
-  client = "geth"
-}`: "test.hcl:3,3: volume \"v\": network \"main/net\" must not contain a slash",
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  kms_key_id = "alias/x"
-  encrypted = false
-}`: "test.hcl:5,3: volume \"v\": kms_key_id needs encrypted = true",
-	}
-	for src, want := range cases {
-		_, err := config.Parse([]byte(src+"\nconsul {}\n"), "test.hcl")
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("config\n%s\nerror %v, want %q", src, err, want)
-		}
-	}
-	cfg, err := config.Parse([]byte(`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  node = "geth-a"
-  snapshot_interval = "6h"
-  kms_key_id = "alias/x"
-}
-consul {}`), "test.hcl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := cfg.Volumes[0]
-	if v.SnapshotDur != 6*time.Hour || v.Encrypted == nil || !*v.Encrypted || v.Freeze != "fsfreeze" ||
-		v.MountPath != "/data/v" || v.Keep != 3 || v.DrainWaitDur != 10*time.Second {
-		t.Fatalf("defaults: %+v", v)
 	}
 }

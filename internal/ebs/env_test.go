@@ -14,7 +14,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/ec2test"
 	"github.com/chainwarden/chainwarden/internal/imdstest"
@@ -156,30 +155,17 @@ func (e *env) addDisk(dev string) {
 	e.disks = append(e.disks, dev)
 }
 
-func (e *env) volume(name string, mod ...func(*config.Volume)) config.Volume {
+func (e *env) volume(name string, mod ...func(*ebs.Volume)) ebs.Volume {
 	e.t.Helper()
-	src := `volume "` + name + `" {
-  chain      = "ethereum"
-  network    = "mainnet"
-  client     = "geth"
-  node       = "geth-a"
-  size_gib   = 1
-  type       = "gp3"
-  iops       = 3000
-  throughput = 125
-  encrypted  = true
-  mount_path = "` + filepath.Join(e.dir, "mnt", name) + `"
-  drain_wait = "100ms"
-}
-consul {}
-`
-	cfg, err := config.Parse([]byte(src), "test.hcl")
-	if err != nil {
-		e.t.Fatalf("config: %v", err)
-	}
-	v := cfg.Volumes[0]
+	iops, throughput, encrypted := int32(3000), int32(125), true
+	v := ebs.Volume{Name: name, Chain: "ethereum", Network: "mainnet", Client: "geth", Node: "geth-a", SizeGiB: 1,
+		Type: "gp3", IOPS: &iops, Throughput: &throughput, Encrypted: &encrypted,
+		MountPath: filepath.Join(e.dir, "mnt", name), DrainWait: 100 * time.Millisecond}
 	for _, f := range mod {
 		f(&v)
+	}
+	if err := v.Validate().Err(); err != nil {
+		e.t.Fatalf("volume: %v", err)
 	}
 	return v
 }

@@ -13,8 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/hashicorp/go-hclog"
-
-	"github.com/chainwarden/chainwarden/agent/config"
 )
 
 // Tags chainwarden puts on volumes and snapshots. A family (chain/network/client) is what a snapshot can restore:
@@ -33,7 +31,7 @@ const (
 )
 
 // Family is the snapshot family of a volume: chain/network/client.
-func Family(v config.Volume) string { return v.Chain + "/" + v.Network + "/" + v.Client }
+func Family(v Volume) string { return v.Chain + "/" + v.Network + "/" + v.Client }
 
 // Paths are the host files chainwarden writes; tests point them into a temp dir.
 type Paths struct {
@@ -70,7 +68,7 @@ type Manager struct {
 	// NoNomadConfig skips the static host_volume file (the Nomad dynamic host volume plugin path).
 	NoNomadConfig bool
 	// Freezer overrides the writer freeze of Snapshot (tests); nil = from the volume's config.
-	Freezer func(vol config.Volume) Freezer
+	Freezer func(vol Volume) Freezer
 }
 
 func (m *Manager) defaults() {
@@ -212,7 +210,7 @@ func sortedKeys(m map[string]string) []string {
 	return keys
 }
 
-func familyTags(v config.Volume) map[string]string {
+func familyTags(v Volume) map[string]string {
 	return map[string]string{
 		TagVolume: v.Name, TagFamily: Family(v), TagChain: v.Chain, TagNetwork: v.Network, TagClient: v.Client,
 	}

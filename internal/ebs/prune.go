@@ -11,8 +11,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/hashicorp/go-hclog"
-
-	"github.com/chainwarden/chainwarden/agent/config"
 )
 
 // PruneResult lists the completed snapshots of a family kept and deleted (or, dry, to be deleted).
@@ -26,7 +24,7 @@ type PruneResult struct {
 // Prune keeps the newest keep completed snapshots of the volume's family and deletes older completed ones.
 // Pending and failed snapshots are not touched nor counted; keep is at least 1, so the only completed snapshot
 // is never deleted.
-func (m *Manager) Prune(ctx context.Context, vol config.Volume, keep int, dryRun bool) (*PruneResult, error) {
+func (m *Manager) Prune(ctx context.Context, vol Volume, keep int, dryRun bool) (*PruneResult, error) {
 	m.defaults()
 	if keep < 1 {
 		keep = 1
@@ -105,7 +103,7 @@ func sortSnapshots(s []types.Snapshot) {
 // A refused (node not passing) or failed snapshot is retried after RetryAfter.
 type Scheduler struct {
 	Manager    *Manager
-	Volumes    []config.Volume
+	Volumes    []Volume
 	Log        hclog.Logger
 	RetryAfter time.Duration // default 15m
 	Jitter     time.Duration // up to this much is added to each wait (default 1m); negative: none
@@ -128,7 +126,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	for _, vol := range s.Volumes {
-		if vol.SnapshotDur <= 0 {
+		if vol.SnapshotInterval <= 0 {
 			continue
 		}
 		wg.Add(1)
@@ -140,7 +138,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-func (s *Scheduler) loop(ctx context.Context, vol config.Volume) {
+func (s *Scheduler) loop(ctx context.Context, vol Volume) {
 	log := s.Log.With("volume", vol.Name, "family", Family(vol))
 	for {
 		wait, err := s.Due(ctx, vol)
@@ -178,7 +176,7 @@ func (s *Scheduler) loop(ctx context.Context, vol config.Volume) {
 }
 
 // Due returns how long until the family's next snapshot is due (<= 0: now).
-func (s *Scheduler) Due(ctx context.Context, vol config.Volume) (time.Duration, error) {
+func (s *Scheduler) Due(ctx context.Context, vol Volume) (time.Duration, error) {
 	now := time.Now
 	if s.Now != nil {
 		now = s.Now
@@ -191,13 +189,13 @@ func (s *Scheduler) Due(ctx context.Context, vol config.Volume) (time.Duration, 
 		if sn.State == types.SnapshotStateError {
 			continue
 		}
-		return aws.ToTime(sn.StartTime).Add(vol.SnapshotDur).Sub(now()), nil
+		return aws.ToTime(sn.StartTime).Add(vol.SnapshotInterval).Sub(now()), nil
 	}
 	return 0, nil
 }
 
 // RunOnce snapshots the volume (waiting for completion) and prunes its family.
-func (s *Scheduler) RunOnce(ctx context.Context, vol config.Volume) error {
+func (s *Scheduler) RunOnce(ctx context.Context, vol Volume) error {
 	res, err := s.Manager.Snapshot(ctx, vol, true)
 	if err != nil {
 		return err

@@ -98,7 +98,7 @@ func TestPruneKeepsNewestPerFamily(t *testing.T) {
 func TestListAndSchedulerDue(t *testing.T) {
 	e := newEnv(t)
 	vol := e.volume("geth-data")
-	vol.SnapshotDur = 6 * time.Hour
+	vol.SnapshotInterval = 6 * time.Hour
 	s := &ebs.Scheduler{Manager: e.m, Volumes: nil}
 	due, err := s.Due(ctxT(t, 10*time.Second), vol)
 	if err != nil || due > 0 {

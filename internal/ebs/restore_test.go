@@ -139,7 +139,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 
 	// Host A: geth-a on an ensured (blank, formatted) EBS volume, following the sealer.
 	e.addDisk(devA)
-	vol := e.volume("geth-data", func(v *config.Volume) { v.Node = "geth-a" })
+	vol := e.volume("geth-data", func(v *ebs.Volume) { v.Node = "geth-a" })
 	cleanupMount(t, vol.MountPath)
 	if _, err := e.m.Ensure(ctxT(t, 60*time.Second), vol); err != nil {
 		t.Fatal(err)
@@ -171,7 +171,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 
 	// Snapshot it; the EBS snapshot's data is the frozen disk's image.
 	img := filepath.Join(t.TempDir(), "snapshot.img")
-	e.m.Freezer = func(v config.Volume) ebs.Freezer {
+	e.m.Freezer = func(v ebs.Volume) ebs.Freezer {
 		return observingFreezer{inner: ebs.FSFreeze{Path: v.MountPath}, during: func() {
 			if err := copyDevice(devA, img); err != nil {
 				t.Errorf("copy the frozen disk: %v", err)

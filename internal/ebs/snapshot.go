@@ -13,8 +13,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	consulapi "github.com/hashicorp/consul/api"
-
-	"github.com/chainwarden/chainwarden/agent/config"
 )
 
 // ConsulAgent is the part of the local Consul agent's API Snapshot uses; *consulapi.Agent satisfies it.
@@ -104,7 +102,7 @@ func (NoFreeze) Freeze(context.Context) (func(context.Context) error, error) {
 	return func(context.Context) error { return nil }, nil
 }
 
-func (m *Manager) freezer(vol config.Volume) Freezer {
+func (m *Manager) freezer(vol Volume) Freezer {
 	if m.Freezer != nil {
 		return m.Freezer(vol)
 	}
@@ -134,7 +132,7 @@ var heightInOutput = regexp.MustCompile(`\bheight (\d+)`)
 // DrainWait, freeze the writer, CreateSnapshot tagged with the family, client version and height, then thaw and
 // leave maintenance at once (always, also on failure) and, with wait, report progress until the snapshot is
 // completed. A node whose check is not passing is refused with ErrNotPassing.
-func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (res *SnapshotResult, err error) {
+func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *SnapshotResult, err error) {
 	m.defaults()
 	if vol.Node == "" {
 		return nil, fmt.Errorf("volume %s: node is not set: no Consul check to tell whether the node is synced", vol.Name)
@@ -219,12 +217,12 @@ func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (r
 			err = errors.Join(err, rerr)
 		}
 	}()
-	if vol.DrainWaitDur > 0 {
-		log.Info("waiting for proxies to drop the node", "drain_wait", vol.DrainWaitDur)
+	if vol.DrainWait > 0 {
+		log.Info("waiting for proxies to drop the node", "drain_wait", vol.DrainWait)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("drain wait: %w", ctx.Err())
-		case <-time.After(vol.DrainWaitDur):
+		case <-time.After(vol.DrainWait):
 		}
 	}
 	fr := m.freezer(vol)

@@ -13,7 +13,6 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 
-	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/ec2test"
 	"github.com/chainwarden/chainwarden/internal/testenv"
@@ -82,7 +81,7 @@ func (o observingFreezer) Freeze(ctx context.Context) (func(context.Context) err
 }
 
 // snapshotEnv is an env with a real Consul, node geth-a registered, and its volume ensured on a loop device.
-func snapshotEnv(t *testing.T) (*env, *testenv.Consul, config.Volume) {
+func snapshotEnv(t *testing.T) (*env, *testenv.Consul, ebs.Volume) {
 	t.Helper()
 	e := newEnv(t)
 	dev := loopDevice(t, 512)
@@ -108,7 +107,7 @@ func TestSnapshotDrainsFreezesTagsAndResumes(t *testing.T) {
 		return nil
 	})
 	var sawDrained, sawFrozen, sawMaint bool
-	e.m.Freezer = func(v config.Volume) ebs.Freezer {
+	e.m.Freezer = func(v ebs.Volume) ebs.Freezer {
 		return observingFreezer{inner: ebs.FSFreeze{Path: v.MountPath}, during: func() {
 			sawMaint = maintenanceOn(t, c, "geth-a")
 			deadline := time.Now().Add(10 * time.Second)
@@ -179,7 +178,7 @@ func TestSnapshotResumesWhenCreateSnapshotFails(t *testing.T) {
 	registerNode(t, c, "geth-a", consulapi.HealthPassing, "height 100, 0 behind head 100")
 	e.ec2.Fail("CreateSnapshot", "UnauthorizedOperation", 1)
 	froze := false
-	e.m.Freezer = func(v config.Volume) ebs.Freezer {
+	e.m.Freezer = func(v ebs.Volume) ebs.Freezer {
 		return observingFreezer{inner: ebs.FSFreeze{Path: v.MountPath}, during: func() { froze = frozen(v.MountPath) }}
 	}
 	_, err := e.m.Snapshot(ctxT(t, 60*time.Second), vol, true)
@@ -202,7 +201,7 @@ func TestSnapshotRefusesNodeNotPassing(t *testing.T) {
 	c := testenv.StartConsul(t)
 	e.m.Consul = c.Client.Agent()
 	vol := e.volume("geth-data")
-	e.m.Freezer = func(config.Volume) ebs.Freezer {
+	e.m.Freezer = func(ebs.Volume) ebs.Freezer {
 		t.Fatal("froze a node that is not passing")
 		return nil
 	}
@@ -232,9 +231,9 @@ func TestSchedulerSnapshotsAndPrunes(t *testing.T) {
 	e := newEnv(t)
 	c := testenv.StartConsul(t)
 	e.m.Consul = c.Client.Agent()
-	e.m.Freezer = func(config.Volume) ebs.Freezer { return ebs.NoFreeze{} }
+	e.m.Freezer = func(ebs.Volume) ebs.Freezer { return ebs.NoFreeze{} }
 	vol := e.volume("geth-data")
-	vol.SnapshotDur = 24 * time.Hour
+	vol.SnapshotInterval = 24 * time.Hour
 	vol.Keep = 1
 	if _, err := e.m.EnsureAttached(ctxT(t, 30*time.Second), vol); err != nil {
 		t.Fatal(err)
@@ -242,7 +241,7 @@ func TestSchedulerSnapshotsAndPrunes(t *testing.T) {
 	old := e.ec2.PutSnapshot(ec2test.Snapshot{Region: testRegion, VolumeSize: 1, Started: time.Now().Add(-48 * time.Hour),
 		Tags: snapTags(ebs.Family(vol))})
 	registerNode(t, c, "geth-a", consulapi.HealthPassing, "height 777, 0 behind head 777")
-	s := &ebs.Scheduler{Manager: e.m, Volumes: []config.Volume{vol, e.volume("no-schedule")}, Log: e.m.Log, Jitter: -1,
+	s := &ebs.Scheduler{Manager: e.m, Volumes: []ebs.Volume{vol, e.volume("no-schedule")}, Log: e.m.Log, Jitter: -1,
 		RetryAfter: 100 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

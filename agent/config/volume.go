@@ -1,0 +1,79 @@
+package config
+
+import (
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/chainwarden/chainwarden/internal/ebs"
+)
+
+// VolumeBlock is a `volume` block as written in the file: an EBS-backed host volume this host keeps for a chain
+// node (see `chainwarden volume`). Validate turns each into an ebs.Volume in Config.Volumes; the rules and the
+// defaults are ebs.Volume's.
+type VolumeBlock struct {
+	Name         string   `hcl:"name,label"`
+	Chain        string   `hcl:"chain"`
+	Network      string   `hcl:"network"`
+	Client       string   `hcl:"client"`
+	Service      string   `hcl:"service,optional"`
+	Node         string   `hcl:"node,optional"`
+	SizeGiB      int32    `hcl:"size_gib,optional"`
+	Type         string   `hcl:"type,optional"`
+	IOPS         *int32   `hcl:"iops,optional"`
+	Throughput   *int32   `hcl:"throughput,optional"`
+	Encrypted    *bool    `hcl:"encrypted,optional"`
+	KMSKeyID     string   `hcl:"kms_key_id,optional"`
+	MountPath    string   `hcl:"mount_path,optional"`
+	Filesystem   string   `hcl:"filesystem,optional"`
+	Snapshot     string   `hcl:"snapshot_interval,optional"`
+	Keep         int      `hcl:"keep_snapshots,optional"`
+	Freeze       string   `hcl:"freeze,optional"`
+	StopCommand  []string `hcl:"stop_command,optional"`
+	StartCommand []string `hcl:"start_command,optional"`
+	DrainWait    string   `hcl:"drain_wait,optional"`
+}
+
+// volumes validates every volume block into c.Volumes, each error at the file and line of its attribute.
+func (v *validator) volumes() {
+	c := v.cfg
+	c.Volumes = make([]ebs.Volume, 0, len(c.VolumeBlocks))
+	seen := map[string]bool{}
+	for _, b := range c.VolumeBlocks {
+		block := v.blockRange("volume", b.Name)
+		if seen[b.Name] {
+			v.errf(block, "duplicate volume %q", b.Name)
+		}
+		seen[b.Name] = true
+		c.Volumes = append(c.Volumes, v.volume(b, block))
+	}
+}
+
+func (v *validator) volume(b VolumeBlock, block hcl.Range) ebs.Volume {
+	at := func(attr string) hcl.Range {
+		if attr == "" {
+			return block
+		}
+		return v.attrRange("volume", b.Name, attr)
+	}
+	vol := ebs.Volume{
+		Name: b.Name, Chain: b.Chain, Network: b.Network, Client: b.Client, Service: b.Service, Node: b.Node,
+		SizeGiB: b.SizeGiB, Type: b.Type, IOPS: b.IOPS, Throughput: b.Throughput, Encrypted: b.Encrypted,
+		KMSKeyID: b.KMSKeyID, MountPath: b.MountPath, Filesystem: b.Filesystem, Keep: b.Keep, Freeze: b.Freeze,
+		StopCommand: b.StopCommand, StartCommand: b.StartCommand,
+	}
+	var badInterval bool
+	if b.Snapshot != "" {
+		vol.SnapshotInterval = v.duration(b.Snapshot, 0, at("snapshot_interval"), "volume \""+b.Name+"\": snapshot_interval")
+		badInterval = vol.SnapshotInterval == 0
+	}
+	if b.DrainWait != "" {
+		vol.DrainWait = v.duration(b.DrainWait, 0, at("drain_wait"), "volume \""+b.Name+"\": drain_wait")
+	}
+	for _, e := range vol.Validate() {
+		v.errf(at(e.Field), "%s", e.Msg)
+	}
+	if badInterval && b.Node == "" {
+		// The interval did not parse, so Validate saw none; it still needs a node.
+		v.errf(at("snapshot_interval"), "volume %q: snapshot_interval needs node (whose Consul check gates snapshots)", b.Name)
+	}
+	return vol
+}
