@@ -8,6 +8,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 )
 
 // startSnapshots runs the scheduled EBS snapshots of volumes that have a snapshot_interval, beside the agent.
@@ -27,6 +28,7 @@ func startSnapshots(ctx context.Context, cfg *config.Config, consul *consulapi.C
 		log.Error("scheduled volume snapshots are off: cannot reach AWS", "error", err)
 		return
 	}
-	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent()}
+	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent(), KV: consul.KV(),
+		Heads: kvlayout.New(cfg.Consul.KVPrefix)}
 	go (&ebs.Scheduler{Manager: m, Volumes: vols, Log: log.Named("snapshots")}).Run(ctx)
 }

@@ -129,6 +129,7 @@ func nodeStatus(a *agent.Agent, node string) (agent.NodeHealth, bool) {
 // restores the newest snapshot of the family (no mkfs, the chain data is there), and the restored node is critical
 // — out of the proxy's passing set — until it has caught up with the network, then passing.
 func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
+	integration(t)
 	e := newEnv(t)
 	devA := loopDevice(t, 512)
 	c := testenv.StartConsul(t)
