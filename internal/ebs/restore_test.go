@@ -133,7 +133,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 	e := newEnv(t)
 	devA := loopDevice(t, 512)
 	c := testenv.StartConsul(t)
-	e.m.Consul = c.Client.Agent()
+	e.m.Consul, e.m.KV = c.Client.Agent(), c.Client.KV()
 	network := testenv.StartCliqueNetwork(t, 1)
 	sealer := network.Nodes[0]
 	genesis := filepath.Join(filepath.Dir(sealer.DataDir), "genesis.json")
@@ -237,8 +237,16 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 		}
 		return nil
 	})
-	for i := 0; i < 6; i++ { // stays out while it has not caught up
-		h, _ := nodeStatus(a, "geth-b")
+	// It stays out while it has not caught up: six verdicts in a row (each a new probe pass) are critical.
+	h, _ := nodeStatus(a, "geth-b")
+	for i := 0; i < 6; i++ {
+		last := h.Updated
+		testenv.Eventually(t, 10*time.Second, "the next verdict on geth-b", func() error {
+			if h, _ = nodeStatus(a, "geth-b"); !h.Updated.After(last) {
+				return fmt.Errorf("no verdict since %s", last)
+			}
+			return nil
+		})
 		if h.Status != "critical" {
 			t.Fatalf("restored, lagging node is %s: %+v", h.Status, h)
 		}
@@ -251,7 +259,6 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 				t.Fatal("geth-b is in the passing set while behind")
 			}
 		}
-		time.Sleep(500 * time.Millisecond)
 	}
 	st, output, _ := c.CheckStatus("geth-b")
 	if st != consulapi.HealthCritical {
