@@ -29,6 +29,6 @@ func startSnapshots(ctx context.Context, cfg *config.Config, consul *consulapi.C
 		return
 	}
 	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent(), KV: consul.KV(),
-		Heads: kvlayout.New(cfg.Consul.KVPrefix)}
+		KVLayout: kvlayout.New(cfg.Consul.KVPrefix)}
 	go (&ebs.Scheduler{Manager: m, Volumes: vols, Log: log.Named("snapshots")}).Run(ctx)
 }

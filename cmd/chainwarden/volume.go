@@ -139,7 +139,7 @@ func volumeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			log.Error("consul client", "error", err)
 			return 1
 		}
-		m.Consul, m.KV, m.Heads = c.Agent(), c.KV(), kvlayout.New(cfg.Consul.KVPrefix)
+		m.Consul, m.KV, m.KVLayout = c.Agent(), c.KV(), kvlayout.New(cfg.Consul.KVPrefix)
 		res, err := m.Snapshot(ctx, vols[0], !f.noWait)
 		if errors.Is(err, ebs.ErrNotPassing) {
 			log.Warn("snapshot refused", "error", err)

@@ -60,10 +60,11 @@ type Manager struct {
 	Host    Host
 	Log     hclog.Logger
 	Devices DeviceFinder
-	Consul  ConsulAgent     // Snapshot only: the node's check, its service, maintenance
-	KV      ConsulKV        // Snapshot only: the node's head, for the height tag
-	Heads   kvlayout.Layout // the KV layout the agents publish heads under; zero value: the default prefix
-	Paths   Paths
+	Consul  ConsulAgent // Snapshot only: the node's check, its service, maintenance
+	KV      ConsulKV    // Snapshot only: the node's head, for the height tag
+	// KVLayout is where the agents publish heads (their consul kv_prefix); zero value: the default prefix.
+	KVLayout kvlayout.Layout
+	Paths    Paths
 	Timeouts
 	// Clock runs ebs's own waits (attachment, device, lock, drain, the snapshot schedule); nil is the wall clock.
 	// The SDK's waiters (volume available, snapshot completed) sleep on the wall clock.
@@ -71,7 +72,7 @@ type Manager struct {
 
 	Poll          time.Duration // between polls of ebs's own waits, and the SDK waiters' first pause (default 2s)
 	MaxPoll       time.Duration // the SDK waiters back off up to this (default 15 × Poll)
-	PageSize      int32         // results per DescribeVolumes/DescribeSnapshots page (default 500)
+	PageSize      int32         // results per DescribeVolumes/DescribeSnapshots page, 5 to 500 (default 500)
 	ProgressEvery time.Duration // between progress lines while waiting (default 10s)
 	// BootID makes the CreateVolume ClientToken unique per boot, so two ensures at once create one volume but a
 	// volume deleted since the last boot is not "found again" by an old token. Default: the kernel's boot_id.
@@ -92,8 +93,8 @@ func (m *Manager) defaults() {
 	if m.Clock == nil {
 		m.Clock = clock.Real
 	}
-	if m.Heads == (kvlayout.Layout{}) {
-		m.Heads = kvlayout.New("")
+	if m.KVLayout == (kvlayout.Layout{}) {
+		m.KVLayout = kvlayout.New("")
 	}
 	if m.Paths.Fstab == "" {
 		m.Paths.Fstab = "/etc/fstab"
@@ -121,8 +122,11 @@ func (m *Manager) defaults() {
 		m.MaxPoll = m.Poll
 	}
 	def(&m.ProgressEvery, 10*time.Second)
-	if m.PageSize <= 0 {
+	switch { // what EC2 accepts as MaxResults; written only when off, as defaults() runs again and again
+	case m.PageSize <= 0 || m.PageSize > 500:
 		m.PageSize = 500 // the most DescribeVolumes returns per page
+	case m.PageSize < 5:
+		m.PageSize = 5
 	}
 	if m.BootID == "" {
 		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")

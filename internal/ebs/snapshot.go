@@ -172,14 +172,14 @@ func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *Sna
 		service = svc.Service
 	}
 	// The height is the head the agent publishes for the node, read as data, not from the check's text.
-	head, ok, err := heads.Read(ctx, m.KV, m.Heads, service, vol.Node)
+	head, ok, err := heads.Read(ctx, m.KV, m.KVLayout, service, vol.Node)
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", vol.Node, err)
 	}
 	if ok {
 		res.Height = strconv.FormatUint(head.Height, 10)
 	} else {
-		log.Warn("no head of the node in Consul KV: the snapshot's height is unknown", "key", m.Heads.Head(service, vol.Node))
+		log.Warn("no head of the node in Consul KV: the snapshot's height is unknown", "key", m.KVLayout.Head(service, vol.Node))
 	}
 	vols, err := m.describeVolumes(ctx, []types.Filter{
 		filter("tag:"+TagVolume, vol.Name), filter("tag:"+TagFamily, Family(vol)),
