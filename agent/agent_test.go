@@ -226,7 +226,7 @@ func TestSetNodesRemovesAndConfigWins(t *testing.T) {
 	discovered.Service, discovered.Source = "eth-other", nodespec.SourceNomad
 	a.SetNodes(nodespec.SourceNomad, []nodespec.Node{discovered})
 	a.Step(ctx)
-	if s := a.consul.Service("geth-a"); s == nil || s.Service != "eth-mainnet" || s.Meta["source"] != "config" {
+	if s := a.consul.ServiceByID("geth-a"); s == nil || s.Service != "eth-mainnet" || s.Meta["source"] != "config" {
 		t.Fatalf("the config's node must win: %+v", s)
 	}
 }

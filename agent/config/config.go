@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/hcl/v2/gohcl"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 
+	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/fielderr"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
@@ -32,7 +33,7 @@ type Config struct {
 	LogLevel   string
 	Nodes      []nodespec.Node
 	References []nodespec.Reference
-	Volumes    []Volume
+	Volumes    []ebs.Volume
 
 	// File is the path the configuration came from ("" for one built in code).
 	File string
@@ -65,7 +66,7 @@ type raw struct {
 	LogLevel   string               `hcl:"log_level,optional"`
 	Nodes      []nodespec.Node      `hcl:"node,block"`
 	References []nodespec.Reference `hcl:"reference,block"`
-	Volumes    []Volume             `hcl:"volume,block"`
+	Volumes    []VolumeBlock        `hcl:"volume,block"`
 }
 
 type rawConsul struct {
@@ -147,7 +148,7 @@ type validator struct {
 
 func (v *validator) config(r *raw) *Config {
 	c := &Config{File: v.file, Nomad: r.Nomad, LogLevel: r.LogLevel, Listen: r.Listen,
-		Nodes: r.Nodes, References: r.References, Volumes: r.Volumes}
+		Nodes: r.Nodes, References: r.References}
 	top := func(attr string) hcl.Range { return v.attrRange("", "", attr) }
 	consul := func(attr string) hcl.Range { return v.attrRange("consul", "", attr) }
 	if c.Listen == "" {
@@ -195,16 +196,7 @@ func (v *validator) config(r *raw) *Config {
 		r := &c.References[i]
 		v.fieldErrs("reference", r.Name, r.Normalize(c.Nodes))
 	}
-	vols := map[string]bool{}
-	for i := range c.Volumes {
-		vol := &c.Volumes[i]
-		vol.Range = v.blockRange("volume", vol.Name)
-		if vols[vol.Name] {
-			v.errf(vol.Range, "duplicate volume %q", vol.Name)
-		}
-		vols[vol.Name] = true
-		v.volume(vol)
-	}
+	c.Volumes = v.volumes(r.Volumes)
 	return c
 }
 

@@ -8,14 +8,15 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 )
 
 // startSnapshots runs the scheduled EBS snapshots of volumes that have a snapshot_interval, beside the agent.
 // Without AWS (no instance metadata, no credentials) the agent keeps running and says scheduled snapshots are off.
 func startSnapshots(ctx context.Context, cfg *config.Config, consul *consulapi.Client, log hclog.Logger) {
-	var vols []config.Volume
+	var vols []ebs.Volume
 	for _, v := range cfg.Volumes {
-		if v.SnapshotDur > 0 {
+		if v.SnapshotInterval > 0 {
 			vols = append(vols, v)
 		}
 	}
@@ -27,6 +28,7 @@ func startSnapshots(ctx context.Context, cfg *config.Config, consul *consulapi.C
 		log.Error("scheduled volume snapshots are off: cannot reach AWS", "error", err)
 		return
 	}
-	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent()}
+	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent(), KV: consul.KV(),
+		KVLayout: kvlayout.New(cfg.Consul.KVPrefix)}
 	go (&ebs.Scheduler{Manager: m, Volumes: vols, Log: log.Named("snapshots")}).Run(ctx)
 }

@@ -9,16 +9,15 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
-	"text/tabwriter"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	consulapi "github.com/hashicorp/consul/api"
-
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/consulclient"
 	"github.com/chainwarden/chainwarden/internal/ebs"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 )
 
 func init() {
@@ -130,39 +129,17 @@ func volumeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 
 	switch sub {
 	case "ensure":
-		failed := 0
-		for _, v := range vols {
-			res, err := m.Ensure(ctx, v)
-			if err != nil {
-				log.Error("ensure failed", "volume", v.Name, "error", err)
-				failed++
-				continue
-			}
-			how := "reused"
-			switch {
-			case res.RestoredFrom != "":
-				how = "restored from " + res.RestoredFrom
-			case !res.Reused:
-				how = "created blank"
-			}
-			fmt.Fprintf(stdout, "%s: %s (%s) %s on %s, mounted at %s, formatted=%v\n",
-				v.Name, res.VolumeID, how, res.Filesystem, res.Device, res.MountPath, res.Formatted)
-		}
-		if failed > 0 {
-			return 1
+		if m.EnsureAll(ctx, vols, stdout) != nil {
+			return 1 // each failure is logged
 		}
 		return 0
 	case "snapshot":
-		cc := consulapi.DefaultConfig() // CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN(_FILE), CONSUL_CACERT, ... apply
-		if cfg.Consul.Address != "" {
-			cc.Address = cfg.Consul.Address
-		}
-		c, err := consulapi.NewClient(cc)
+		c, err := consulclient.New(cfg.Consul.Address)
 		if err != nil {
 			log.Error("consul client", "error", err)
 			return 1
 		}
-		m.Consul = c.Agent()
+		m.Consul, m.KV, m.KVLayout = c.Agent(), c.KV(), kvlayout.New(cfg.Consul.KVPrefix)
 		res, err := m.Snapshot(ctx, vols[0], !f.noWait)
 		if errors.Is(err, ebs.ErrNotPassing) {
 			log.Warn("snapshot refused", "error", err)
@@ -172,35 +149,11 @@ func volumeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			log.Error("snapshot failed", "error", err)
 			return 1
 		}
-		fmt.Fprintf(stdout, "%s: snapshot %s of %s at height %s (%s), %s %s\n", vols[0].Name, res.SnapshotID,
-			res.VolumeID, res.Height, res.ClientVersion, res.State, res.Progress)
+		ebs.WriteSnapshot(stdout, vols[0], res)
 		return 0
 	case "prune":
-		failed := 0
-		done := map[string]bool{}
-		for _, v := range vols {
-			if done[ebs.Family(v)] {
-				continue
-			}
-			done[ebs.Family(v)] = true
-			keep := v.Keep
-			if f.keep > 0 {
-				keep = f.keep
-			}
-			res, err := m.Prune(ctx, v, keep, f.dryRun)
-			if err != nil {
-				log.Error("prune failed", "family", ebs.Family(v), "error", err)
-				failed++
-				continue
-			}
-			verb := "deleted"
-			if f.dryRun {
-				verb = "would delete"
-			}
-			fmt.Fprintf(stdout, "%s: kept %d, %s %d %s\n", res.Family, len(res.Kept), verb, len(res.Deleted), strings.Join(res.Deleted, " "))
-		}
-		if failed > 0 {
-			return 1
+		if m.PruneAll(ctx, vols, f.keep, f.dryRun, stdout) != nil {
+			return 1 // each failure is logged
 		}
 		return 0
 	default: // list
@@ -209,72 +162,30 @@ func volumeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			log.Error("list failed", "error", err)
 			return 1
 		}
-		printListing(stdout, l, host)
+		if err := ebs.WriteListing(stdout, l, host); err != nil {
+			log.Error("list failed", "error", err)
+			return 1
+		}
 		return 0
 	}
 }
 
-func selectVolumes(cfg *config.Config, names []string) ([]config.Volume, error) {
+func selectVolumes(cfg *config.Config, names []string) ([]ebs.Volume, error) {
 	if len(cfg.Volumes) == 0 {
 		return nil, fmt.Errorf("%s has no volume blocks", cfg.File)
 	}
 	if len(names) == 0 {
 		return cfg.Volumes, nil
 	}
-	var out []config.Volume
+	var out []ebs.Volume
 	for _, n := range names {
-		found := false
-		for _, v := range cfg.Volumes {
-			if v.Name == n {
-				out = append(out, v)
-				found = true
-			}
-		}
-		if !found {
+		i := slices.IndexFunc(cfg.Volumes, func(v ebs.Volume) bool { return v.Name == n })
+		if i < 0 {
 			return nil, fmt.Errorf("no volume %q in %s", n, cfg.File)
 		}
+		out = append(out, cfg.Volumes[i])
 	}
 	return out, nil
-}
-
-func printListing(w io.Writer, l *ebs.Listing, host ebs.Host) {
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VOLUME\tNAME\tFAMILY\tAZ\tSIZE\tSTATE\tATTACHED\tFROM SNAPSHOT")
-	for _, v := range l.Volumes {
-		tags := map[string]string{}
-		for _, t := range v.Tags {
-			tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
-		}
-		att := "-"
-		for _, a := range v.Attachments {
-			att = aws.ToString(a.InstanceId) + " " + string(a.State)
-			if aws.ToString(a.InstanceId) == host.InstanceID {
-				att += " (here)"
-			}
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%dGiB\t%s\t%s\t%s\n", aws.ToString(v.VolumeId), tags[ebs.TagVolume],
-			tags[ebs.TagFamily], aws.ToString(v.AvailabilityZone), aws.ToInt32(v.Size), v.State, att,
-			orDash(aws.ToString(v.SnapshotId)))
-	}
-	fmt.Fprintln(tw)
-	fmt.Fprintln(tw, "SNAPSHOT\tFAMILY\tSTARTED\tSTATE\tPROGRESS\tHEIGHT\tCLIENT VERSION\tVOLUME")
-	for _, s := range l.Snapshots {
-		tags := map[string]string{}
-		for _, t := range s.Tags {
-			tags[aws.ToString(t.Key)] = aws.ToString(t.Value)
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", aws.ToString(s.SnapshotId), tags[ebs.TagFamily],
-			aws.ToTime(s.StartTime).UTC().Format(time.RFC3339), s.State, aws.ToString(s.Progress),
-			orDash(tags[ebs.TagHeight]), orDash(tags[ebs.TagClientVersion]), aws.ToString(s.VolumeId))
-	}
-	tw.Flush()
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 // pluginScript is what to install in Nomad's host_volume_plugin_dir: Nomad runs plugins with only the DHV_*

@@ -38,6 +38,7 @@ type IMDSAPI interface {
 var (
 	ErrNotFound        = errors.New("not found")
 	ErrThrottled       = errors.New("throttled by AWS")
+	ErrLimit           = errors.New("AWS limit or quota exceeded")
 	ErrInUse           = errors.New("in use")
 	ErrIncorrectState  = errors.New("incorrect state")
 	ErrDenied          = errors.New("access denied (check the instance role's IAM policy)")
@@ -45,11 +46,63 @@ var (
 	ErrTokenMismatch   = errors.New("client token reused with different parameters")
 	ErrDeviceInUse     = errors.New("device name in use on the instance")
 	ErrAWSUnavailable  = errors.New("AWS unavailable")
+	ErrAWS             = errors.New("unexpected AWS error")
 	ErrNotPassing      = errors.New("node is not passing")
 	ErrNoDevice        = errors.New("block device not present")
 	ErrUnknownContents = errors.New("device holds data but no filesystem chainwarden mounts; refusing to format it")
 	ErrTimeout         = errors.New("timed out")
 )
+
+// Error codes of EC2 (and of AWS's common errors) that are not told apart by their shape.
+var (
+	throttleCodes = map[string]bool{
+		"RequestLimitExceeded": true, "Throttling": true, "ThrottlingException": true, "ThrottledException": true,
+		"EC2ThrottledException": true, "RequestThrottled": true, "RequestThrottledException": true,
+		"TooManyRequestsException": true, "SlowDown": true, "BandwidthLimitExceeded": true,
+		"PriorRequestNotComplete": true,
+	}
+	deniedCodes = map[string]bool{
+		"UnauthorizedOperation": true, "AuthFailure": true, "Blocked": true, "OptInRequired": true,
+		"PendingVerification": true, "AccessDenied": true, "AccessDeniedException": true,
+		"InvalidClientTokenId": true, "SignatureDoesNotMatch": true, "UnrecognizedClientException": true,
+		"MissingAuthenticationToken": true, "ExpiredToken": true, "RequestExpired": true,
+	}
+	unavailableCodes = map[string]bool{
+		"InternalError": true, "InternalFailure": true, "ServiceUnavailable": true, "Unavailable": true,
+	}
+)
+
+// sentinel says what an EC2 error code means for chainwarden. Request-rate limits are ErrThrottled (the SDK
+// retries those); account and resource limits (VolumeLimitExceeded, SnapshotLimitExceeded,
+// MaxIOPSLimitExceeded, ...) are ErrLimit; a code of no known kind is ErrAWS, not ErrInvalid.
+func sentinel(code, msg string) error {
+	switch {
+	case throttleCodes[code] || strings.HasSuffix(code, "RateExceeded"):
+		return ErrThrottled
+	case strings.HasSuffix(code, "LimitExceeded") || strings.HasSuffix(code, "QuotaExceeded"):
+		return ErrLimit
+	case strings.HasSuffix(code, ".NotFound"):
+		return ErrNotFound
+	case code == "VolumeInUse" || strings.HasSuffix(code, ".InUse") || code == "DependencyViolation":
+		return ErrInUse
+	case strings.HasPrefix(code, "Incorrect"): // IncorrectState, IncorrectInstanceState, ...
+		return ErrIncorrectState
+	case deniedCodes[code]:
+		return ErrDenied
+	case code == "IdempotentParameterMismatch":
+		return ErrTokenMismatch
+	case unavailableCodes[code] || strings.HasPrefix(code, "Insufficient") && strings.HasSuffix(code, "Capacity"):
+		return ErrAWSUnavailable
+	case code == "InvalidParameterValue" && strings.Contains(msg, "already in use"):
+		return ErrDeviceInUse
+	case strings.HasPrefix(code, "Invalid") || strings.HasPrefix(code, "Missing") ||
+		strings.HasPrefix(code, "Malformed") || strings.HasPrefix(code, "Unsupported") ||
+		code == "UnknownParameter" || code == "ValidationError" || code == "UnknownVolumeType":
+		return ErrInvalid
+	default:
+		return ErrAWS
+	}
+}
 
 // awsErr turns an SDK error into "ec2 <op>: <sentinel> (<code>: <message>)", keeping both wrapped.
 func awsErr(op string, err error) error {
@@ -66,29 +119,7 @@ func awsErr(op string, err error) error {
 		return fmt.Errorf("ec2 %s%s: %w", op, attempts, err)
 	}
 	code := api.ErrorCode()
-	var sentinel error
-	switch {
-	case code == "RequestLimitExceeded" || code == "Throttling" || code == "ThrottlingException" ||
-		code == "EC2ThrottledException":
-		sentinel = ErrThrottled
-	case strings.HasSuffix(code, ".NotFound"):
-		sentinel = ErrNotFound
-	case code == "VolumeInUse":
-		sentinel = ErrInUse
-	case code == "IncorrectState":
-		sentinel = ErrIncorrectState
-	case code == "UnauthorizedOperation" || code == "AuthFailure" || code == "Blocked" || code == "OptInRequired":
-		sentinel = ErrDenied
-	case code == "IdempotentParameterMismatch":
-		sentinel = ErrTokenMismatch
-	case code == "InternalError" || code == "ServiceUnavailable" || code == "Unavailable":
-		sentinel = ErrAWSUnavailable
-	case code == "InvalidParameterValue" && strings.Contains(api.ErrorMessage(), "already in use"):
-		sentinel = ErrDeviceInUse
-	default:
-		sentinel = ErrInvalid
-	}
-	return fmt.Errorf("ec2 %s%s: %w (%s: %s): %w", op, attempts, sentinel, code, api.ErrorMessage(), err)
+	return fmt.Errorf("ec2 %s%s: %w (%s: %s): %w", op, attempts, sentinel(code, api.ErrorMessage()), code, api.ErrorMessage(), err)
 }
 
 // Host is this instance as IMDS describes it.

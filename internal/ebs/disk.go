@@ -13,8 +13,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/chainwarden/chainwarden/agent/config"
 )
 
 // Signature is what blkid finds on a device.
@@ -275,7 +273,7 @@ func UpdateFstab(fstab, volume, volumeID, source, path, fsType string) (changed 
 }
 
 // NomadHostVolume is the Nomad client config that makes the mount a host volume named like the volume.
-func NomadHostVolume(vol config.Volume) string {
+func NomadHostVolume(vol Volume) string {
 	return fmt.Sprintf(`# Written by chainwarden volume ensure for EBS volume %q; rewritten at every boot.
 client {
   host_volume %q {
@@ -321,7 +319,7 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 }
 
 // prepare is the host half of Ensure: filesystem (only on a blank disk), mount, fstab, Nomad config.
-func (m *Manager) prepare(ctx context.Context, vol config.Volume, dev Device, res *EnsureResult) error {
+func (m *Manager) prepare(ctx context.Context, vol Volume, dev Device, res *EnsureResult) error {
 	log := m.Log.With("volume", vol.Name, "device", dev.Path)
 	sig, formatted, err := MakeFilesystemIfBlank(ctx, dev.Path, vol.Filesystem, vol.Name)
 	if err != nil {

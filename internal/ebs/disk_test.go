@@ -16,6 +16,7 @@ import (
 )
 
 func TestEnsureFormatsBlankDiskMountsAndIsIdempotent(t *testing.T) {
+	integration(t)
 	e := newEnv(t)
 	dev := loopDevice(t, 512)
 	e.addDisk(dev)
@@ -93,6 +94,7 @@ func TestEnsureFormatsBlankDiskMountsAndIsIdempotent(t *testing.T) {
 }
 
 func TestEnsureMountsExistingFilesystemAndNeverFormatsIt(t *testing.T) {
+	integration(t)
 	e := newEnv(t)
 	dev := loopDevice(t, 64)
 	// The "snapshot" content: an ext4 filesystem with a file, although the volume config says xfs.
@@ -138,6 +140,7 @@ func TestEnsureMountsExistingFilesystemAndNeverFormatsIt(t *testing.T) {
 }
 
 func TestEnsureRefusesDiskWithUnknownData(t *testing.T) {
+	integration(t)
 	e := newEnv(t)
 	dev := loopDevice(t, 64)
 	junk := make([]byte, 4096)

@@ -6,14 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
+	"slices"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
-
-	"github.com/chainwarden/chainwarden/agent/config"
 )
 
 // EnsureResult says what Ensure found or did.
@@ -32,7 +30,7 @@ type EnsureResult struct {
 // Ensure gives vol an attached, mounted EBS volume and writes its fstab entry and Nomad host_volume config. It is
 // idempotent; two runs at once on one host serialize on a lock file, and the CreateVolume ClientToken makes even
 // unserialized runs create one volume.
-func (m *Manager) Ensure(ctx context.Context, vol config.Volume) (*EnsureResult, error) {
+func (m *Manager) Ensure(ctx context.Context, vol Volume) (*EnsureResult, error) {
 	m.defaults()
 	log := m.Log.With("volume", vol.Name, "family", Family(vol))
 	unlock, err := m.lock(ctx, "volume-"+vol.Name)
@@ -60,7 +58,7 @@ func (m *Manager) Ensure(ctx context.Context, vol config.Volume) (*EnsureResult,
 
 // EnsureAttached is the AWS half of Ensure: find or create the volume, attach it to this instance, wait until
 // the attachment is "attached". It takes no host lock.
-func (m *Manager) EnsureAttached(ctx context.Context, vol config.Volume) (*EnsureResult, error) {
+func (m *Manager) EnsureAttached(ctx context.Context, vol Volume) (*EnsureResult, error) {
 	m.defaults()
 	log := m.Log.With("volume", vol.Name, "family", Family(vol))
 	res := &EnsureResult{MountPath: vol.MountPath}
@@ -88,7 +86,7 @@ func (m *Manager) EnsureAttached(ctx context.Context, vol config.Volume) (*Ensur
 		}
 	}
 	res.VolumeID = aws.ToString(v.VolumeId)
-	if err := m.waitVolume(ctx, res.VolumeID, "available or in-use"); err != nil {
+	if err := m.waitVolume(ctx, res.VolumeID); err != nil {
 		return nil, err
 	}
 	if err := m.attach(ctx, res.VolumeID); err != nil {
@@ -109,16 +107,14 @@ func attachedHere(v *types.Volume, instanceID string) bool {
 
 // findVolume returns the volume to use: one of ours attached here, else one being created in this AZ (by a
 // concurrent ensure), else the oldest available one in this AZ; nil if none.
-func (m *Manager) findVolume(ctx context.Context, vol config.Volume) (*types.Volume, error) {
+func (m *Manager) findVolume(ctx context.Context, vol Volume) (*types.Volume, error) {
 	vols, err := m.describeVolumes(ctx, []types.Filter{
 		filter("tag:"+TagVolume, vol.Name), filter("tag:"+TagFamily, Family(vol)),
 	})
 	if err != nil {
 		return nil, err
 	}
-	sort.Slice(vols, func(i, j int) bool {
-		return aws.ToTime(vols[i].CreateTime).Before(aws.ToTime(vols[j].CreateTime))
-	})
+	slices.SortFunc(vols, func(a, b types.Volume) int { return aws.ToTime(a.CreateTime).Compare(aws.ToTime(b.CreateTime)) })
 	var creating, available *types.Volume
 	for i := range vols {
 		v := &vols[i]
@@ -146,26 +142,40 @@ func (m *Manager) findVolume(ctx context.Context, vol config.Volume) (*types.Vol
 	return available, nil
 }
 
-func (m *Manager) describeVolumes(ctx context.Context, filters []types.Filter, ids ...string) ([]types.Volume, error) {
+// describeVolumes lists the volumes matching filters, page by page.
+func (m *Manager) describeVolumes(ctx context.Context, filters []types.Filter) ([]types.Volume, error) {
 	var out []types.Volume
-	in := &ec2.DescribeVolumesInput{Filters: filters, VolumeIds: ids}
-	for {
+	p := ec2.NewDescribeVolumesPaginator(m.EC2, &ec2.DescribeVolumesInput{Filters: filters},
+		func(o *ec2.DescribeVolumesPaginatorOptions) { o.Limit = m.PageSize })
+	for p.HasMorePages() {
 		page, err := call(ctx, m, "DescribeVolumes", func(ctx context.Context) (*ec2.DescribeVolumesOutput, error) {
-			return m.EC2.DescribeVolumes(ctx, in)
+			return p.NextPage(ctx)
 		})
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, page.Volumes...)
-		if aws.ToString(page.NextToken) == "" {
-			return out, nil
-		}
-		in.NextToken = page.NextToken
 	}
+	return out, nil
+}
+
+// volume describes one volume by id.
+func (m *Manager) volume(ctx context.Context, id string) (*types.Volume, error) {
+	out, err := call(ctx, m, "DescribeVolumes", func(ctx context.Context) (*ec2.DescribeVolumesOutput, error) {
+		return m.EC2.DescribeVolumes(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}})
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(out.Volumes) != 1 {
+		return nil, fmt.Errorf("describe volume %s: %d volumes in the answer: %w", id, len(out.Volumes), ErrNotFound)
+	}
+	return &out.Volumes[0], nil
 }
 
 // NewestSnapshot returns the newest completed snapshot of the family in this region, or nil.
 func (m *Manager) NewestSnapshot(ctx context.Context, family string) (*types.Snapshot, error) {
+	m.defaults()
 	snaps, err := m.familySnapshots(ctx, family, "completed")
 	if err != nil || len(snaps) == 0 {
 		return nil, err
@@ -179,36 +189,39 @@ func (m *Manager) familySnapshots(ctx context.Context, family, status string) ([
 	if status != "" {
 		filters = append(filters, filter("status", status))
 	}
-	in := &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}, Filters: filters}
+	snaps, err := m.describeSnapshots(ctx, filters)
+	if err != nil {
+		return nil, err
+	}
+	// Never trust a filter alone with what we restore.
+	return slices.DeleteFunc(snaps, func(s types.Snapshot) bool { return tagsOf(s.Tags)[TagFamily] != family }), nil
+}
+
+// describeSnapshots lists this account's snapshots matching filters, page by page, newest first.
+func (m *Manager) describeSnapshots(ctx context.Context, filters []types.Filter) ([]types.Snapshot, error) {
 	var out []types.Snapshot
-	for {
+	p := ec2.NewDescribeSnapshotsPaginator(m.EC2, &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}, Filters: filters},
+		func(o *ec2.DescribeSnapshotsPaginatorOptions) { o.Limit = m.PageSize })
+	for p.HasMorePages() {
 		page, err := call(ctx, m, "DescribeSnapshots", func(ctx context.Context) (*ec2.DescribeSnapshotsOutput, error) {
-			return m.EC2.DescribeSnapshots(ctx, in)
+			return p.NextPage(ctx)
 		})
 		if err != nil {
 			return nil, err
 		}
-		for _, s := range page.Snapshots {
-			if tagsOf(s.Tags)[TagFamily] == family { // never trust a filter alone with what we restore
-				out = append(out, s)
-			}
-		}
-		if aws.ToString(page.NextToken) == "" {
-			break
-		}
-		in.NextToken = page.NextToken
+		out = append(out, page.Snapshots...)
 	}
-	sort.SliceStable(out, func(i, j int) bool { return aws.ToTime(out[i].StartTime).After(aws.ToTime(out[j].StartTime)) })
+	slices.SortStableFunc(out, func(a, b types.Snapshot) int { return aws.ToTime(b.StartTime).Compare(aws.ToTime(a.StartTime)) })
 	return out, nil
 }
 
 // clientToken is the same for every ensure of this volume on this instance during this boot.
-func (m *Manager) clientToken(vol config.Volume) string {
+func (m *Manager) clientToken(vol Volume) string {
 	sum := sha256.Sum256([]byte(m.Host.InstanceID + "\x00" + vol.Name + "\x00" + Family(vol) + "\x00" + m.BootID))
 	return "chainwarden-" + hex.EncodeToString(sum[:])[:40]
 }
 
-func (m *Manager) createVolume(ctx context.Context, vol config.Volume, res *EnsureResult) (*types.Volume, error) {
+func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResult) (*types.Volume, error) {
 	snap, err := m.NewestSnapshot(ctx, Family(vol))
 	if err != nil {
 		return nil, err
@@ -255,25 +268,48 @@ func (m *Manager) createVolume(ctx context.Context, vol config.Volume, res *Ensu
 		Attachments: out.Attachments, CreateTime: out.CreateTime}, nil
 }
 
-// waitVolume waits until the volume has left "creating".
-func (m *Manager) waitVolume(ctx context.Context, id, want string) error {
-	return m.waitFor(ctx, "volume "+id+" to be "+want, m.Timeouts.Create, func(ctx context.Context) (bool, string, error) {
-		vols, err := m.describeVolumes(ctx, nil, id)
-		if err != nil {
-			return false, "", err
-		}
-		if len(vols) != 1 {
-			return false, "", fmt.Errorf("describe volume %s: %w", id, ErrNotFound)
-		}
-		switch vols[0].State {
-		case types.VolumeStateAvailable, types.VolumeStateInUse:
-			return true, string(vols[0].State), nil
-		case types.VolumeStateCreating:
-			return false, string(vols[0].State), nil
-		default:
-			return false, "", fmt.Errorf("volume %s is %s: %w", id, vols[0].State, ErrIncorrectState)
+// waitVolume waits with the SDK's VolumeAvailable waiter until the volume has left "creating". "in-use" is as
+// good as "available": a concurrent ensure may have attached it meanwhile (attach sorts out where).
+func (m *Manager) waitVolume(ctx context.Context, id string) error {
+	what := "volume " + id + " to be available or in-use"
+	p := m.progress(what, m.Timeouts.Create)
+	var status string
+	var stop error
+	w := ec2.NewVolumeAvailableWaiter(m.EC2, func(o *ec2.VolumeAvailableWaiterOptions) {
+		o.MinDelay, o.MaxDelay = m.Poll, m.MaxPoll
+		available := o.Retryable
+		o.Retryable = func(wctx context.Context, in *ec2.DescribeVolumesInput, out *ec2.DescribeVolumesOutput, err error) (bool, error) {
+			if err != nil {
+				if wctx.Err() == nil { // else: the waiter's own deadline, reported as ErrTimeout
+					stop = awsErr("DescribeVolumes", err)
+				}
+				return false, err
+			}
+			if len(out.Volumes) != 1 {
+				stop = fmt.Errorf("describe volume %s: %d volumes in the answer: %w", id, len(out.Volumes), ErrNotFound)
+				return false, stop
+			}
+			status = string(out.Volumes[0].State)
+			switch out.Volumes[0].State {
+			case types.VolumeStateInUse:
+				return false, nil
+			case types.VolumeStateAvailable, types.VolumeStateCreating:
+			default: // deleting, deleted, error: it will not become available
+				stop = fmt.Errorf("volume %s is %s: %w", id, status, ErrIncorrectState)
+				return false, stop
+			}
+			retry, err := available(wctx, in, out, nil)
+			if retry {
+				p.waiting(status)
+			}
+			return retry, err
 		}
 	})
+	err := w.Wait(ctx, &ec2.DescribeVolumesInput{VolumeIds: []string{id}}, m.Timeouts.Create)
+	if err == nil {
+		p.done()
+	}
+	return waiterErr(ctx, what, m.Timeouts.Create, status, stop, err)
 }
 
 // deviceNames are the names AWS recommends for EBS data volumes; on Nitro they are labels only.
@@ -282,14 +318,11 @@ var deviceNames = []string{"/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/sdi", "/dev
 
 // attach attaches the volume here unless it already is, then waits for "attached".
 func (m *Manager) attach(ctx context.Context, id string) error {
-	vols, err := m.describeVolumes(ctx, nil, id)
+	v, err := m.volume(ctx, id)
 	if err != nil {
 		return err
 	}
-	if len(vols) != 1 {
-		return fmt.Errorf("describe volume %s: %w", id, ErrNotFound)
-	}
-	if !attachedHere(&vols[0], m.Host.InstanceID) {
+	if !attachedHere(v, m.Host.InstanceID) {
 		used, err := m.describeVolumes(ctx, []types.Filter{filter("attachment.instance-id", m.Host.InstanceID)})
 		if err != nil {
 			return err
@@ -304,15 +337,14 @@ func (m *Manager) attach(ctx context.Context, id string) error {
 			return err
 		}
 	}
+	// The SDK's VolumeInUse waiter looks at the volume's state only, which is "in-use" from the moment the attach
+	// starts: the attachment's own state is polled here.
 	return m.waitFor(ctx, "volume "+id+" to be attached", m.Timeouts.Attach, func(ctx context.Context) (bool, string, error) {
-		vols, err := m.describeVolumes(ctx, nil, id)
+		v, err := m.volume(ctx, id)
 		if err != nil {
 			return false, "", err
 		}
-		if len(vols) != 1 {
-			return false, "", fmt.Errorf("describe volume %s: %w", id, ErrNotFound)
-		}
-		for _, a := range vols[0].Attachments {
+		for _, a := range v.Attachments {
 			if aws.ToString(a.InstanceId) != m.Host.InstanceID {
 				return false, "", fmt.Errorf("volume %s was attached to instance %s meanwhile: %w",
 					id, aws.ToString(a.InstanceId), ErrInUse)
@@ -343,8 +375,8 @@ func (m *Manager) attachFree(ctx context.Context, id string, taken map[string]bo
 			continue // a concurrent attach of another volume took the name
 		case errors.Is(err, ErrInUse), errors.Is(err, ErrIncorrectState):
 			// A concurrent ensure of this volume may have attached it already: fine if it is attached here.
-			vols, derr := m.describeVolumes(ctx, nil, id)
-			if derr == nil && len(vols) == 1 && attachedHere(&vols[0], m.Host.InstanceID) {
+			v, derr := m.volume(ctx, id)
+			if derr == nil && attachedHere(v, m.Host.InstanceID) {
 				return nil
 			}
 			return err

@@ -11,7 +11,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 
-	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/ec2test"
 )
@@ -53,10 +52,6 @@ func TestEnsureCreatesBlankVolumeWithConfiguredParameters(t *testing.T) {
 	tags := tagMap(v.Tags)
 	if tags[ebs.TagVolume] != "geth-data" || tags[ebs.TagFamily] != "ethereum/mainnet/geth" || tags["Name"] != "chainwarden-geth-data" {
 		t.Fatalf("tags %v", tags)
-	}
-	// Progress lines were written while waiting on AWS (create 300 ms > progress every 200 ms).
-	if !strings.Contains(e.logs.String(), "waiting: for=\"volume "+v.ID+" to be available or in-use\"") {
-		t.Errorf("no progress line while waiting for the volume:\n%s", e.logs.String())
 	}
 	// Nothing secret went over the wire in a form field, and the client used IMDSv2 only.
 	for _, r := range e.ec2.Requests() {
@@ -244,32 +239,116 @@ func TestEnsureRetriesThrottlingAndReportsErrors(t *testing.T) {
 	}
 }
 
+// While AWS takes its time, ensure says what it waits for, on the Manager's clock.
+func TestEnsureLogsProgressWhileWaiting(t *testing.T) {
+	e := newEnv(t)
+	clk := e.withFakeClock()
+	e.ec2.SetDelays(ec2test.Delays{Create: 10 * time.Minute, Attach: time.Minute})
+	type result struct {
+		res *ebs.EnsureResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := e.m.EnsureAttached(ctxT(t, 30*time.Second), e.volume("geth-data"))
+		done <- result{res, err}
+	}()
+	// The SDK's waiter polls the volume, still creating; ten seconds on, ensure says so.
+	eventually(t, "the waiter polling the new volume", func() bool {
+		return e.ec2.Calls("CreateVolume") == 1 && e.ec2.Calls("DescribeVolumes") >= 3
+	})
+	if strings.Contains(e.logs.String(), "waiting:") {
+		t.Fatalf("a progress line before ProgressEvery passed:\n%s", e.logs.String())
+	}
+	clk.Advance(e.m.ProgressEvery)
+	eventually(t, "a progress line", func() bool {
+		return strings.Contains(e.logs.String(), `to be available or in-use" status=creating elapsed=10s timeout=10s`)
+	})
+	clk.Advance(10 * time.Minute) // available: ensure attaches it, then polls the attachment on the fake clock
+	clk.BlockUntil(1)
+	clk.Advance(time.Minute)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !strings.Contains(e.logs.String(), `done waiting: for="volume `+r.res.VolumeID+` to be attached" elapsed=1m0s`) {
+		t.Fatalf("no line when the attachment was done:\n%s", e.logs.String())
+	}
+}
+
+// Every wait is bounded: a device that never appears ends ensure with ErrTimeout after Timeouts.Device (of fake
+// time).
 func TestEnsureBoundsEveryWait(t *testing.T) {
 	e := newEnv(t)
-	e.m.Timeouts.Device = 300 * time.Millisecond
+	clk := e.withFakeClock()
+	e.m.Poll = time.Second
+	e.m.Timeouts.Device = 2 * time.Minute
+	e.drive(e.m.Poll)
+	start := clk.Now()
 	// No disk queued: the volume attaches but its device never appears.
 	_, err := e.m.Ensure(ctxT(t, 30*time.Second), e.volume("geth-data"))
 	if !errors.Is(err, ebs.ErrTimeout) || !strings.Contains(err.Error(), "block device of vol-") {
 		t.Fatalf("error %v, want a device timeout", err)
 	}
+	if waited := clk.Now().Sub(start); waited < 2*time.Minute || waited > 2*time.Minute+2*time.Second {
+		t.Fatalf("gave up after %s of the Manager's time, want 2m", waited)
+	}
 }
 
 func TestEnsureWaitsForVolumeBeingCreated(t *testing.T) {
 	e := newEnv(t)
-	// A volume being created by us is found and waited for, even when another process created it.
+	// A volume being created (by another process) is found and waited for.
 	id := e.ec2.PutVolume(ec2test.Volume{AZ: testAZ, Size: 1, State: "creating", Tags: familyTags("geth-data", "ethereum/mainnet/geth")})
+	type result struct {
+		res *ebs.EnsureResult
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
-		time.Sleep(300 * time.Millisecond)
-		v := e.ec2.Volumes()[0]
-		v.State = "available"
-		e.ec2.PutVolume(v)
+		res, err := e.m.EnsureAttached(ctxT(t, 30*time.Second), e.volume("geth-data"))
+		done <- result{res, err}
 	}()
+	eventually(t, "ensure polling the creating volume", func() bool { return e.ec2.Calls("DescribeVolumes") >= 4 })
+	select {
+	case r := <-done:
+		t.Fatalf("ensure returned while the volume was creating: %+v %v", r.res, r.err)
+	default:
+	}
+	v := e.ec2.Volumes()[0]
+	v.State = "available"
+	e.ec2.PutVolume(v)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.res.VolumeID != id || e.ec2.Calls("CreateVolume") != 0 {
+		t.Fatalf("res %+v, creates %d: want the creating volume %s waited for", r.res, e.ec2.Calls("CreateVolume"), id)
+	}
+}
+
+// Paginated answers are read to the end: a volume and snapshots beyond the first page are found.
+func TestEnsureReadsEveryPage(t *testing.T) {
+	e := newEnv(t)
+	e.m.PageSize = 5
+	fam := "ethereum/mainnet/geth"
+	start := time.Now().Add(-100 * time.Hour)
+	for i := 0; i < 12; i++ { // other volumes and snapshots fill the first pages
+		e.ec2.PutVolume(ec2test.Volume{AZ: testAZ, Size: 1, Created: start.Add(time.Duration(i) * time.Minute),
+			Tags: familyTags("other", fam)})
+		e.ec2.PutSnapshot(ec2test.Snapshot{Region: testRegion, VolumeSize: 1, Started: start.Add(time.Duration(i) * time.Minute),
+			Tags: snapTags("ethereum/mainnet/erigon")})
+	}
+	want := e.ec2.PutSnapshot(ec2test.Snapshot{Region: testRegion, VolumeSize: 1, Started: start.Add(time.Hour), Tags: snapTags(fam)})
 	res, err := e.m.EnsureAttached(ctxT(t, 30*time.Second), e.volume("geth-data"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.VolumeID != id || e.ec2.Calls("CreateVolume") != 0 {
-		t.Fatalf("res %+v, creates %d: want the creating volume %s waited for", res, e.ec2.Calls("CreateVolume"), id)
+	if res.RestoredFrom != want {
+		t.Fatalf("restored from %q, want %s (on the last page)", res.RestoredFrom, want)
+	}
+	l, err := e.m.List(ctxT(t, 10*time.Second))
+	if err != nil || len(l.Volumes) != 13 || len(l.Snapshots) != 13 {
+		t.Fatalf("list: %d volumes, %d snapshots (%v), want 13 and 13", len(l.Volumes), len(l.Snapshots), err)
 	}
 }
 
@@ -285,64 +364,5 @@ func TestIMDSv2Only(t *testing.T) {
 	}
 	if e.imds.Gets() == 0 {
 		t.Fatal("Connect did not read the identity document")
-	}
-}
-
-func TestVolumeConfigErrors(t *testing.T) {
-	cases := map[string]string{
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  type = "gp2"
-  iops = 3000
-}`: "test.hcl:6,3: volume \"v\": iops is only for gp3, io1 and io2 volumes",
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  freeze = "command"
-}`: "test.hcl:5,3: volume \"v\": freeze = \"command\" needs stop_command and start_command",
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  snapshot_interval = "6h"
-}`: "test.hcl:5,3: volume \"v\": snapshot_interval needs node",
-		`volume "v" {
-  chain = "ethereum"
-  network = "main/net"
-  client = "geth"
-}`: "test.hcl:3,3: volume \"v\": network \"main/net\" must not contain a slash",
-		`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  kms_key_id = "alias/x"
-  encrypted = false
-}`: "test.hcl:5,3: volume \"v\": kms_key_id needs encrypted = true",
-	}
-	for src, want := range cases {
-		_, err := config.Parse([]byte(src+"\nconsul {}\n"), "test.hcl")
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("config\n%s\nerror %v, want %q", src, err, want)
-		}
-	}
-	cfg, err := config.Parse([]byte(`volume "v" {
-  chain = "ethereum"
-  network = "mainnet"
-  client = "geth"
-  node = "geth-a"
-  snapshot_interval = "6h"
-  kms_key_id = "alias/x"
-}
-consul {}`), "test.hcl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v := cfg.Volumes[0]
-	if v.SnapshotDur != 6*time.Hour || v.Encrypted == nil || !*v.Encrypted || v.Freeze != "fsfreeze" ||
-		v.MountPath != "/data/v" || v.Keep != 3 || v.DrainWaitDur != 10*time.Second {
-		t.Fatalf("defaults: %+v", v)
 	}
 }

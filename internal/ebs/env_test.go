@@ -14,9 +14,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/ec2test"
+	"github.com/chainwarden/chainwarden/internal/fakes"
 	"github.com/chainwarden/chainwarden/internal/imdstest"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
@@ -38,6 +38,7 @@ type env struct {
 	dir  string
 	byID string
 	logs *syncBuffer
+	clk  *fakes.Clock // nil: the wall clock
 
 	mu    sync.Mutex
 	disks []string          // loop devices for the next attached volumes, in order
@@ -72,7 +73,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 func newEnv(t *testing.T, opts ...func(*ebs.AWSOptions)) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), disk: map[string]string{}, logs: &syncBuffer{}}
-	e.ec2 = ec2test.New(ec2test.Delays{Create: 300 * time.Millisecond, Attach: 200 * time.Millisecond, Snapshot: time.Second})
+	// No delays: a created volume is available, an attachment attached, a snapshot completed at the next request.
+	// Tests that need something to take time use a fake clock (withFakeClock) and move it themselves.
+	e.ec2 = ec2test.New(ec2test.Delays{})
 	t.Cleanup(e.ec2.Close)
 	e.ec2.AddInstance(testInstance, testAZ)
 	e.ec2.AddInstance("i-0other000000000000", testAZ)
@@ -107,14 +110,65 @@ func newEnv(t *testing.T, opts ...func(*ebs.AWSOptions)) *env {
 		Paths: ebs.Paths{Fstab: filepath.Join(e.dir, "fstab"), NomadConfigDir: filepath.Join(e.dir, "nomad.d"),
 			LockDir: filepath.Join(e.dir, "lock")},
 		Timeouts:      ebs.Timeouts{Lock: 30 * time.Second, Create: 10 * time.Second, Attach: 10 * time.Second, Device: 5 * time.Second, Snapshot: 20 * time.Second, Call: 10 * time.Second},
-		Poll:          50 * time.Millisecond,
-		ProgressEvery: 200 * time.Millisecond,
+		Poll:          5 * time.Millisecond,
+		ProgressEvery: 10 * time.Second,
 		BootID:        "boot-1",
 	}
 	if err := os.MkdirAll(filepath.Join(e.dir, "sys-block"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return e
+}
+
+// withFakeClock puts the Manager's waits and the EC2 server's transitions on a fake clock the test moves.
+func (e *env) withFakeClock() *fakes.Clock {
+	e.clk = fakes.NewClock(time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC))
+	e.ec2.Clock = e.clk
+	e.m.Clock = e.clk
+	return e.clk
+}
+
+// drive advances the fake clock by step whenever something waits on it, until the test ends: the Manager's
+// polls then run one after the other in no real time, while fake time passes as it would.
+func (e *env) drive(step time.Duration) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	e.t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if e.clk.Waiters() > 0 {
+				e.clk.Advance(step)
+			} else {
+				time.Sleep(100 * time.Microsecond) // poll for a waiter
+			}
+		}
+	}()
+}
+
+// eventually polls cond until it holds, failing the test after a generous deadline.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond) // a poll interval
+	}
+}
+
+// integration skips tests that start real components or need root under -short.
+func integration(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test (real components or root); skipped with -short")
+	}
 }
 
 func ioMulti(ws ...interface{ Write([]byte) (int, error) }) *multiWriter { return &multiWriter{ws} }
@@ -156,30 +210,17 @@ func (e *env) addDisk(dev string) {
 	e.disks = append(e.disks, dev)
 }
 
-func (e *env) volume(name string, mod ...func(*config.Volume)) config.Volume {
+func (e *env) volume(name string, mod ...func(*ebs.Volume)) ebs.Volume {
 	e.t.Helper()
-	src := `volume "` + name + `" {
-  chain      = "ethereum"
-  network    = "mainnet"
-  client     = "geth"
-  node       = "geth-a"
-  size_gib   = 1
-  type       = "gp3"
-  iops       = 3000
-  throughput = 125
-  encrypted  = true
-  mount_path = "` + filepath.Join(e.dir, "mnt", name) + `"
-  drain_wait = "100ms"
-}
-consul {}
-`
-	cfg, err := config.Parse([]byte(src), "test.hcl")
-	if err != nil {
-		e.t.Fatalf("config: %v", err)
-	}
-	v := cfg.Volumes[0]
+	iops, throughput, encrypted := int32(3000), int32(125), true
+	v := ebs.Volume{Name: name, Chain: "ethereum", Network: "mainnet", Client: "geth", Node: "geth-a", SizeGiB: 1,
+		Type: "gp3", IOPS: &iops, Throughput: &throughput, Encrypted: &encrypted,
+		MountPath: filepath.Join(e.dir, "mnt", name), DrainWait: 100 * time.Millisecond}
 	for _, f := range mod {
 		f(&v)
+	}
+	if err := v.Validate().Err(); err != nil {
+		e.t.Fatalf("volume: %v", err)
 	}
 	return v
 }
@@ -193,6 +234,7 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 // loopDevice makes a sparse file of sizeMiB and a loop device over it, removed when the test ends.
 func loopDevice(t *testing.T, sizeMiB int) string {
 	t.Helper()
+	integration(t)
 	testenv.RequireRoot(t)
 	for _, tool := range []string{"losetup", "blkid", "mkfs.xfs", "mkfs.ext4", "mount", "umount", "fsfreeze"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -231,7 +273,7 @@ func cleanupMount(t *testing.T, path string) {
 			}
 			if out, err := exec.Command("umount", path).CombinedOutput(); err != nil {
 				t.Logf("umount %s: %v: %s", path, err, out)
-				time.Sleep(100 * time.Millisecond)
+				time.Sleep(100 * time.Millisecond) // busy: retry a little later
 			}
 		}
 	})

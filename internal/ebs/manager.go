@@ -3,9 +3,10 @@ package ebs
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -14,7 +15,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/clock"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
 )
 
 // Tags chainwarden puts on volumes and snapshots. A family (chain/network/client) is what a snapshot can restore:
@@ -33,7 +35,7 @@ const (
 )
 
 // Family is the snapshot family of a volume: chain/network/client.
-func Family(v config.Volume) string { return v.Chain + "/" + v.Network + "/" + v.Client }
+func Family(v Volume) string { return v.Chain + "/" + v.Network + "/" + v.Client }
 
 // Paths are the host files chainwarden writes; tests point them into a temp dir.
 type Paths struct {
@@ -58,19 +60,27 @@ type Manager struct {
 	Host    Host
 	Log     hclog.Logger
 	Devices DeviceFinder
-	Consul  ConsulAgent // for Snapshot only
-	Paths   Paths
+	Consul  ConsulAgent // Snapshot only: the node's check, its service, maintenance
+	KV      ConsulKV    // Snapshot only: the node's head, for the height tag
+	// KVLayout is where the agents publish heads (their consul kv_prefix); zero value: the default prefix.
+	KVLayout kvlayout.Layout
+	Paths    Paths
 	Timeouts
+	// Clock runs ebs's own waits (attachment, device, lock, drain, the snapshot schedule); nil is the wall clock.
+	// The SDK's waiters (volume available, snapshot completed) sleep on the wall clock.
+	Clock clock.Clock
 
-	Poll          time.Duration // between state polls (default 2s)
+	Poll          time.Duration // between polls of ebs's own waits, and the SDK waiters' first pause (default 2s)
+	MaxPoll       time.Duration // the SDK waiters back off up to this (default 15 × Poll)
+	PageSize      int32         // results per DescribeVolumes/DescribeSnapshots page, 5 to 500 (default 500)
 	ProgressEvery time.Duration // between progress lines while waiting (default 10s)
 	// BootID makes the CreateVolume ClientToken unique per boot, so two ensures at once create one volume but a
 	// volume deleted since the last boot is not "found again" by an old token. Default: the kernel's boot_id.
 	BootID string
 	// NoNomadConfig skips the static host_volume file (the Nomad dynamic host volume plugin path).
 	NoNomadConfig bool
-	// Freezer overrides the writer freeze of Snapshot (tests); nil = from the volume's config.
-	Freezer func(vol config.Volume) Freezer
+	// Freezer overrides the writer freeze of Snapshot (tests); nil = from the volume's spec.
+	Freezer func(vol Volume) Freezer
 }
 
 func (m *Manager) defaults() {
@@ -79,6 +89,12 @@ func (m *Manager) defaults() {
 	}
 	if m.Devices == nil {
 		m.Devices = NVMe{}
+	}
+	if m.Clock == nil {
+		m.Clock = clock.Real
+	}
+	if m.KVLayout == (kvlayout.Layout{}) {
+		m.KVLayout = kvlayout.New("")
 	}
 	if m.Paths.Fstab == "" {
 		m.Paths.Fstab = "/etc/fstab"
@@ -101,7 +117,17 @@ func (m *Manager) defaults() {
 	def(&m.Timeouts.Snapshot, 8*time.Hour)
 	def(&m.Timeouts.Call, 2*time.Minute)
 	def(&m.Poll, 2*time.Second)
+	def(&m.MaxPoll, 15*m.Poll)
+	if m.MaxPoll < m.Poll {
+		m.MaxPoll = m.Poll
+	}
 	def(&m.ProgressEvery, 10*time.Second)
+	switch { // what EC2 accepts as MaxResults; written only when off, as defaults() runs again and again
+	case m.PageSize <= 0 || m.PageSize > 500:
+		m.PageSize = 500 // the most DescribeVolumes returns per page
+	case m.PageSize < 5:
+		m.PageSize = 5
+	}
 	if m.BootID == "" {
 		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 		if err == nil {
@@ -122,40 +148,72 @@ func call[T any](ctx context.Context, m *Manager, op string, f func(context.Cont
 	return out, nil
 }
 
-// waitFor polls check until it reports done, logging a progress line every ProgressEvery, failing with
-// ErrTimeout after timeout. check returns a short status for the progress line.
+// progress logs a line every ProgressEvery (on the Manager's clock) while something is awaited.
+type progress struct {
+	m           *Manager
+	what        string
+	timeout     time.Duration
+	start, last time.Time
+}
+
+func (m *Manager) progress(what string, timeout time.Duration) *progress {
+	now := m.Clock.Now()
+	return &progress{m: m, what: what, timeout: timeout, start: now, last: now}
+}
+
+func (p *progress) waiting(status string) {
+	now := p.m.Clock.Now()
+	if now.Sub(p.last) >= p.m.ProgressEvery {
+		p.m.Log.Info("waiting", "for", p.what, "status", status, "elapsed", now.Sub(p.start).Round(time.Second),
+			"timeout", p.timeout)
+		p.last = now
+	}
+}
+
+func (p *progress) done() {
+	if elapsed := p.m.Clock.Now().Sub(p.start); elapsed > p.m.ProgressEvery {
+		p.m.Log.Info("done waiting", "for", p.what, "elapsed", elapsed.Round(time.Second))
+	}
+}
+
+// waitFor polls check every Poll on the Manager's clock until it reports done, logging progress, failing with
+// ErrTimeout once timeout has passed. check returns a short status for the progress line.
 func (m *Manager) waitFor(ctx context.Context, what string, timeout time.Duration,
 	check func(ctx context.Context) (done bool, status string, err error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	start := time.Now()
-	lastLog := start
-	status := ""
+	p := m.progress(what, timeout)
+	deadline := p.start.Add(timeout)
 	for {
-		done, st, err := check(ctx)
+		done, status, err := check(ctx)
 		if err != nil {
 			return err
 		}
 		if done {
-			if time.Since(start) > m.ProgressEvery {
-				m.Log.Info("done waiting", "for", what, "elapsed", time.Since(start).Round(time.Second))
-			}
+			p.done()
 			return nil
 		}
-		status = st
-		if time.Since(lastLog) >= m.ProgressEvery {
-			m.Log.Info("waiting", "for", what, "status", status, "elapsed", time.Since(start).Round(time.Second),
-				"timeout", timeout)
-			lastLog = time.Now()
+		p.waiting(status)
+		left := deadline.Sub(m.Clock.Now())
+		if left <= 0 {
+			return fmt.Errorf("waiting for %s (last status %q): %w after %s", what, status, ErrTimeout, timeout)
 		}
-		select {
-		case <-ctx.Done():
-			if ctx.Err() == context.DeadlineExceeded {
-				return fmt.Errorf("waiting for %s (last status %q): %w after %s", what, status, ErrTimeout, timeout)
-			}
-			return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
-		case <-time.After(m.Poll):
+		if err := clock.Sleep(ctx, m.Clock, min(m.Poll, left)); err != nil {
+			return fmt.Errorf("waiting for %s: %w", what, err)
 		}
+	}
+}
+
+// waiterErr reports how an SDK waiter ended: stop is the error its Retryable gave (already wrapped), else the
+// caller's context ended, else the waiter ran out of time.
+func waiterErr(ctx context.Context, what string, timeout time.Duration, status string, stop, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case stop != nil:
+		return stop
+	case ctx.Err() != nil:
+		return fmt.Errorf("waiting for %s: %w", what, ctx.Err())
+	default:
+		return fmt.Errorf("waiting for %s (last status %q): %w after %s", what, status, ErrTimeout, timeout)
 	}
 }
 
@@ -197,22 +255,13 @@ func tagsOf(tags []types.Tag) map[string]string {
 
 func ec2Tags(m map[string]string) []types.Tag {
 	var out []types.Tag
-	for _, k := range sortedKeys(m) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
 		out = append(out, types.Tag{Key: aws.String(k), Value: aws.String(m[k])})
 	}
 	return out
 }
 
-func sortedKeys(m map[string]string) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-func familyTags(v config.Volume) map[string]string {
+func familyTags(v Volume) map[string]string {
 	return map[string]string{
 		TagVolume: v.Name, TagFamily: Family(v), TagChain: v.Chain, TagNetwork: v.Network, TagClient: v.Client,
 	}

@@ -68,6 +68,7 @@ client {
 // The host_volume file ensure writes is a valid Nomad client configuration: a real Nomad, started with the
 // config directory, offers the volume at the mount path.
 func TestNomadOffersEnsuredHostVolume(t *testing.T) {
+	integration(t)
 	e := newEnv(t)
 	dev := loopDevice(t, 512)
 	e.addDisk(dev)
@@ -109,6 +110,7 @@ func buildChainwarden(t *testing.T) string {
 // plugin (with only DHV_* in its environment), which ensures an EBS volume (here: the EC2 test server and a loop
 // device), formats the blank disk, mounts it under Nomad's volumes dir; delete unmounts and keeps the EBS volume.
 func TestNomadDynamicHostVolumePlugin(t *testing.T) {
+	integration(t)
 	e := newEnv(t)
 	dev := loopDevice(t, 512)
 	e.addDisk(dev)

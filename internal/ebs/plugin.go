@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/chainwarden/chainwarden/agent/config"
 )
 
 // PluginVersion is what the Nomad dynamic host volume plugin reports on fingerprint.
@@ -52,61 +52,68 @@ func PluginRequestFromEnv(getenv func(string) string) (PluginRequest, error) {
 	return r, nil
 }
 
-// pluginParams are the volume spec parameters the plugin understands (the rest is an error, to catch typos).
-var pluginParams = map[string]string{
-	"chain": "string", "network": "string", "client": "string", "node": "string", "type": "string",
-	"kms_key_id": "string", "filesystem": "string", "iops": "number", "throughput": "number", "encrypted": "bool",
+// pluginParams are the volume parameters the plugin understands, by the name of the volume block attribute
+// they set; anything else is an error, to catch typos.
+var pluginParams = map[string]func(v *Volume, val string) error{
+	"chain":      func(v *Volume, s string) error { v.Chain = s; return nil },
+	"network":    func(v *Volume, s string) error { v.Network = s; return nil },
+	"client":     func(v *Volume, s string) error { v.Client = s; return nil },
+	"node":       func(v *Volume, s string) error { v.Node = s; return nil },
+	"type":       func(v *Volume, s string) error { v.Type = s; return nil },
+	"kms_key_id": func(v *Volume, s string) error { v.KMSKeyID = s; return nil },
+	"filesystem": func(v *Volume, s string) error { v.Filesystem = s; return nil },
+	"iops":       func(v *Volume, s string) (err error) { v.IOPS, err = int32Param(s); return err },
+	"throughput": func(v *Volume, s string) (err error) { v.Throughput, err = int32Param(s); return err },
+	"encrypted": func(v *Volume, s string) error {
+		t, err := strconv.ParseBool(s)
+		if err != nil {
+			return errors.New("is not true or false")
+		}
+		v.Encrypted = &t
+		return nil
+	},
 }
 
-// hclString quotes s for HCL: Go quoting plus escaped template sequences.
-func hclString(s string) string {
-	q := strconv.Quote(s)
-	q = strings.ReplaceAll(q, "${", "$${")
-	return strings.ReplaceAll(q, "%{", "%%{")
-}
-
-// PluginVolume turns a create request into a volume, validated exactly like a volume block of the agent config.
-// The volume is mounted at <DHV_VOLUMES_DIR>/<volume id>; its size is capacity_min rounded up to GiB (100 GiB
-// when the spec gives none).
-func PluginVolume(r PluginRequest) (config.Volume, error) {
-	if r.VolumeName == "" || r.VolumeID == "" || r.VolumesDir == "" {
-		return config.Volume{}, errors.New("DHV_VOLUME_NAME, DHV_VOLUME_ID and DHV_VOLUMES_DIR must be set")
+func int32Param(s string) (*int32, error) {
+	n, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return nil, errors.New("is not a number")
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "consul {}\nvolume %s {\n", hclString(r.VolumeName))
-	for k, v := range r.Parameters {
-		switch pluginParams[k] {
-		case "string":
-			fmt.Fprintf(&b, "  %s = %s\n", k, hclString(v))
-		case "number":
-			n, err := strconv.ParseInt(v, 10, 32)
-			if err != nil {
-				return config.Volume{}, fmt.Errorf("parameter %s=%q is not a number", k, v)
-			}
-			fmt.Fprintf(&b, "  %s = %d\n", k, n)
-		case "bool":
-			t, err := strconv.ParseBool(v)
-			if err != nil {
-				return config.Volume{}, fmt.Errorf("parameter %s=%q is not true or false", k, v)
-			}
-			fmt.Fprintf(&b, "  %s = %v\n", k, t)
-		default:
-			return config.Volume{}, fmt.Errorf("unknown parameter %q (known: chain, network, client, node, type, iops, throughput, encrypted, kms_key_id, filesystem)", k)
+	n32 := int32(n)
+	return &n32, nil
+}
+
+// PluginVolume turns a create request into a volume, validated by the same rules as a volume block of the agent
+// config. The volume is mounted at <DHV_VOLUMES_DIR>/<volume id>; its size is capacity_min rounded up to GiB
+// (100 GiB when the spec gives none).
+func PluginVolume(r PluginRequest) (Volume, error) {
+	if r.VolumeName == "" || r.VolumeID == "" || r.VolumesDir == "" {
+		return Volume{}, errors.New("DHV_VOLUME_NAME, DHV_VOLUME_ID and DHV_VOLUMES_DIR must be set")
+	}
+	vol := Volume{Name: r.VolumeName, MountPath: filepath.Join(r.VolumesDir, r.VolumeID)}
+	for _, k := range slices.Sorted(maps.Keys(r.Parameters)) {
+		set, ok := pluginParams[k]
+		if !ok {
+			return Volume{}, fmt.Errorf("unknown parameter %q (known: chain, network, client, node, type, iops, throughput, encrypted, kms_key_id, filesystem)", k)
+		}
+		if err := set(&vol, r.Parameters[k]); err != nil {
+			return Volume{}, fmt.Errorf("parameter %s=%q %w", k, r.Parameters[k], err)
 		}
 	}
 	if r.CapacityMin > 0 {
 		gib := (r.CapacityMin + 1<<30 - 1) >> 30
 		if r.CapacityMax > 0 && gib<<30 > r.CapacityMax {
-			return config.Volume{}, fmt.Errorf("capacity_min %d rounded up to %d GiB exceeds capacity_max %d", r.CapacityMin, gib, r.CapacityMax)
+			return Volume{}, fmt.Errorf("capacity_min %d rounded up to %d GiB exceeds capacity_max %d", r.CapacityMin, gib, r.CapacityMax)
 		}
-		fmt.Fprintf(&b, "  size_gib = %d\n", gib)
+		if gib > 65536 {
+			return Volume{}, fmt.Errorf("capacity_min %d is more than 65536 GiB", r.CapacityMin)
+		}
+		vol.SizeGiB = int32(gib)
 	}
-	fmt.Fprintf(&b, "  mount_path = %s\n}\n", hclString(filepath.Join(r.VolumesDir, r.VolumeID)))
-	cfg, err := config.Parse([]byte(b.String()), "volume parameters")
-	if err != nil {
-		return config.Volume{}, err
+	if err := vol.Validate().Err(); err != nil {
+		return Volume{}, err
 	}
-	return cfg.Volumes[0], nil
+	return vol, nil
 }
 
 // PluginCreateResponse is the JSON a plugin prints for create.

@@ -12,7 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/clock"
 )
 
 // PruneResult lists the completed snapshots of a family kept and deleted (or, dry, to be deleted).
@@ -26,7 +26,7 @@ type PruneResult struct {
 // Prune keeps the newest keep completed snapshots of the volume's family and deletes older completed ones.
 // Pending and failed snapshots are not touched nor counted; keep is at least 1, so the only completed snapshot
 // is never deleted.
-func (m *Manager) Prune(ctx context.Context, vol config.Volume, keep int, dryRun bool) (*PruneResult, error) {
+func (m *Manager) Prune(ctx context.Context, vol Volume, keep int, dryRun bool) (*PruneResult, error) {
 	m.defaults()
 	if keep < 1 {
 		keep = 1
@@ -73,62 +73,47 @@ func (m *Manager) List(ctx context.Context) (*Listing, error) {
 	if err != nil {
 		return nil, err
 	}
-	in := &ec2.DescribeSnapshotsInput{OwnerIds: []string{"self"}, Filters: []types.Filter{filter("tag-key", TagFamily)}}
-	var snaps []types.Snapshot
-	for {
-		page, err := call(ctx, m, "DescribeSnapshots", func(ctx context.Context) (*ec2.DescribeSnapshotsOutput, error) {
-			return m.EC2.DescribeSnapshots(ctx, in)
-		})
-		if err != nil {
-			return nil, err
-		}
-		snaps = append(snaps, page.Snapshots...)
-		if aws.ToString(page.NextToken) == "" {
-			break
-		}
-		in.NextToken = page.NextToken
+	snaps, err := m.describeSnapshots(ctx, []types.Filter{filter("tag-key", TagFamily)})
+	if err != nil {
+		return nil, err
 	}
-	sortSnapshots(snaps)
 	return &Listing{Volumes: vols, Snapshots: snaps}, nil
 }
 
-func sortSnapshots(s []types.Snapshot) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && aws.ToTime(s[j].StartTime).After(aws.ToTime(s[j-1].StartTime)); j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
-}
-
-// Scheduler snapshots and prunes volumes with a snapshot_interval, from the agent. A family's next snapshot is due
+// Scheduler snapshots and prunes volumes with a snapshot interval, from the agent. A family's next snapshot is due
 // one interval after its newest one (whoever took it), so restarting the agent does not snapshot again at once.
 // A refused (node not passing) or failed snapshot is retried after RetryAfter.
 type Scheduler struct {
 	Manager    *Manager
-	Volumes    []config.Volume
+	Volumes    []Volume
 	Log        hclog.Logger
 	RetryAfter time.Duration // default 15m
 	Jitter     time.Duration // up to this much is added to each wait (default 1m); negative: none
-	Now        func() time.Time
+	Clock      clock.Clock   // nil: the Manager's clock
 }
 
-// Run schedules every volume with a snapshot interval until ctx ends.
-func (s *Scheduler) Run(ctx context.Context) {
+func (s *Scheduler) defaults() {
+	s.Manager.defaults()
 	if s.Log == nil {
 		s.Log = hclog.NewNullLogger()
 	}
 	if s.RetryAfter <= 0 {
 		s.RetryAfter = 15 * time.Minute
 	}
-	if s.Now == nil {
-		s.Now = time.Now
+	if s.Clock == nil {
+		s.Clock = s.Manager.Clock
 	}
 	if s.Jitter == 0 {
 		s.Jitter = time.Minute
 	}
+}
+
+// Run schedules every volume with a snapshot interval until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) {
+	s.defaults()
 	var wg sync.WaitGroup
 	for _, vol := range s.Volumes {
-		if vol.SnapshotDur <= 0 {
+		if vol.SnapshotInterval <= 0 {
 			continue
 		}
 		wg.Add(1)
@@ -140,7 +125,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-func (s *Scheduler) loop(ctx context.Context, vol config.Volume) {
+func (s *Scheduler) loop(ctx context.Context, vol Volume) {
 	log := s.Log.With("volume", vol.Name, "family", Family(vol))
 	for {
 		wait, err := s.Due(ctx, vol)
@@ -154,10 +139,8 @@ func (s *Scheduler) loop(ctx context.Context, vol config.Volume) {
 				wait += time.Duration(rand.Int64N(int64(s.Jitter)))
 			}
 			log.Debug("next snapshot", "in", wait.Round(time.Second))
-			select {
-			case <-ctx.Done():
+			if clock.Sleep(ctx, s.Clock, wait) != nil {
 				return
-			case <-time.After(wait):
 			}
 			if wait, err := s.Due(ctx, vol); err == nil && wait > 0 {
 				continue // another host took one meanwhile
@@ -168,21 +151,16 @@ func (s *Scheduler) loop(ctx context.Context, vol config.Volume) {
 				return
 			}
 			log.Warn("scheduled snapshot failed", "error", err, "retry_in", s.RetryAfter)
-			select {
-			case <-ctx.Done():
+			if clock.Sleep(ctx, s.Clock, s.RetryAfter) != nil {
 				return
-			case <-time.After(s.RetryAfter):
 			}
 		}
 	}
 }
 
 // Due returns how long until the family's next snapshot is due (<= 0: now).
-func (s *Scheduler) Due(ctx context.Context, vol config.Volume) (time.Duration, error) {
-	now := time.Now
-	if s.Now != nil {
-		now = s.Now
-	}
+func (s *Scheduler) Due(ctx context.Context, vol Volume) (time.Duration, error) {
+	s.defaults()
 	snaps, err := s.Manager.familySnapshots(ctx, Family(vol), "")
 	if err != nil {
 		return 0, err
@@ -191,13 +169,13 @@ func (s *Scheduler) Due(ctx context.Context, vol config.Volume) (time.Duration, 
 		if sn.State == types.SnapshotStateError {
 			continue
 		}
-		return aws.ToTime(sn.StartTime).Add(vol.SnapshotDur).Sub(now()), nil
+		return aws.ToTime(sn.StartTime).Add(vol.SnapshotInterval).Sub(s.Clock.Now()), nil
 	}
 	return 0, nil
 }
 
 // RunOnce snapshots the volume (waiting for completion) and prunes its family.
-func (s *Scheduler) RunOnce(ctx context.Context, vol config.Volume) error {
+func (s *Scheduler) RunOnce(ctx context.Context, vol Volume) error {
 	res, err := s.Manager.Snapshot(ctx, vol, true)
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/ec2test"
+	"github.com/chainwarden/chainwarden/internal/fakes"
 )
 
 func ids(snaps []ec2test.Snapshot) []string {
@@ -98,18 +99,17 @@ func TestPruneKeepsNewestPerFamily(t *testing.T) {
 func TestListAndSchedulerDue(t *testing.T) {
 	e := newEnv(t)
 	vol := e.volume("geth-data")
-	vol.SnapshotDur = 6 * time.Hour
-	s := &ebs.Scheduler{Manager: e.m, Volumes: nil}
+	vol.SnapshotInterval = 6 * time.Hour
+	now := time.Now().Truncate(time.Second) // as precise as EC2's times
+	s := &ebs.Scheduler{Manager: e.m, Volumes: nil, Clock: fakes.NewClock(now)}
 	due, err := s.Due(ctxT(t, 10*time.Second), vol)
 	if err != nil || due > 0 {
 		t.Fatalf("no snapshot yet: due in %v, %v; want now", due, err)
 	}
-	now := time.Now()
 	e.ec2.PutSnapshot(ec2test.Snapshot{Region: testRegion, VolumeSize: 1, Started: now.Add(-2 * time.Hour), Tags: snapTags(ebs.Family(vol))})
 	e.ec2.PutSnapshot(ec2test.Snapshot{Region: testRegion, VolumeSize: 1, Started: now.Add(-time.Hour), State: "error", Tags: snapTags(ebs.Family(vol))})
-	s.Now = func() time.Time { return now }
 	due, err = s.Due(ctxT(t, 10*time.Second), vol)
-	if err != nil || due > 4*time.Hour || due < 4*time.Hour-time.Second {
+	if err != nil || due != 4*time.Hour {
 		t.Fatalf("due in %v, %v; want 4h (6h after the newest good one, 2h old)", due, err)
 	}
 	e.ec2.PutVolume(ec2test.Volume{AZ: testAZ, Size: 1, Tags: familyTags("geth-data", ebs.Family(vol))})

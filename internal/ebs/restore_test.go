@@ -129,17 +129,18 @@ func nodeStatus(a *agent.Agent, node string) (agent.NodeHealth, bool) {
 // restores the newest snapshot of the family (no mkfs, the chain data is there), and the restored node is critical
 // — out of the proxy's passing set — until it has caught up with the network, then passing.
 func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
+	integration(t)
 	e := newEnv(t)
 	devA := loopDevice(t, 512)
 	c := testenv.StartConsul(t)
-	e.m.Consul = c.Client.Agent()
+	e.m.Consul, e.m.KV = c.Client.Agent(), c.Client.KV()
 	network := testenv.StartCliqueNetwork(t, 1)
 	sealer := network.Nodes[0]
 	genesis := filepath.Join(filepath.Dir(sealer.DataDir), "genesis.json")
 
 	// Host A: geth-a on an ensured (blank, formatted) EBS volume, following the sealer.
 	e.addDisk(devA)
-	vol := e.volume("geth-data", func(v *config.Volume) { v.Node = "geth-a" })
+	vol := e.volume("geth-data", func(v *ebs.Volume) { v.Node = "geth-a" })
 	cleanupMount(t, vol.MountPath)
 	if _, err := e.m.Ensure(ctxT(t, 60*time.Second), vol); err != nil {
 		t.Fatal(err)
@@ -171,7 +172,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 
 	// Snapshot it; the EBS snapshot's data is the frozen disk's image.
 	img := filepath.Join(t.TempDir(), "snapshot.img")
-	e.m.Freezer = func(v config.Volume) ebs.Freezer {
+	e.m.Freezer = func(v ebs.Volume) ebs.Freezer {
 		return observingFreezer{inner: ebs.FSFreeze{Path: v.MountPath}, during: func() {
 			if err := copyDevice(devA, img); err != nil {
 				t.Errorf("copy the frozen disk: %v", err)
@@ -236,8 +237,16 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 		}
 		return nil
 	})
-	for i := 0; i < 6; i++ { // stays out while it has not caught up
-		h, _ := nodeStatus(a, "geth-b")
+	// It stays out while it has not caught up: six verdicts in a row (each a new probe pass) are critical.
+	h, _ := nodeStatus(a, "geth-b")
+	for i := 0; i < 6; i++ {
+		last := h.Updated
+		testenv.Eventually(t, 10*time.Second, "the next verdict on geth-b", func() error {
+			if h, _ = nodeStatus(a, "geth-b"); !h.Updated.After(last) {
+				return fmt.Errorf("no verdict since %s", last)
+			}
+			return nil
+		})
 		if h.Status != "critical" {
 			t.Fatalf("restored, lagging node is %s: %+v", h.Status, h)
 		}
@@ -250,7 +259,6 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 				t.Fatal("geth-b is in the passing set while behind")
 			}
 		}
-		time.Sleep(500 * time.Millisecond)
 	}
 	st, output, _ := c.CheckStatus("geth-b")
 	if st != consulapi.HealthCritical {

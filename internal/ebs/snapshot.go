@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
-	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,7 +14,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	consulapi "github.com/hashicorp/consul/api"
 
-	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/clock"
+	"github.com/chainwarden/chainwarden/internal/heads"
+	"github.com/chainwarden/chainwarden/internal/registry"
 )
 
 // ConsulAgent is the part of the local Consul agent's API Snapshot uses; *consulapi.Agent satisfies it.
@@ -25,8 +27,10 @@ type ConsulAgent interface {
 	DisableServiceMaintenanceOpts(serviceID string, q *consulapi.QueryOptions) error
 }
 
-// CheckID is the agent's TTL check of a chain node.
-func CheckID(node string) string { return "chainwarden:" + node }
+// ConsulKV is the Consul KV call Snapshot makes, to read the node's head; *consulapi.KV satisfies it.
+type ConsulKV interface {
+	Get(key string, q *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error)
+}
 
 // Freezer makes a volume's contents consistent for a snapshot; thaw undoes it and must be called.
 type Freezer interface {
@@ -104,7 +108,7 @@ func (NoFreeze) Freeze(context.Context) (func(context.Context) error, error) {
 	return func(context.Context) error { return nil }, nil
 }
 
-func (m *Manager) freezer(vol config.Volume) Freezer {
+func (m *Manager) freezer(vol Volume) Freezer {
 	if m.Freezer != nil {
 		return m.Freezer(vol)
 	}
@@ -128,19 +132,17 @@ type SnapshotResult struct {
 	Progress      string
 }
 
-var heightInOutput = regexp.MustCompile(`\bheight (\d+)`)
-
 // Snapshot snapshots the volume of a passing node: Consul maintenance on the node's service (so proxies drop it),
 // DrainWait, freeze the writer, CreateSnapshot tagged with the family, client version and height, then thaw and
 // leave maintenance at once (always, also on failure) and, with wait, report progress until the snapshot is
 // completed. A node whose check is not passing is refused with ErrNotPassing.
-func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (res *SnapshotResult, err error) {
+func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *SnapshotResult, err error) {
 	m.defaults()
 	if vol.Node == "" {
 		return nil, fmt.Errorf("volume %s: node is not set: no Consul check to tell whether the node is synced", vol.Name)
 	}
-	if m.Consul == nil {
-		return nil, errors.New("snapshot needs the local Consul agent")
+	if m.Consul == nil || m.KV == nil {
+		return nil, errors.New("snapshot needs the local Consul agent and its KV store")
 	}
 	log := m.Log.With("volume", vol.Name, "node", vol.Node)
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
@@ -148,17 +150,14 @@ func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (r
 	if err != nil {
 		return nil, fmt.Errorf("read checks from the local Consul agent: %w", err)
 	}
-	check := checks[CheckID(vol.Node)]
+	check := checks[registry.CheckID(vol.Node)]
 	if check == nil {
-		return nil, fmt.Errorf("node %s: no check %q on the local Consul agent: %w", vol.Node, CheckID(vol.Node), ErrNotPassing)
+		return nil, fmt.Errorf("node %s: no check %q on the local Consul agent: %w", vol.Node, registry.CheckID(vol.Node), ErrNotPassing)
 	}
 	if check.Status != consulapi.HealthPassing {
 		return nil, fmt.Errorf("node %s is %s (%s): %w", vol.Node, check.Status, check.Output, ErrNotPassing)
 	}
 	res = &SnapshotResult{Height: "unknown", ClientVersion: "unknown"}
-	if h := heightInOutput.FindStringSubmatch(check.Output); h != nil {
-		res.Height = h[1]
-	}
 	svc, _, err := m.Consul.Service(vol.Node, q)
 	if err != nil {
 		return nil, fmt.Errorf("read service %s from the local Consul agent: %w", vol.Node, err)
@@ -166,8 +165,19 @@ func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (r
 	if v := svc.Meta["client_version"]; v != "" {
 		res.ClientVersion = v
 	}
-	if res.Height == "unknown" && svc.Meta["height"] != "" {
-		res.Height = svc.Meta["height"]
+	service := vol.Service
+	if service == "" {
+		service = svc.Service
+	}
+	// The height is the head the agent publishes for the node, read as data, not from the check's text.
+	head, ok, err := heads.Read(ctx, m.KV, m.KVLayout, service, vol.Node)
+	if err != nil {
+		return nil, fmt.Errorf("node %s: %w", vol.Node, err)
+	}
+	if ok {
+		res.Height = strconv.FormatUint(head.Height, 10)
+	} else {
+		log.Warn("no head of the node in Consul KV: the snapshot's height is unknown", "key", m.KVLayout.Head(service, vol.Node))
 	}
 	vols, err := m.describeVolumes(ctx, []types.Filter{
 		filter("tag:"+TagVolume, vol.Name), filter("tag:"+TagFamily, Family(vol)),
@@ -219,12 +229,10 @@ func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (r
 			err = errors.Join(err, rerr)
 		}
 	}()
-	if vol.DrainWaitDur > 0 {
-		log.Info("waiting for proxies to drop the node", "drain_wait", vol.DrainWaitDur)
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("drain wait: %w", ctx.Err())
-		case <-time.After(vol.DrainWaitDur):
+	if vol.DrainWait > 0 {
+		log.Info("waiting for proxies to drop the node", "drain_wait", vol.DrainWait)
+		if err := clock.Sleep(ctx, m.Clock, vol.DrainWait); err != nil {
+			return nil, fmt.Errorf("drain wait: %w", err)
 		}
 	}
 	fr := m.freezer(vol)
@@ -262,28 +270,46 @@ func (m *Manager) Snapshot(ctx context.Context, vol config.Volume, wait bool) (r
 	return res, m.WaitSnapshot(ctx, res)
 }
 
-// WaitSnapshot waits until the snapshot is completed, logging its progress.
+// WaitSnapshot waits with the SDK's SnapshotCompleted waiter until the snapshot is completed, logging its
+// progress; res.State and res.Progress follow it.
 func (m *Manager) WaitSnapshot(ctx context.Context, res *SnapshotResult) error {
 	m.defaults()
-	return m.waitFor(ctx, "snapshot "+res.SnapshotID+" to complete", m.Timeouts.Snapshot, func(ctx context.Context) (bool, string, error) {
-		out, err := call(ctx, m, "DescribeSnapshots", func(ctx context.Context) (*ec2.DescribeSnapshotsOutput, error) {
-			return m.EC2.DescribeSnapshots(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{res.SnapshotID}})
-		})
-		if err != nil {
-			return false, "", err
+	what := "snapshot " + res.SnapshotID + " to complete"
+	p := m.progress(what, m.Timeouts.Snapshot)
+	var status string
+	var stop error
+	w := ec2.NewSnapshotCompletedWaiter(m.EC2, func(o *ec2.SnapshotCompletedWaiterOptions) {
+		o.MinDelay, o.MaxDelay = m.Poll, m.MaxPoll
+		completed := o.Retryable
+		o.Retryable = func(wctx context.Context, in *ec2.DescribeSnapshotsInput, out *ec2.DescribeSnapshotsOutput, err error) (bool, error) {
+			if err != nil {
+				if wctx.Err() == nil { // else: the waiter's own deadline, reported as ErrTimeout
+					stop = awsErr("DescribeSnapshots", err)
+				}
+				return false, err
+			}
+			if len(out.Snapshots) != 1 {
+				stop = fmt.Errorf("snapshot %s: %d snapshots in the answer: %w", res.SnapshotID, len(out.Snapshots), ErrNotFound)
+				return false, stop
+			}
+			s := out.Snapshots[0]
+			res.State, res.Progress = string(s.State), aws.ToString(s.Progress)
+			status = res.State + " " + res.Progress
+			if s.State == types.SnapshotStateError {
+				stop = fmt.Errorf("snapshot %s failed: %s", res.SnapshotID, aws.ToString(s.StateMessage))
+				return false, stop
+			}
+			retry, err := completed(wctx, in, out, nil)
+			if retry {
+				p.waiting(status)
+			}
+			return retry, err
 		}
-		if len(out.Snapshots) != 1 {
-			return false, "", fmt.Errorf("snapshot %s: %w", res.SnapshotID, ErrNotFound)
-		}
-		s := out.Snapshots[0]
-		res.State, res.Progress = string(s.State), aws.ToString(s.Progress)
-		switch s.State {
-		case types.SnapshotStateCompleted:
-			m.Log.Info("snapshot completed", "snapshot", res.SnapshotID)
-			return true, "", nil
-		case types.SnapshotStateError:
-			return false, "", fmt.Errorf("snapshot %s failed: %s", res.SnapshotID, aws.ToString(s.StateMessage))
-		}
-		return false, fmt.Sprintf("%s %s", s.State, aws.ToString(s.Progress)), nil
 	})
+	err := w.Wait(ctx, &ec2.DescribeSnapshotsInput{SnapshotIds: []string{res.SnapshotID}}, m.Timeouts.Snapshot)
+	if err == nil {
+		p.done()
+		m.Log.Info("snapshot completed", "snapshot", res.SnapshotID)
+	}
+	return waiterErr(ctx, what, m.Timeouts.Snapshot, status, stop, err)
 }

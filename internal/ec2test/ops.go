@@ -1,11 +1,12 @@
 package ec2test
 
 import (
+	"cmp"
 	"fmt"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
-	"time"
+	"strings"
 )
 
 // The XML shapes below follow the EC2 2016-11-15 responses (lists are <xSet><item>...</item></xSet>).
@@ -82,7 +83,7 @@ func (s *Server) snapXML(sn *Snapshot) xmlSnapshot {
 	if sn.State == "pending" {
 		pct := 0
 		if s.delays.Snapshot > 0 {
-			pct = int(100 * time.Since(sn.Started) / s.delays.Snapshot)
+			pct = int(100 * s.now().Sub(sn.Started) / s.delays.Snapshot)
 		}
 		if pct > 99 {
 			pct = 99
@@ -112,9 +113,10 @@ func (s *Server) describeVolumes(region string, f form) (any, *apiError) {
 			return nil, errf("InvalidVolume.NotFound", "The volume '%s' does not exist.", id)
 		}
 	}
-	out := struct {
-		Volumes []xmlVolume `xml:"volumeSet>item"`
-	}{}
+	pg, aerr := f.page(len(ids) > 0, "volume IDs", 500)
+	if aerr != nil {
+		return nil, aerr
+	}
 	var vols []*Volume
 	for _, v := range s.volumes {
 		if v.Region != region || (len(ids) > 0 && !contains(ids, v.ID)) || !matchTags(v.Tags, filters) {
@@ -153,7 +155,15 @@ func (s *Server) describeVolumes(region string, f form) (any, *apiError) {
 			vols = append(vols, v)
 		}
 	}
-	sort.Slice(vols, func(i, j int) bool { return vols[i].Created.Before(vols[j].Created) })
+	slices.SortFunc(vols, func(a, b *Volume) int { return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID)) })
+	vols, next, aerr := paginate(vols, pg)
+	if aerr != nil {
+		return nil, aerr
+	}
+	out := struct {
+		Volumes   []xmlVolume `xml:"volumeSet>item"`
+		NextToken string      `xml:"nextToken,omitempty"`
+	}{NextToken: next}
 	for _, v := range vols {
 		out.Volumes = append(out.Volumes, v.xml())
 	}
@@ -231,19 +241,14 @@ func (s *Server) createVolume(region string, f form) (any, *apiError) {
 			return v.xml(), nil
 		}
 	}
+	now := s.now()
 	v := &Volume{ID: newID("vol"), Region: region, AZ: az, Size: int32(size), SnapshotID: snapID, State: "creating",
 		Type: typ, IOPS: int32(iops), Throughput: int32(tput), Encrypted: encrypted, KMSKeyID: f.get("KmsKeyId"),
-		Created: time.Now(), Tags: tags, ClientToken: token}
+		Created: now, Tags: tags, ClientToken: token, availableAt: now.Add(s.delays.Create)}
 	s.volumes[v.ID] = v
 	if token != "" {
 		s.tokens[region+"/"+token] = v.ID
 	}
-	s.after(s.delays.Create, func() func() {
-		if v.State == "creating" {
-			v.State = "available"
-		}
-		return nil
-	})
 	return v.xml(), nil
 }
 
@@ -286,18 +291,9 @@ func (s *Server) attachVolume(region string, f form) (any, *apiError) {
 				"Invalid value '%s' for unixDevice. Attachment point %s is already in use", dev, dev)
 		}
 	}
-	a := &Attachment{InstanceID: inst, Device: dev, State: "attaching", Time: time.Now()}
+	now := s.now()
+	a := &Attachment{InstanceID: inst, Device: dev, State: "attaching", Time: now, attachedAt: now.Add(s.delays.Attach)}
 	v.Attachment, v.State = a, "in-use"
-	s.after(s.delays.Attach, func() func() {
-		if v.Attachment != a {
-			return nil
-		}
-		a.State = "attached"
-		if hook := s.OnAttach; hook != nil {
-			return func() { hook(volID, inst, dev) }
-		}
-		return nil
-	})
 	return xmlAttachment{VolumeID: volID, InstanceID: inst, Device: dev, Status: a.State,
 		AttachTime: a.Time.UTC().Format(timeFormat)}, nil
 }
@@ -319,6 +315,10 @@ func (s *Server) describeSnapshots(region string, f form) (any, *apiError) {
 		if sn := s.snapshots[id]; sn == nil || sn.Region != region {
 			return nil, errf("InvalidSnapshot.NotFound", "The snapshot '%s' does not exist.", id)
 		}
+	}
+	pg, aerr := f.page(len(ids) > 0, "snapshot IDs", 1000)
+	if aerr != nil {
+		return nil, aerr
 	}
 	var snaps []*Snapshot
 	for _, sn := range s.snapshots {
@@ -351,10 +351,15 @@ func (s *Server) describeSnapshots(region string, f form) (any, *apiError) {
 			snaps = append(snaps, sn)
 		}
 	}
-	sort.Slice(snaps, func(i, j int) bool { return snaps[i].Started.Before(snaps[j].Started) })
+	slices.SortFunc(snaps, func(a, b *Snapshot) int { return cmp.Or(a.Started.Compare(b.Started), cmp.Compare(a.ID, b.ID)) })
+	snaps, next, aerr := paginate(snaps, pg)
+	if aerr != nil {
+		return nil, aerr
+	}
 	out := struct {
 		Snapshots []xmlSnapshot `xml:"snapshotSet>item"`
-	}{}
+		NextToken string        `xml:"nextToken,omitempty"`
+	}{NextToken: next}
 	for _, sn := range snaps {
 		out.Snapshots = append(out.Snapshots, s.snapXML(sn))
 	}
@@ -377,15 +382,11 @@ func (s *Server) createSnapshot(region string, f form) (any, *apiError) {
 	if aerr != nil {
 		return nil, aerr
 	}
+	now := s.now()
 	sn := &Snapshot{ID: newID("snap"), Region: region, VolumeID: volID, VolumeSize: v.Size, State: "pending",
-		Started: time.Now(), Description: f.get("Description"), Encrypted: v.Encrypted, Owner: Account, Tags: tags}
+		Started: now, Description: f.get("Description"), Encrypted: v.Encrypted, Owner: Account, Tags: tags,
+		completedAt: now.Add(s.delays.Snapshot)}
 	s.snapshots[sn.ID] = sn
-	s.after(s.delays.Snapshot, func() func() {
-		if sn.State == "pending" {
-			sn.State = "completed"
-		}
-		return nil
-	})
 	return s.snapXML(sn), nil
 }
 
@@ -411,4 +412,47 @@ func (v Volume) String() string {
 		att = v.Attachment.InstanceID + ":" + v.Attachment.State
 	}
 	return fmt.Sprintf("%s(%s %s snap=%s att=%s)", v.ID, v.AZ, v.State, v.SnapshotID, att)
+}
+
+// page is a request's pagination: MaxResults (0: all results in one page) and where NextToken says to go on.
+type page struct {
+	max, offset int
+}
+
+// page reads MaxResults and NextToken. EC2 refuses MaxResults together with explicit ids, and outside [5, most].
+func (f form) page(withIDs bool, ids string, most int) (page, *apiError) {
+	var p page
+	if m := f.get("MaxResults"); m != "" {
+		n, err := strconv.Atoi(m)
+		if err != nil || n < 5 || n > most {
+			return p, errf("InvalidParameterValue", "Value ( %s ) for parameter maxResults is invalid. Expecting a value between 5 and %d.", m, most)
+		}
+		if withIDs {
+			return p, errf("InvalidParameterCombination", "The parameter %s cannot be used with the parameter maxResults", ids)
+		}
+		p.max = n
+	}
+	if t := f.get("NextToken"); t != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(t, tokenPrefix))
+		if !strings.HasPrefix(t, tokenPrefix) || err != nil || n < 0 {
+			return p, errf("InvalidPaginationToken", "Invalid pagination token: %s", t)
+		}
+		p.offset = n
+	}
+	return p, nil
+}
+
+// tokenPrefix starts the server's (opaque to clients) pagination tokens.
+const tokenPrefix = "ec2test-page-"
+
+// paginate cuts one page out of the sorted results, with the token of the next page ("" for the last).
+func paginate[T any](all []T, p page) ([]T, string, *apiError) {
+	if p.offset > len(all) {
+		return nil, "", errf("InvalidPaginationToken", "Invalid pagination token: %s%d", tokenPrefix, p.offset)
+	}
+	all = all[p.offset:]
+	if p.max == 0 || len(all) <= p.max {
+		return all, "", nil
+	}
+	return all[:p.max], tokenPrefix + strconv.Itoa(p.offset+p.max), nil
 }

@@ -1,12 +1,16 @@
 // Package ec2test is an in-process EC2 Query-API server for tests: volumes, snapshots, attachments and tags with
 // their state transitions (creating -> available, attaching -> attached, pending -> completed with progress), the
-// real form-encoded request and XML response wire format (2016-11-15), ClientToken idempotency, per-region state
-// (the region is read from the SigV4 credential scope, so a client of another region sees nothing of this one),
-// and injectable AWS errors such as RequestLimitExceeded. The real aws-sdk-go-v2 EC2 client talks to it through its
-// BaseEndpoint option.
+// real form-encoded request and XML response wire format (2016-11-15), MaxResults/NextToken pagination,
+// ClientToken idempotency, per-region state (the region is read from the SigV4 credential scope, so a client of
+// another region sees nothing of this one), and injectable AWS errors such as RequestLimitExceeded. The real
+// aws-sdk-go-v2 EC2 client, its paginators and its waiters talk to it through its BaseEndpoint option.
+//
+// Transitions happen on the server's clock: a state is due once its delay has passed, and the next request (or
+// Volumes/Snapshots call) sees it. With a fake clock a test moves every volume and snapshot along by hand.
 package ec2test
 
 import (
+	"cmp"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/xml"
@@ -14,11 +18,13 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/chainwarden/chainwarden/internal/clock"
 )
 
 // Namespace is the XML namespace of EC2 API version 2016-11-15, the one the SDK speaks.
@@ -36,6 +42,8 @@ type Attachment struct {
 	Device     string
 	State      string // attaching, attached, detaching
 	Time       time.Time
+
+	attachedAt time.Time // attaching -> attached when the clock reaches it
 }
 
 // Volume is an EBS volume as the server holds it.
@@ -55,6 +63,8 @@ type Volume struct {
 	Tags        []Tag
 	Attachment  *Attachment
 	ClientToken string
+
+	availableAt time.Time // creating -> available when the clock reaches it; zero: only by hand
 }
 
 // Snapshot is an EBS snapshot as the server holds it.
@@ -69,6 +79,8 @@ type Snapshot struct {
 	Encrypted   bool
 	Owner       string
 	Tags        []Tag
+
+	completedAt time.Time // pending -> completed when the clock reaches it; zero: only by hand
 }
 
 // Delays are how long the state transitions take.
@@ -82,9 +94,12 @@ type Delays struct {
 type Server struct {
 	URL string
 
-	// OnAttach is called (without the server lock held) when an attachment reaches "attached", as udev would
-	// create the device node then. Tests use it to point a by-id link at a loop device.
+	// OnAttach is called (without the server lock held, before the answer of the request that first sees the
+	// attachment "attached" is sent), as udev would create the device node then. Tests use it to point a by-id
+	// link at a loop device.
 	OnAttach func(volumeID, instanceID, device string)
+	// Clock times the state transitions and stamps creation times; nil is the wall clock.
+	Clock clock.Clock
 
 	srv       *httptest.Server
 	mu        sync.Mutex
@@ -95,12 +110,10 @@ type Server struct {
 	tokens    map[string]string // region/clientToken -> volume id
 	faults    map[string][]string
 	calls     map[string]int
-	timers    []*time.Timer
-	closed    bool
 	requests  []string
 }
 
-// New starts a server with the given transition delays; it is closed when the test ends if t is given to Cleanup.
+// New starts a server with the given transition delays.
 func New(d Delays) *Server {
 	s := &Server{
 		delays:    d,
@@ -116,15 +129,46 @@ func New(d Delays) *Server {
 	return s
 }
 
-// Close stops the server and any pending transition.
-func (s *Server) Close() {
+// SetDelays changes how long the transitions that start from now on take.
+func (s *Server) SetDelays(d Delays) {
 	s.mu.Lock()
-	s.closed = true
-	for _, t := range s.timers {
-		t.Stop()
+	defer s.mu.Unlock()
+	s.delays = d
+}
+
+// Close stops the server.
+func (s *Server) Close() { s.srv.Close() }
+
+func (s *Server) now() time.Time { return clock.OrReal(s.Clock).Now() }
+
+// settle makes every transition that is due by now; s.mu is held. It returns the OnAttach calls to make once the
+// lock is released.
+func (s *Server) settle() (hooks []func()) {
+	now := s.now()
+	for _, v := range s.volumes {
+		if v.State == "creating" && !v.availableAt.IsZero() && !now.Before(v.availableAt) {
+			v.State = "available"
+		}
+		if a := v.Attachment; a != nil && a.State == "attaching" && !now.Before(a.attachedAt) {
+			a.State = "attached"
+			if hook := s.OnAttach; hook != nil {
+				id, inst, dev := v.ID, a.InstanceID, a.Device
+				hooks = append(hooks, func() { hook(id, inst, dev) })
+			}
+		}
 	}
-	s.mu.Unlock()
-	s.srv.Close()
+	for _, sn := range s.snapshots {
+		if sn.State == "pending" && !sn.completedAt.IsZero() && !now.Before(sn.completedAt) {
+			sn.State = "completed"
+		}
+	}
+	return hooks
+}
+
+func runHooks(hooks []func()) {
+	for _, h := range hooks {
+		h()
+	}
 }
 
 // AddInstance makes an instance known in an availability zone (the region is the AZ without its letter).
@@ -148,7 +192,7 @@ func (s *Server) PutVolume(v Volume) string {
 		v.State = "available"
 	}
 	if v.Created.IsZero() {
-		v.Created = time.Now()
+		v.Created = s.now()
 	}
 	if v.Type == "" {
 		v.Type = "gp3"
@@ -171,7 +215,7 @@ func (s *Server) PutSnapshot(sn Snapshot) string {
 		sn.Owner = Account
 	}
 	if sn.Started.IsZero() {
-		sn.Started = time.Now()
+		sn.Started = s.now()
 	}
 	s.snapshots[sn.ID] = &sn
 	return sn.ID
@@ -180,7 +224,7 @@ func (s *Server) PutSnapshot(sn Snapshot) string {
 // Volumes returns copies of every volume, oldest first.
 func (s *Server) Volumes() []Volume {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	hooks := s.settle()
 	var out []Volume
 	for _, v := range s.volumes {
 		c := *v
@@ -191,21 +235,25 @@ func (s *Server) Volumes() []Volume {
 		c.Tags = append([]Tag(nil), v.Tags...)
 		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	s.mu.Unlock()
+	runHooks(hooks)
+	slices.SortFunc(out, func(a, b Volume) int { return cmp.Or(a.Created.Compare(b.Created), cmp.Compare(a.ID, b.ID)) })
 	return out
 }
 
 // Snapshots returns copies of every snapshot, oldest first.
 func (s *Server) Snapshots() []Snapshot {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	hooks := s.settle()
 	var out []Snapshot
 	for _, sn := range s.snapshots {
 		c := *sn
 		c.Tags = append([]Tag(nil), sn.Tags...)
 		out = append(out, c)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Started.Before(out[j].Started) })
+	s.mu.Unlock()
+	runHooks(hooks)
+	slices.SortFunc(out, func(a, b Snapshot) int { return cmp.Or(a.Started.Compare(b.Started), cmp.Compare(a.ID, b.ID)) })
 	return out
 }
 
@@ -255,7 +303,7 @@ func (e *apiError) Error() string { return e.code + ": " + e.message }
 func errf(code, format string, args ...any) *apiError {
 	status := http.StatusBadRequest
 	switch code {
-	case "RequestLimitExceeded":
+	case "RequestLimitExceeded", "ServiceUnavailable":
 		status = http.StatusServiceUnavailable
 	case "InternalError":
 		status = http.StatusInternalServerError
@@ -281,12 +329,14 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	}
 	action := r.PostForm.Get("Action")
 	s.mu.Lock()
+	hooks := s.settle()
 	s.calls[action]++
 	s.requests = append(s.requests, r.PostForm.Encode())
 	if q := s.faults[action]; len(q) > 0 {
 		code := q[0]
 		s.faults[action] = q[1:]
 		s.mu.Unlock()
+		runHooks(hooks)
 		writeError(w, reqID, errf(code, "injected %s for %s", code, action))
 		return
 	}
@@ -310,6 +360,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		aerr = errf("InvalidAction", "The action %s is not valid for this web service.", action)
 	}
 	s.mu.Unlock()
+	runHooks(hooks)
 	if aerr != nil {
 		writeError(w, reqID, aerr)
 		return
@@ -471,21 +522,4 @@ func newUUID() string {
 	_, _ = rand.Read(b)
 	h := hex.EncodeToString(b)
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
-
-// after runs f under the server lock once d has passed (at once for d == 0, still asynchronously).
-func (s *Server) after(d time.Duration, f func() func()) {
-	t := time.AfterFunc(d, func() {
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			return
-		}
-		hook := f()
-		s.mu.Unlock()
-		if hook != nil {
-			hook()
-		}
-	})
-	s.timers = append(s.timers, t)
 }

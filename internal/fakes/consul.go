@@ -36,6 +36,7 @@ type Consul struct {
 	blocked  int // List calls waiting for a change
 
 	catalogWrites int
+	events        []string // "maintenance on geth-a: <reason>", "maintenance off geth-a"
 }
 
 // NewConsul returns an empty, reachable Consul.
@@ -174,18 +175,101 @@ func (c *Consul) Register(reg *consulapi.CatalogRegistration, _ *consulapi.Write
 	return &consulapi.WriteMeta{}, nil
 }
 
-// Service returns a copy of a registered service, or nil.
-func (c *Consul) Service(id string) *consulapi.AgentService {
-	c.mu.Lock()
+// ChecksWithFilterOpts lists the agent's checks (no filter supported).
+func (c *Consul) ChecksWithFilterOpts(filter string, _ *consulapi.QueryOptions) (map[string]*consulapi.AgentCheck, error) {
+	if err := c.enter("ChecksWithFilterOpts"); err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	if filter != "" {
+		return nil, fmt.Errorf("fakes: unsupported filter %q", filter)
+	}
+	out := map[string]*consulapi.AgentCheck{}
+	for id, ch := range c.checks {
+		cp := *ch
+		out[id] = &cp
+	}
+	return out, nil
+}
+
+// Service answers /v1/agent/service/:id.
+func (c *Consul) Service(id string, _ *consulapi.QueryOptions) (*consulapi.AgentService, *consulapi.QueryMeta, error) {
+	if err := c.enter("Service"); err != nil {
+		return nil, nil, err
+	}
 	defer c.mu.Unlock()
 	s := c.services[id]
 	if s == nil {
-		return nil
+		return nil, nil, notFound("unknown service ID: " + id)
 	}
+	return cloneService(s), &consulapi.QueryMeta{}, nil
+}
+
+// EnableServiceMaintenanceOpts puts a service in maintenance: an extra critical check, as Consul does.
+func (c *Consul) EnableServiceMaintenanceOpts(id, reason string, _ *consulapi.QueryOptions) error {
+	if err := c.enter("EnableServiceMaintenanceOpts"); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	if c.services[id] == nil {
+		return notFound(fmt.Sprintf("No service registered with ID %q", id))
+	}
+	mid := "_service_maintenance:" + id
+	c.checks[mid] = &consulapi.AgentCheck{CheckID: mid, ServiceID: id, Status: consulapi.HealthCritical, Notes: reason}
+	c.syncCheck(mid)
+	c.events = append(c.events, "maintenance on "+id+": "+reason)
+	return nil
+}
+
+// DisableServiceMaintenanceOpts ends a service's maintenance.
+func (c *Consul) DisableServiceMaintenanceOpts(id string, _ *consulapi.QueryOptions) error {
+	if err := c.enter("DisableServiceMaintenanceOpts"); err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	delete(c.checks, "_service_maintenance:"+id)
+	delete(c.catalog, "_service_maintenance:"+id)
+	c.events = append(c.events, "maintenance off "+id)
+	return nil
+}
+
+// Events lists the maintenance changes made, in order.
+func (c *Consul) Events() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.events)
+}
+
+// Get reads one key, as /v1/kv/:key does (nil pair when there is none).
+func (c *Consul) Get(key string, _ *consulapi.QueryOptions) (*consulapi.KVPair, *consulapi.QueryMeta, error) {
+	if err := c.enter("Get"); err != nil {
+		return nil, nil, err
+	}
+	defer c.mu.Unlock()
+	p := c.kv[key]
+	if p == nil {
+		return nil, &consulapi.QueryMeta{LastIndex: c.index}, nil
+	}
+	cp := *p
+	cp.Value = slices.Clone(p.Value)
+	return &cp, &consulapi.QueryMeta{LastIndex: c.index}, nil
+}
+
+func cloneService(s *consulapi.AgentService) *consulapi.AgentService {
 	cp := *s
 	cp.Meta = maps.Clone(s.Meta)
 	cp.Tags = slices.Clone(s.Tags)
 	return &cp
+}
+
+// ServiceByID returns a copy of a registered service, or nil.
+func (c *Consul) ServiceByID(id string) *consulapi.AgentService {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.services[id]; s != nil {
+		return cloneService(s)
+	}
+	return nil
 }
 
 // ServiceIDs lists the registered services' IDs, sorted.

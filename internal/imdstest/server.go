@@ -1,16 +1,20 @@
 // Package imdstest is an IMDSv2 (EC2 instance metadata service) server for tests: a session token from
-// PUT /latest/api/token, then token-authenticated GETs of the instance identity document and a few meta-data paths.
-// Like a real instance configured with HttpTokens=required, it refuses IMDSv1 (token-less) requests with 401, so a
-// client that falls back to v1 fails. The real aws-sdk-go-v2 imds client talks to it through its Endpoint option.
+// PUT /latest/api/token, then token-authenticated GETs of the instance identity document, a few meta-data paths,
+// the instance's tags (when tags in metadata are on) and its user data. Like a real instance configured with
+// HttpTokens=required, it refuses IMDSv1 (token-less) requests with 401, so a client that falls back to v1 fails.
+// The real aws-sdk-go-v2 imds client, and curl in the AMI's boot script, talk to it through its URL.
 package imdstest
 
 import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -24,18 +28,24 @@ type Identity struct {
 	AccountID        string
 	ImageID          string
 	PrivateIP        string
+	// Tags are the instance's tags under meta-data/tags/instance; nil: the instance_metadata_tags launch option
+	// is off, and that path is not found.
+	Tags map[string]string
+	// UserData is what user-data answers; nil: the instance has none (not found).
+	UserData []byte
 }
 
 // Server is the fake metadata endpoint.
 type Server struct {
 	URL string
 
-	srv    *httptest.Server
-	mu     sync.Mutex
-	id     Identity
-	tokens map[string]time.Time
-	v1     int // token-less requests refused
-	gets   int
+	srv      *httptest.Server
+	mu       sync.Mutex
+	id       Identity
+	tokens   map[string]time.Time
+	v1       int // token-less requests refused
+	rejected int // every refused request: v1, wrong method, bad TTL, proxied token request
+	gets     int
 }
 
 // New starts a server answering for id.
@@ -71,6 +81,28 @@ func (s *Server) Refused() int {
 	return s.v1
 }
 
+// Rejected returns how many requests were refused for any reason (no or a bad token, wrong method, bad TTL, a
+// proxied token request).
+func (s *Server) Rejected() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rejected
+}
+
+// Tokens returns how many session tokens were handed out.
+func (s *Server) Tokens() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.tokens)
+}
+
+func (s *Server) reject(w http.ResponseWriter, code int) {
+	s.mu.Lock()
+	s.rejected++
+	s.mu.Unlock()
+	http.Error(w, http.StatusText(code), code)
+}
+
 // Gets returns how many authenticated GETs were answered.
 func (s *Server) Gets() int {
 	s.mu.Lock()
@@ -81,17 +113,17 @@ func (s *Server) Gets() int {
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/latest/api/token" {
 		if r.Method != http.MethodPut {
-			http.Error(w, "", http.StatusMethodNotAllowed)
+			s.reject(w, http.StatusMethodNotAllowed)
 			return
 		}
 		if r.Header.Get("X-Forwarded-For") != "" {
 			// IMDSv2 refuses proxied token requests.
-			http.Error(w, "", http.StatusForbidden)
+			s.reject(w, http.StatusForbidden)
 			return
 		}
 		ttl, err := strconv.Atoi(r.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds"))
 		if err != nil || ttl < 1 || ttl > 21600 {
-			http.Error(w, "", http.StatusBadRequest)
+			s.reject(w, http.StatusBadRequest)
 			return
 		}
 		b := make([]byte, 24)
@@ -105,7 +137,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method != http.MethodGet {
-		http.Error(w, "", http.StatusMethodNotAllowed)
+		s.reject(w, http.StatusMethodNotAllowed)
 		return
 	}
 	tok := r.Header.Get("X-Aws-Ec2-Metadata-Token")
@@ -114,15 +146,25 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 	if !ok || time.Now().After(exp) {
 		s.v1++
 		s.mu.Unlock()
-		http.Error(w, "", http.StatusUnauthorized)
+		s.reject(w, http.StatusUnauthorized)
 		return
 	}
 	s.gets++
 	s.mu.Unlock()
+	body, ok := s.answer(strings.TrimPrefix(r.URL.Path, "/latest/"))
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	_, _ = w.Write(body)
+}
+
+// answer is what a GET of /latest/<path> returns, and false for a path the instance does not have.
+func (s *Server) answer(path string) ([]byte, bool) {
 	id := s.id
-	var body string
-	switch r.URL.Path {
-	case "/latest/dynamic/instance-identity/document":
+	switch path {
+	case "dynamic/instance-identity/document":
 		doc := map[string]any{
 			"accountId": id.AccountID, "architecture": "x86_64", "availabilityZone": id.AvailabilityZone,
 			"billingProducts": nil, "devpayProductCodes": nil, "marketplaceProductCodes": nil,
@@ -131,19 +173,26 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 			"ramdiskId": nil, "region": id.Region, "version": "2017-09-30",
 		}
 		b, _ := json.MarshalIndent(doc, "", "  ")
-		body = string(b)
-	case "/latest/meta-data/instance-id":
-		body = id.InstanceID
-	case "/latest/meta-data/placement/availability-zone":
-		body = id.AvailabilityZone
-	case "/latest/meta-data/placement/region":
-		body = id.Region
-	case "/latest/meta-data/instance-type":
-		body = id.InstanceType
-	default:
-		http.NotFound(w, r)
-		return
+		return b, true
+	case "user-data":
+		return id.UserData, id.UserData != nil
+	case "meta-data/tags/instance", "meta-data/tags/instance/":
+		if id.Tags == nil {
+			return nil, false
+		}
+		return []byte(strings.Join(slices.Sorted(maps.Keys(id.Tags)), "\n")), true
 	}
-	w.Header().Set("Content-Type", "text/plain")
-	_, _ = w.Write([]byte(body))
+	if key, ok := strings.CutPrefix(path, "meta-data/tags/instance/"); ok {
+		v, found := id.Tags[key]
+		return []byte(v), found
+	}
+	v, ok := map[string]string{
+		"meta-data/instance-id":                 id.InstanceID,
+		"meta-data/placement/availability-zone": id.AvailabilityZone,
+		"meta-data/placement/region":            id.Region,
+		"meta-data/instance-type":               id.InstanceType,
+		"meta-data/ami-id":                      id.ImageID,
+		"meta-data/local-ipv4":                  id.PrivateIP,
+	}[path]
+	return []byte(v), ok
 }

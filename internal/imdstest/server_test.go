@@ -3,7 +3,9 @@ package imdstest_test
 import (
 	"context"
 	"io"
+	"net/http"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
@@ -29,5 +31,74 @@ func TestIdentityOverIMDSv2(t *testing.T) {
 	b, _ := io.ReadAll(md.Content)
 	if string(b) != "ap-south-1c" || srv.Refused() != 0 {
 		t.Fatalf("az %q, refused %d", b, srv.Refused())
+	}
+}
+
+// Tags and user data, as the AMI's boot script reads them, answered to the SDK's own client.
+func TestTagsUserDataAndRefusals(t *testing.T) {
+	ud := "#chainwarden\nroles = proxy\n"
+	srv := imdstest.New(imdstest.Identity{InstanceID: "i-0123456789abcdef0", AvailabilityZone: "eu-west-1b",
+		PrivateIP: "10.20.30.40", Tags: map[string]string{"chainwarden-datacenter": "use1", "Name": "node-a"},
+		UserData: []byte(ud)})
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := imds.New(imds.Options{Endpoint: srv.URL, EnableFallback: aws.FalseTernary})
+	region, err := c.GetRegion(ctx, &imds.GetRegionInput{})
+	if err != nil || region.Region != "eu-west-1" {
+		t.Fatalf("region %+v %v", region, err)
+	}
+	get := func(path string) (string, error) {
+		out, err := c.GetMetadata(ctx, &imds.GetMetadataInput{Path: path})
+		if err != nil {
+			return "", err
+		}
+		defer out.Content.Close()
+		b, err := io.ReadAll(out.Content)
+		return string(b), err
+	}
+	for path, want := range map[string]string{
+		"instance-id":                          "i-0123456789abcdef0",
+		"local-ipv4":                           "10.20.30.40",
+		"tags/instance":                        "Name\nchainwarden-datacenter",
+		"tags/instance/chainwarden-datacenter": "use1",
+	} {
+		if got, err := get(path); err != nil || got != want {
+			t.Errorf("%s = %q, %v; want %q", path, got, err, want)
+		}
+	}
+	if _, err := get("tags/instance/missing"); err == nil {
+		t.Error("a missing tag answered")
+	}
+	out, err := c.GetUserData(ctx, &imds.GetUserDataInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(out.Content)
+	out.Content.Close()
+	if string(b) != ud {
+		t.Errorf("user-data = %q", b)
+	}
+	if srv.Tokens() == 0 || srv.Rejected() != 0 {
+		t.Fatalf("tokens %d, rejected %d", srv.Tokens(), srv.Rejected())
+	}
+
+	// Without tags in metadata or user data, both are not found; a token-less GET is refused.
+	bare := imdstest.New(imdstest.Identity{InstanceID: "i-1", AvailabilityZone: "eu-west-1b"})
+	defer bare.Close()
+	c = imds.New(imds.Options{Endpoint: bare.URL, EnableFallback: aws.FalseTernary})
+	if _, err := c.GetMetadata(ctx, &imds.GetMetadataInput{Path: "tags/instance"}); err == nil {
+		t.Error("tags answered with tags in metadata off")
+	}
+	if _, err := c.GetUserData(ctx, &imds.GetUserDataInput{}); err == nil {
+		t.Error("user-data answered for an instance with none")
+	}
+	resp, err := http.Get(bare.URL + "/latest/meta-data/instance-id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || bare.Refused() != 1 || bare.Rejected() != 1 {
+		t.Fatalf("IMDSv1 GET: status %d, refused %d, rejected %d", resp.StatusCode, bare.Refused(), bare.Rejected())
 	}
 }

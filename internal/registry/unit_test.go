@@ -50,7 +50,7 @@ func TestSyncRegistersUpdatesAndDeregisters(t *testing.T) {
 	}
 	wantCheck(t, c, "geth-a", "passing", "height 10")
 	wantCheck(t, c, "geth-b", "warning", "3 behind")
-	s := c.Service("geth-a")
+	s := c.ServiceByID("geth-a")
 	if s.Service != "eth-devnet" || s.Meta["agent"] != "host-a" || s.Tags[0] != Tag {
 		t.Fatalf("registration %+v", s)
 	}

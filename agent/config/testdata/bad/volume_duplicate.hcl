@@ -1,0 +1,13 @@
+consul {}
+
+volume "v" {
+  chain   = "ethereum"
+  network = "mainnet"
+  client  = "geth"
+}
+
+volume "v" {
+  chain   = "ethereum"
+  network = "sepolia"
+  client  = "geth"
+}

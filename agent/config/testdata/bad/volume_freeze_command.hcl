@@ -1,0 +1,8 @@
+consul {}
+
+volume "v" {
+  chain   = "ethereum"
+  network = "mainnet"
+  client  = "geth"
+  freeze  = "command"
+}

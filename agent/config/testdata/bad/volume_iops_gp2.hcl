@@ -1,0 +1,9 @@
+consul {}
+
+volume "v" {
+  chain   = "ethereum"
+  network = "mainnet"
+  client  = "geth"
+  type    = "gp2"
+  iops    = 3000
+}
