@@ -495,13 +495,9 @@ func matchTags(tags []Tag, filters map[string][]string) bool {
 	return true
 }
 
+// contains is a filter match: v is one of vals, or vals has the wildcard "*".
 func contains(vals []string, v string) bool {
-	for _, x := range vals {
-		if x == v || x == "*" {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(vals, v) || slices.Contains(vals, "*")
 }
 
 func regionOf(az string) string {

@@ -3,7 +3,8 @@ package nomadjob
 import (
 	"fmt"
 	"io"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	nomadapi "github.com/hashicorp/nomad/api"
@@ -99,11 +100,7 @@ func updatesSummary(u map[string]uint64) string {
 	if len(u) == 0 {
 		return ""
 	}
-	keys := make([]string, 0, len(u))
-	for k := range u {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
+	keys := slices.Sorted(maps.Keys(u))
 	parts := make([]string, 0, len(keys))
 	for _, k := range keys {
 		if u[k] > 0 {
@@ -166,12 +163,7 @@ func writeObjects(w io.Writer, objs []*nomadapi.ObjectDiff, indent string, verbo
 
 // writeFailedAllocs explains placement failures as `nomad job plan/run` does.
 func writeFailedAllocs(w io.Writer, failed map[string]*nomadapi.AllocationMetric, indent string) {
-	groups := make([]string, 0, len(failed))
-	for g := range failed {
-		groups = append(groups, g)
-	}
-	sort.Strings(groups)
-	for _, g := range groups {
+	for _, g := range slices.Sorted(maps.Keys(failed)) {
 		m := failed[g]
 		n := m.CoalescedFailures + 1
 		noun := "allocation"
@@ -189,37 +181,28 @@ func allocMetrics(m *nomadapi.AllocationMetric, indent string) string {
 	if m.NodesEvaluated == 0 {
 		fmt.Fprintf(&b, "%s* No nodes were eligible for evaluation\n", indent)
 	}
-	for _, dc := range sortedKeys(m.NodesAvailable) {
+	for _, dc := range slices.Sorted(maps.Keys(m.NodesAvailable)) {
 		if m.NodesAvailable[dc] == 0 {
 			fmt.Fprintf(&b, "%s* No nodes are available in datacenter %q\n", indent, dc)
 		}
 	}
-	for _, c := range sortedKeys(m.ClassFiltered) {
+	for _, c := range slices.Sorted(maps.Keys(m.ClassFiltered)) {
 		fmt.Fprintf(&b, "%s* Class %q: %d nodes excluded by filter\n", indent, c, m.ClassFiltered[c])
 	}
-	for _, c := range sortedKeys(m.ConstraintFiltered) {
+	for _, c := range slices.Sorted(maps.Keys(m.ConstraintFiltered)) {
 		fmt.Fprintf(&b, "%s* Constraint %q: %d nodes excluded by filter\n", indent, c, m.ConstraintFiltered[c])
 	}
 	if m.NodesExhausted > 0 {
 		fmt.Fprintf(&b, "%s* Resources exhausted on %d nodes\n", indent, m.NodesExhausted)
 	}
-	for _, c := range sortedKeys(m.ClassExhausted) {
+	for _, c := range slices.Sorted(maps.Keys(m.ClassExhausted)) {
 		fmt.Fprintf(&b, "%s* Class %q exhausted on %d nodes\n", indent, c, m.ClassExhausted[c])
 	}
-	for _, d := range sortedKeys(m.DimensionExhausted) {
+	for _, d := range slices.Sorted(maps.Keys(m.DimensionExhausted)) {
 		fmt.Fprintf(&b, "%s* Dimension %q exhausted on %d nodes\n", indent, d, m.DimensionExhausted[d])
 	}
 	for _, q := range m.QuotaExhausted {
 		fmt.Fprintf(&b, "%s* Quota limit hit %q\n", indent, q)
 	}
 	return b.String()
-}
-
-func sortedKeys(m map[string]int) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }
