@@ -10,9 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/hashicorp/hcl/v2/hclwrite"
+	"github.com/zclconf/go-cty/cty"
 )
 
 // Signature is what blkid finds on a device.
@@ -274,14 +279,14 @@ func UpdateFstab(fstab, volume, volumeID, source, path, fsType string) (changed 
 
 // NomadHostVolume is the Nomad client config that makes the mount a host volume named like the volume.
 func NomadHostVolume(vol Volume) string {
-	return fmt.Sprintf(`# Written by chainwarden volume ensure for EBS volume %q; rewritten at every boot.
-client {
-  host_volume %q {
-    path      = %q
-    read_only = false
-  }
-}
-`, vol.Name, vol.Name, vol.MountPath)
+	f := hclwrite.NewEmptyFile()
+	body := f.Body()
+	body.AppendUnstructuredTokens(hclwrite.Tokens{{Type: hclsyntax.TokenComment,
+		Bytes: []byte("# Written by chainwarden volume ensure for EBS volume " + strconv.Quote(vol.Name) + "; rewritten at every boot.\n")}})
+	hv := body.AppendNewBlock("client", nil).Body().AppendNewBlock("host_volume", []string{vol.Name}).Body()
+	hv.SetAttributeValue("path", cty.StringVal(vol.MountPath))
+	hv.SetAttributeValue("read_only", cty.False)
+	return string(f.Bytes())
 }
 
 // writeAtomic writes through a temp file in the same directory and a rename, keeping the old file's mode.
