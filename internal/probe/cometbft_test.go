@@ -174,6 +174,11 @@ func TestCometBFTProbe(t *testing.T) {
 		}, check: func(t *testing.T, r Result) {
 			wantErr(t, r.Err, "status:", "502 Bad Gateway", "invalid character '<'")
 		}},
+		{name: "body is null", handler: func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "null") // panicked in CometBFT's RPCResponse.UnmarshalJSON (found by FuzzCometBFT)
+		}, check: func(t *testing.T, r Result) {
+			wantErr(t, r.Err, "status: the cometbft client could not decode the answer")
+		}},
 		{name: "answer for another request id", handler: func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, `{"jsonrpc":"2.0","id":9999,"result":`+cometStatusJSON+`}`)
 		}, check: func(t *testing.T, r Result) { wantErr(t, r.Err, "status:", "wrong ID") }},
