@@ -5,10 +5,12 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -112,8 +114,11 @@ func Parse(src []byte, filename string) (*Config, error) {
 	return cfg, nil
 }
 
-// diagError renders HCL diagnostics as one error of "file:line,col: summary; detail" lines.
+// diagError renders HCL diagnostics as one error of "file:line,col: summary; detail" lines, in file order: gohcl
+// reports a body's blocks and attributes in map order, and the same file must give the same error every time.
 func diagError(diags hcl.Diagnostics) error {
+	diags = slices.Clone(diags)
+	slices.SortStableFunc(diags, func(a, b *hcl.Diagnostic) int { return cmpSubject(a.Subject, b.Subject) })
 	var lines []string
 	seen := map[hcl.Pos]bool{}
 	for _, d := range diags {
@@ -137,6 +142,19 @@ func diagError(diags hcl.Diagnostics) error {
 		lines = append(lines, msg)
 	}
 	return errors.New(strings.Join(lines, "\n"))
+}
+
+// cmpSubject orders diagnostic subjects by file and place; no subject goes last.
+func cmpSubject(a, b *hcl.Range) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	return cmp.Or(strings.Compare(a.Filename, b.Filename), cmp.Compare(a.Start.Byte, b.Start.Byte))
 }
 
 // validator turns the raw file into a Config, collecting every error with the file and line it is about.

@@ -159,3 +159,19 @@ func checkValid(t *testing.T, c *Config) {
 		}
 	}
 }
+
+// TestParseErrorsInFileOrder pins what FuzzParse found: gohcl decodes a body's blocks in map order, so a file with
+// errors in several blocks gave its errors in a different order from one parse to the next.
+func TestParseErrorsInFileOrder(t *testing.T) {
+	src := []byte("node \"a\" {\n  rpc = 1\n}\nnode \"b\" {\n  kind = \"ethereum\"\n}\nreference \"r\" {\n  bogus = 1\n}\n")
+	want := `x.hcl:1,1: Missing consul block; A consul block is required.
+x.hcl:1,10: Missing required argument; The argument "kind" is required, but no definition was found.
+x.hcl:4,10: Missing required argument; The argument "rpc" is required, but no definition was found.
+x.hcl:7,15: Missing required argument; The argument "rpc" is required, but no definition was found.
+x.hcl:8,3: Unsupported argument; An argument named "bogus" is not expected here.`
+	for range 20 {
+		if _, err := Parse(src, "x.hcl"); err == nil || err.Error() != want {
+			t.Fatalf("error\n got: %v\nwant: %s", err, want)
+		}
+	}
+}
