@@ -171,7 +171,7 @@ func FuzzEthereumBatch(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, code uint16, body []byte) {
 		status := fuzzStatus(code)
-		r := fuzzProbe(t, Target{Name: "n", Kind: "ethereum", URL: fuzzURL},
+		r := fuzzProbe(t, Target{Name: "n", Kind: Ethereum, URL: fuzzURL},
 			func(*http.Request, []byte) (int, []byte) { return status, body })
 		if r.Err != nil {
 			checkFailed(t, r, "")
@@ -262,7 +262,7 @@ func FuzzCometBFT(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, code uint16, status, netInfo []byte) {
 		httpStatus := fuzzStatus(code)
-		r := fuzzProbe(t, Target{Name: "n", Kind: "cometbft", URL: fuzzURL},
+		r := fuzzProbe(t, Target{Name: "n", Kind: CometBFT, URL: fuzzURL},
 			func(_ *http.Request, req []byte) (int, []byte) {
 				if bytes.Contains(req, []byte(`"method":"net_info"`)) {
 					return httpStatus, netInfo
@@ -352,7 +352,7 @@ func FuzzChainlink(f *testing.F) {
 		runs, build []byte) {
 		healthStatus, keysStatus, runsStatus := fuzzStatus(healthCode), fuzzStatus(keysCode), fuzzStatus(runsCode)
 		var asked []string
-		r := fuzzProbe(t, Target{Name: "n", Kind: "chainlink", URL: fuzzURL, APIKey: "k", APISecret: "s"},
+		r := fuzzProbe(t, Target{Name: "n", Kind: Chainlink, URL: fuzzURL, APIKey: "k", APISecret: "s"},
 			func(req *http.Request, _ []byte) (int, []byte) {
 				asked = append(asked, req.URL.Path)
 				switch req.URL.Path {
