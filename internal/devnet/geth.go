@@ -158,6 +158,7 @@ func StartClique(ctx context.Context, dir string, n int) (*Clique, error) {
 			g.args = append(g.args, "--mine", "--miner.etherbase", signer.Hex(), "--unlock", signer.Hex(),
 				"--password", passPath, "--allow-insecure-unlock")
 		}
+		c.Nodes = append(c.Nodes, g) // before it starts: Stop kills a node that failed to come up, too
 		if err := g.Start(ctx); err != nil {
 			return c, err
 		}
@@ -168,7 +169,6 @@ func StartClique(ctx context.Context, dir string, n int) (*Clique, error) {
 			return c, err
 		}
 		g.Enode = info.Enode
-		c.Nodes = append(c.Nodes, g)
 	}
 	for _, g := range c.Nodes[1:] {
 		if err := c.Connect(g); err != nil {
