@@ -81,3 +81,10 @@ func (h *HAProxy) Reload() error {
 
 // Log returns the last lines of HAProxy's output.
 func (h *HAProxy) Log(lines int) string { return tailFile(filepath.Join(h.Proc.Log), lines) }
+
+// Reloads returns how many reloads (SIGUSR2 to the master) HAProxy has carried out: a new worker runs the
+// configuration read again ("Loading success." after the first load).
+func (h *HAProxy) Reloads() int {
+	b, _ := os.ReadFile(h.Proc.Log)
+	return max(strings.Count(string(b), "Loading success.")-1, 0)
+}
