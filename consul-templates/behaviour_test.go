@@ -19,12 +19,7 @@ func TestMethodFilter(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	node := newFakeNode(t, "geth-a")
 	register(t, consul, service, "geth-a", "127.0.0.1", node.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server"})
 
 	cases := []struct {
 		name    string
@@ -121,12 +116,7 @@ func TestDefaultService(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	node := newFakeNode(t, "geth-a")
 	register(t, consul, service, "geth-a", "127.0.0.1", node.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server"})
 	put := func(v string) {
 		if _, err := consul.Client.KV().Put(&consulapi.KVPair{Key: "chainwarden/proxy/default_service", Value: []byte(v)}, nil); err != nil {
 			t.Fatal(err)
@@ -152,12 +142,7 @@ func TestBadRenderNeverReplacesGoodConfig(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	a, b := newFakeNode(t, "geth-a"), newFakeNode(t, "geth-b")
 	register(t, consul, service, "geth-a", "127.0.0.1", a.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server"})
 	// A node whose metadata makes an invalid config: its WebSocket port is not a number.
 	register(t, consul, service, "geth-b", "127.0.0.1", b.port(), "passing", map[string]string{"ws_port": "not-a-port"})
 	for _, p := range proxies {
@@ -204,12 +189,7 @@ func TestFlappingNodeReloadsOncePerQuiescenceWindow(t *testing.T) {
 	a, b := newFakeNode(t, "geth-a"), newFakeNode(t, "geth-b")
 	register(t, consul, service, "geth-a", "127.0.0.1", a.port(), "passing", nil)
 	register(t, consul, service, "geth-b", "127.0.0.1", b.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "both", expectStates(kind, map[string]string{"geth-a": "server", "geth-b": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server", "geth-b": "server"})
 	before := map[string]int{}
 	for _, p := range proxies {
 		before[p.kind] = p.reloads()

@@ -133,15 +133,7 @@ func TestBenchDrainAndCrash(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	net := testenv.StartCliqueNetwork(t, 3)
 	startAgentInterval(t, consul, "1s", net.Nodes)
-	for _, g := range net.Nodes {
-		consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
-	}
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "three nodes", expectStates(kind, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"})
 	back := func(g *testenv.Geth) {
 		g.Restart()
 		if err := net.Connect(g); err != nil {
@@ -231,9 +223,6 @@ func TestBenchFailover(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	net := testenv.StartCliqueNetwork(t, 3)
 	startAgentInterval(t, consul, "1s", net.Nodes)
-	for _, g := range net.Nodes {
-		consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
-	}
 	p := startProxy(t, "nginx", consul)
 	all := map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}
 	p.waitConfig(t, "three nodes", expectStates("nginx", all))

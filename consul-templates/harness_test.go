@@ -84,6 +84,19 @@ func startProxy(t *testing.T, kind string, consul *testenv.Consul, env ...string
 	return p
 }
 
+// startProxies starts one proxy of each kind and waits until both run a config with the servers in want
+// (expectStates).
+func startProxies(t *testing.T, consul *testenv.Consul, want map[string]string) []*proxy {
+	t.Helper()
+	var proxies []*proxy
+	for _, kind := range proxyKinds {
+		p := startProxy(t, kind, consul)
+		p.waitConfig(t, "started", expectStates(kind, want))
+		proxies = append(proxies, p)
+	}
+	return proxies
+}
+
 // liveConfig returns the config the proxy runs with.
 func (p *proxy) liveConfig(t *testing.T) string {
 	t.Helper()

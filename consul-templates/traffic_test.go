@@ -22,7 +22,8 @@ import (
 )
 
 // startAgent runs the real chainwarden agent (in-process, as `chainwarden agent` does) for the nodes, probing every
-// interval: probe -> verdict -> Consul TTL check, the data the proxies' templates read.
+// interval: probe -> verdict -> Consul TTL check, the data the proxies' templates read. It returns once every node
+// passes.
 func startAgent(t *testing.T, consul *testenv.Consul, interval string, nodes []*testenv.Geth) {
 	t.Helper()
 	startAgentWith(t, consul, interval, "  warn_lag = 2\n  max_lag = 6\n  max_block_age = \"5s\"\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n", nodes)
@@ -53,6 +54,9 @@ func startAgentWith(t *testing.T, consul *testenv.Consul, interval, thresholds s
 		t.Fatal(err)
 	}
 	testenv.Background(t, "agent", a.Run)
+	for _, g := range nodes {
+		consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
+	}
 }
 
 func blockNumber(url string, timeout time.Duration) (uint64, error) {
@@ -165,15 +169,7 @@ func TestClientKeepsReadingThroughLagCrashAndFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	startAgent(t, consul, "500ms", net.Nodes)
-	for _, g := range net.Nodes {
-		consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
-	}
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "three nodes", expectStates(kind, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"})
 	hammers := map[string]*hammer{}
 	for _, p := range proxies {
 		hammers[p.kind] = startHammer(p.URL+"/"+service, 4)

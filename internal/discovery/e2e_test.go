@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/devnet"
 	"github.com/chainwarden/chainwarden/internal/discovery"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 	"github.com/chainwarden/chainwarden/jobs"
@@ -239,24 +239,56 @@ func waitProbed(t *testing.T, c *cluster, node, last string) string {
 	return out
 }
 
-func gethHeight(ctx context.Context, rpc string) (uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+// gethHeight is the head of the geth node at rpc.
+func gethHeight(rpc string) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	body := strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}`)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, rpc, body)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
+	h, err := devnet.BlockNumber(ctx, rpc)
+	return int64(h), err
+}
+
+// cometHeight is the latest block of the CometBFT node at rpc, failing the test if the node is on another chain
+// than network.
+func cometHeight(t *testing.T, rpc, network string) func() (int64, error) {
+	return func() (int64, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := devnet.CometStatus(ctx, rpc)
+		if err == nil && st.Network != network {
+			t.Fatalf("network %q, want %q: the genesis from the Nomad Variable was not used", st.Network, network)
+		}
+		return st.Height, err
 	}
-	defer resp.Body.Close()
-	var r struct {
-		Result string `json:"result"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return 0, fmt.Errorf("decode eth_blockNumber: %w", err)
-	}
-	return strconv.ParseUint(strings.TrimPrefix(r.Result, "0x"), 16, 64)
+}
+
+// waitHeight waits until the chain at height() is past from, and returns the height reached. After a restart
+// (restarted) a height below from fails the test at once: the chain did not survive.
+func waitHeight(t *testing.T, what string, from int64, restarted bool, height func() (int64, error)) int64 {
+	t.Helper()
+	var h int64
+	testenv.Eventually(t, 60*time.Second, what, func() error {
+		var err error
+		if h, err = height(); err != nil {
+			return err
+		}
+		if restarted && h < from {
+			t.Fatalf("%s: height %d, was %d before: the chain did not survive", what, h, from)
+		}
+		if h <= from {
+			return fmt.Errorf("at height %d", h)
+		}
+		return nil
+	})
+	return h
+}
+
+// stopJob stops a job and waits for its node to leave discovery and Consul.
+func stopJob(t *testing.T, c *cluster, d *discovered, job, node string) {
+	t.Helper()
+	stopped := time.Now()
+	c.Stop(t, job)
+	waitGone(t, d, node, stopped)
+	waitDeregistered(t, c, node, stopped)
 }
 
 // TestGethOnNomad runs the real geth spec (a --dev chain, the static geth in a FROM-scratch image) on Nomad with
@@ -291,50 +323,19 @@ func TestGethOnNomad(t *testing.T) {
 	if len(n.Tags) != 1 || !strings.HasPrefix(n.Tags[0], "ws_port=") {
 		t.Errorf("ws tag: %v", n.Tags)
 	}
-	ctx := context.Background()
-	var before uint64
-	testenv.Eventually(t, 60*time.Second, "geth mining through its discovered RPC", func() error {
-		h, err := gethHeight(ctx, n.RPC)
-		if err != nil {
-			return err
-		}
-		if h < 5 {
-			return fmt.Errorf("height %d", h)
-		}
-		before = h
-		return nil
-	})
+	before := waitHeight(t, "geth mining through its discovered RPC", 4, false, func() (int64, error) { return gethHeight(n.RPC) })
 	if _, err := os.Stat(filepath.Join(c.Nomad.HostVolumes["geth-dev"], "geth", "chaindata")); err != nil {
 		t.Fatalf("chain data not on the host volume: %v", err)
 	}
 	waitConsul(t, c, n)
 
-	stopped := time.Now()
-	c.Stop(t, "geth")
-	waitGone(t, nodes, "geth-geth-0", stopped)
-	waitDeregistered(t, c, "geth-geth-0", stopped)
+	stopJob(t, c, nodes, "geth", n.Name)
 
 	c.Run(t, "geth", vars)
-	n2 := waitNode(t, nodes, "geth-geth-0")
-	testenv.Eventually(t, 60*time.Second, "geth continuing from its height", func() error {
-		h, err := gethHeight(ctx, n2.RPC)
-		if err != nil {
-			return err
-		}
-		if h < before {
-			return fmt.Errorf("height %d after the restart, was %d before: the chain did not survive", h, before)
-		}
-		if h == before {
-			return fmt.Errorf("not mining yet at %d", h)
-		}
-		return nil
-	})
+	n2 := waitNode(t, nodes, n.Name)
+	waitHeight(t, "geth continuing from its height", before, true, func() (int64, error) { return gethHeight(n2.RPC) })
 	waitConsul(t, c, n2)
-
-	stopped = time.Now()
-	c.Stop(t, "geth")
-	waitGone(t, nodes, "geth-geth-0", stopped)
-	waitDeregistered(t, c, "geth-geth-0", stopped)
+	stopJob(t, c, nodes, "geth", n.Name)
 
 	// The static node block kept working beside discovery.
 	svcs, err := c.Consul.Client.Agent().Services()
@@ -367,31 +368,6 @@ func cometbftKeys(t *testing.T, chainID string) map[string]string {
 	return map[string]string{"genesis": string(b), "node_key": read("node_key.json"), "priv_validator_key": read("priv_validator_key.json")}
 }
 
-func cometHeight(ctx context.Context, rpc string) (int64, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, rpc+"/status", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Result struct {
-			NodeInfo struct {
-				Network string `json:"network"`
-			} `json:"node_info"`
-			SyncInfo struct {
-				LatestBlockHeight int64 `json:"latest_block_height,string"`
-			} `json:"sync_info"`
-		} `json:"result"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return 0, "", fmt.Errorf("decode /status: %w", err)
-	}
-	return st.Result.SyncInfo.LatestBlockHeight, st.Result.NodeInfo.Network, nil
-}
-
 // TestCometBFTOnNomad runs the real cometbft spec: init prestart task on the empty volume, genesis and keys from a
 // Nomad Variable, blocks made, discovered, continued after a stop/start, removed after a stop.
 func TestCometBFTOnNomad(t *testing.T) {
@@ -410,22 +386,7 @@ func TestCometBFTOnNomad(t *testing.T) {
 	if n.Kind != config.KindCometBFT || n.Network != "cw-test" || n.Service != "cometbft-test" || n.Address != "127.0.0.1" {
 		t.Fatalf("discovered node: %+v", n)
 	}
-	ctx := context.Background()
-	var before int64
-	testenv.Eventually(t, 60*time.Second, "cometbft making blocks", func() error {
-		h, network, err := cometHeight(ctx, n.RPC)
-		if err != nil {
-			return err
-		}
-		if network != "cw-test" {
-			t.Fatalf("network %q: the genesis from the Nomad Variable was not used", network)
-		}
-		if h < 3 {
-			return fmt.Errorf("height %d", h)
-		}
-		before = h
-		return nil
-	})
+	before := waitHeight(t, "cometbft making blocks", 2, false, cometHeight(t, n.RPC, "cw-test"))
 	vol := c.Nomad.HostVolumes["cometbft-dev"]
 	if _, err := os.Stat(filepath.Join(vol, "data", "blockstore.db")); err != nil {
 		t.Fatalf("block store not on the host volume: %v", err)
@@ -454,9 +415,7 @@ func TestCometBFTOnNomad(t *testing.T) {
 	waitConsul(t, c, n)
 
 	stopped := time.Now()
-	c.Stop(t, "cometbft")
-	waitGone(t, nodes, "cometbft-cometbft-0", stopped)
-	waitDeregistered(t, c, "cometbft-cometbft-0", stopped)
+	stopJob(t, c, nodes, "cometbft", n.Name)
 	// The watcher saw the stop only once it was back on the restarted Nomad: no update before that, while Nomad was
 	// down or coming back, may have dropped or changed the node.
 	for _, u := range nodes.since(down) {
@@ -468,23 +427,8 @@ func TestCometBFTOnNomad(t *testing.T) {
 	}
 
 	c.Run(t, "cometbft", vars)
-	n2 := waitNode(t, nodes, "cometbft-cometbft-0")
-	testenv.Eventually(t, 60*time.Second, "cometbft continuing from its height", func() error {
-		h, _, err := cometHeight(ctx, n2.RPC)
-		if err != nil {
-			return err
-		}
-		if h < before {
-			return fmt.Errorf("height %d after the restart, was %d: the chain did not survive", h, before)
-		}
-		if h == before {
-			return fmt.Errorf("no new block yet at %d", h)
-		}
-		return nil
-	})
+	n2 := waitNode(t, nodes, n.Name)
+	waitHeight(t, "cometbft continuing from its height", before, true, cometHeight(t, n2.RPC, "cw-test"))
 	waitConsul(t, c, n2)
-	stopped = time.Now()
-	c.Stop(t, "cometbft")
-	waitGone(t, nodes, "cometbft-cometbft-0", stopped)
-	waitDeregistered(t, c, "cometbft-cometbft-0", stopped)
+	stopJob(t, c, nodes, "cometbft", n.Name)
 }

@@ -1,10 +1,8 @@
 package testenv
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -54,21 +52,7 @@ func (h *HAProxy) Check(files ...string) (string, error) {
 }
 
 // Pid returns the master's pid.
-func (h *HAProxy) Pid() (int, error) {
-	b, err := os.ReadFile(h.PidFile)
-	if err != nil {
-		return 0, err
-	}
-	first := strings.Fields(string(b))
-	if len(first) == 0 {
-		return 0, fmt.Errorf("haproxy pid file %s is empty", h.PidFile)
-	}
-	pid, err := strconv.Atoi(first[0])
-	if err != nil {
-		return 0, fmt.Errorf("haproxy pid file: %w", err)
-	}
-	return pid, nil
-}
+func (h *HAProxy) Pid() (int, error) { return readPidFile(h.PidFile) }
 
 // Reload sends SIGUSR2 to the master.
 func (h *HAProxy) Reload() error {

@@ -57,14 +57,21 @@ func (n *Nginx) Test() (string, error) {
 }
 
 // Pid returns the master's pid from its pid file.
-func (n *Nginx) Pid() (int, error) {
-	b, err := os.ReadFile(filepath.Join(n.Prefix, "nginx.pid"))
+func (n *Nginx) Pid() (int, error) { return readPidFile(filepath.Join(n.Prefix, "nginx.pid")) }
+
+// readPidFile reads the first pid in a pid file.
+func readPidFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("pid file %s is empty", path)
+	}
+	pid, err := strconv.Atoi(f[0])
 	if err != nil {
-		return 0, fmt.Errorf("nginx pid file: %w", err)
+		return 0, fmt.Errorf("pid file %s: %w", path, err)
 	}
 	return pid, nil
 }
