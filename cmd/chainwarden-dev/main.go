@@ -192,9 +192,10 @@ func (d *demo) start(ctx context.Context) error {
 	if o.withNomad {
 		d.step("starting dockerd and a Nomad dev agent running jobs/geth and jobs/cometbft (scripts/demo-nomad.sh)")
 		env := []string{"CONSUL_HTTP_ADDR=" + d.consul.Addr}
-		// Registered first: an interrupted start leaves a Nomad agent or dockerd that stop takes down.
+		// Registered first: an interrupted start leaves a Nomad agent or dockerd that stop takes down. A hurry does
+		// not kill it: it is what stops the jobs' containers, Nomad and dockerd, which are not in our process groups.
 		d.td.add(func() {
-			if err := runScript(context.Background(), d.td, env, d.out, d.errOut, "scripts/demo-nomad.sh", "stop"); err != nil {
+			if err := runScript(context.Background(), nil, env, d.out, d.errOut, "scripts/demo-nomad.sh", "stop"); err != nil {
 				fmt.Fprintln(d.errOut, "chainwarden-dev: nomad stop:", err)
 			}
 		})

@@ -127,7 +127,8 @@ func scriptCmd(env []string, stdout, stderr io.Writer, path string, args ...stri
 	return cmd, nil
 }
 
-// runScript runs a script to its end; when ctx is done first, its process group gets SIGTERM.
+// runScript runs a script to its end; when ctx is done first, its process group gets SIGTERM. With a teardown
+// (t not nil), a hurry kills it too.
 func runScript(ctx context.Context, t *teardown, env []string, stdout, stderr io.Writer, path string, args ...string) error {
 	cmd, err := scriptCmd(env, stdout, stderr, path, args...)
 	if err != nil {
@@ -137,7 +138,9 @@ func runScript(ctx context.Context, t *teardown, env []string, stdout, stderr io
 		return fmt.Errorf("start %s: %w", path, err)
 	}
 	done := make(chan struct{})
-	t.addGroup(group{name: path, pgid: cmd.Process.Pid, running: func() bool { return !closed(done) }})
+	if t != nil {
+		t.addGroup(group{name: path, pgid: cmd.Process.Pid, running: func() bool { return !closed(done) }})
+	}
 	go func() {
 		select {
 		case <-ctx.Done():
