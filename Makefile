@@ -34,7 +34,7 @@ bench-proxy: deps ## RPC proxy benchmarks (failover time, failed reads, overhead
 	bash scripts/bench-proxy.sh all
 
 demo: deps build ## the demo stack: Consul, geth and CometBFT networks, Nomad jobs, the agent, the nginx proxy
-	./bin/chainwarden dev -with-nomad -proxy-port 8545
+	go build -trimpath -o bin/chainwarden-dev ./cmd/chainwarden-dev && ./bin/chainwarden-dev -with-nomad -proxy-port 8545
 
 ami: build ## build the node AMI on AWS (credentials from the SDK chain; Packer >= 1.10 after packer init)
 	packer init packer/ && packer build -var chainwarden_version=$(VERSION) -var chainwarden_binary=$(CURDIR)/bin/chainwarden packer/

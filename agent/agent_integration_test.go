@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,48 +26,14 @@ func startAgent(t *testing.T, c *testenv.Consul, id, blocks string) (a *Agent, l
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Info, Output: testWriter{t}})
+	log := hclog.New(&hclog.LoggerOptions{Name: id, Level: hclog.Info, Output: t.Output()})
 	a, err = New(cfg, log, Options{ID: id, Consul: ConsulAPI(c.Client)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := a.Run(ctx); err != nil {
-			t.Errorf("agent %s: %v", id, err)
-		}
-	}()
-	stop = func() { cancel(); <-done }
-	t.Cleanup(stop)
+	stop = testenv.Background(t, "agent "+id, a.Run)
 	testenv.WaitHTTP(t, nil, "http://"+listen+"/v1/health", 10*time.Second)
 	return a, listen, stop
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// waitCheck waits until the node's check in Consul has status, and returns its output.
-func waitCheck(t *testing.T, c *testenv.Consul, node, status string, timeout time.Duration) string {
-	t.Helper()
-	var out string
-	testenv.Eventually(t, timeout, node+" "+status+" in consul", func() error {
-		st, o, err := c.CheckStatus(node)
-		if err != nil {
-			return err
-		}
-		out = o
-		if st != status {
-			return fmt.Errorf("%s is %q: %s", node, st, o)
-		}
-		return nil
-	})
-	return out
 }
 
 func gethBlock(name string, g *testenv.Geth, chainID int, extra string) string {
@@ -85,11 +50,11 @@ func TestAgentGethDevPassingAndWrongChain(t *testing.T) {
 		strings.Replace(gethBlock("geth-wrong", g, 1, "  min_peers = 0\n"), "eth-devnet", "eth-mainnet", 1)
 	_, listen, _ := startAgent(t, c, "host-a", blocks)
 
-	out := waitCheck(t, c, "geth-a", "passing", 30*time.Second)
+	out := c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
 	if !strings.HasPrefix(out, "height ") || !strings.Contains(out, "0 peers") || !strings.Contains(out, "last block") {
 		t.Fatalf("output %q", out)
 	}
-	out = waitCheck(t, c, "geth-wrong", "critical", 30*time.Second)
+	out = c.WaitCheck(t, "geth-wrong", 30*time.Second, "critical")
 	if !strings.Contains(out, "wrong chain 1337 (want 1)") {
 		t.Fatalf("wrong-chain output %q", out)
 	}
@@ -140,37 +105,37 @@ func TestAgentCliqueLagAcrossAgents(t *testing.T) {
 		gethBlock("clique-1", net.Nodes[1], testenv.CliqueChainID, lag))
 	startAgent(t, c, "host-b", gethBlock("clique-2", net.Nodes[2], testenv.CliqueChainID, lag))
 	for _, n := range []string{"clique-0", "clique-1", "clique-2"} {
-		waitCheck(t, c, n, "passing", 60*time.Second)
+		c.WaitCheck(t, n, 60*time.Second, "passing")
 	}
 
 	if err := net.Isolate(net.Nodes[2]); err != nil {
 		t.Fatal(err)
 	}
-	out := waitCheck(t, c, "clique-2", "warning", 30*time.Second)
+	out := c.WaitCheck(t, "clique-2", 30*time.Second, "warning")
 	if !strings.Contains(out, "behind head") || !(strings.Contains(out, "(clique-0)") || strings.Contains(out, "(clique-1)")) {
 		t.Fatalf("warning output does not name the head from the other agent: %q", out)
 	}
-	out = waitCheck(t, c, "clique-2", "critical", 30*time.Second)
+	out = c.WaitCheck(t, "clique-2", 30*time.Second, "critical")
 	if !strings.Contains(out, "more than max_lag 8") {
 		t.Fatalf("critical output %q", out)
 	}
 	if err := net.Connect(net.Nodes[2]); err != nil {
 		t.Fatal(err)
 	}
-	waitCheck(t, c, "clique-2", "passing", 60*time.Second)
+	c.WaitCheck(t, "clique-2", 60*time.Second, "passing")
 
 	// A hung node: its RPC port is open but nothing answers.
 	if err := net.Nodes[1].Freeze(); err != nil {
 		t.Fatal(err)
 	}
-	out = waitCheck(t, c, "clique-1", "critical", 30*time.Second)
+	out = c.WaitCheck(t, "clique-1", 30*time.Second, "critical")
 	if !strings.Contains(out, "probe failed") {
 		t.Fatalf("frozen node output %q", out)
 	}
 	if err := net.Nodes[1].Thaw(); err != nil {
 		t.Fatal(err)
 	}
-	waitCheck(t, c, "clique-1", "passing", 60*time.Second)
+	c.WaitCheck(t, "clique-1", 60*time.Second, "passing")
 }
 
 func TestAgentSurvivesConsulLosingStateAndExpiresWhenKilled(t *testing.T) {
@@ -180,14 +145,14 @@ func TestAgentSurvivesConsulLosingStateAndExpiresWhenKilled(t *testing.T) {
 	c := testenv.StartConsul(t)
 	g := testenv.StartGethDev(t, "geth-dev")
 	_, _, stop := startAgent(t, c, "host-a", gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n"))
-	waitCheck(t, c, "geth-a", "passing", 30*time.Second)
+	c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
 
 	c.Restart() // all state gone
 	if st, _, _ := c.CheckStatus("geth-a"); st != "" {
 		t.Fatalf("fresh consul still has the check (%s)", st)
 	}
 	// Registered again; the new check starts critical and needs pass_after good probes.
-	waitCheck(t, c, "geth-a", "passing", 30*time.Second)
+	c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
 	testenv.Eventually(t, 5*time.Second, "heads published again after consul lost state", func() error {
 		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
 		if err != nil || len(keys) != 1 {
@@ -198,7 +163,7 @@ func TestAgentSurvivesConsulLosingStateAndExpiresWhenKilled(t *testing.T) {
 
 	// The agent dies without deregistering: the TTL check expires and the node goes critical.
 	stop()
-	out := waitCheck(t, c, "geth-a", "critical", 15*time.Second)
+	out := c.WaitCheck(t, "geth-a", 15*time.Second, "critical")
 	if !strings.Contains(out, "TTL expired") {
 		t.Fatalf("expired check output %q", out)
 	}
@@ -212,7 +177,7 @@ func TestAgentRemovedNodeIsDeregistered(t *testing.T) {
 	g := testenv.StartGethDev(t, "geth-dev")
 	a, _, _ := startAgent(t, c, "host-a", gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n")+
 		gethBlock("geth-b", g, testenv.DevChainID, "  min_peers = 0\n"))
-	waitCheck(t, c, "geth-b", "passing", 30*time.Second)
+	c.WaitCheck(t, "geth-b", 30*time.Second, "passing")
 	var keep []nodespec.Node
 	for _, n := range a.cfg.Nodes {
 		if n.Name == "geth-a" {
@@ -249,25 +214,25 @@ func TestAgentCometBFTNetwork(t *testing.T) {
 	blocks += fmt.Sprintf("node \"comet-wrongnet\" {\n  kind = \"cometbft\"\n  rpc = %q\n  service = \"irita-other\"\n  network = \"irishub-1\"\n}\n", net.Nodes[0].RPC)
 	startAgent(t, c, "host-a", blocks)
 	for _, n := range net.Nodes {
-		out := waitCheck(t, c, n.Name, "passing", 60*time.Second)
+		out := c.WaitCheck(t, n.Name, 60*time.Second, "passing")
 		if !strings.Contains(out, "3 peers") {
 			t.Fatalf("%s output %q", n.Name, out)
 		}
 	}
-	out := waitCheck(t, c, "comet-wrongnet", "critical", 30*time.Second)
+	out := c.WaitCheck(t, "comet-wrongnet", 30*time.Second, "critical")
 	if !strings.Contains(out, "wrong chain "+net.ChainID+" (want irishub-1)") {
 		t.Fatalf("wrong network output %q", out)
 	}
 	// A validator that stops: critical. The rest (3 of 4 still have 2/3 of the power) keep passing.
 	net.Nodes[3].Stop()
-	waitCheck(t, c, "comet-3", "critical", 30*time.Second)
+	c.WaitCheck(t, "comet-3", 30*time.Second, "critical")
 	for _, n := range net.Nodes[:3] {
 		if st, o, _ := c.CheckStatus(n.Name); st == "critical" {
 			t.Fatalf("%s went critical when comet-3 stopped: %s", n.Name, o)
 		}
 	}
 	net.Nodes[3].Start()
-	waitCheck(t, c, "comet-3", "passing", 90*time.Second)
+	c.WaitCheck(t, "comet-3", 90*time.Second, "passing")
 }
 
 func get(t *testing.T, url string) (int, string) {

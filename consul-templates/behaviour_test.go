@@ -19,12 +19,7 @@ func TestMethodFilter(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	node := newFakeNode(t, "geth-a")
 	register(t, consul, service, "geth-a", "127.0.0.1", node.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server"})
 
 	cases := []struct {
 		name    string
@@ -121,12 +116,7 @@ func TestDefaultService(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	node := newFakeNode(t, "geth-a")
 	register(t, consul, service, "geth-a", "127.0.0.1", node.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server"})
 	put := func(v string) {
 		if _, err := consul.Client.KV().Put(&consulapi.KVPair{Key: "chainwarden/proxy/default_service", Value: []byte(v)}, nil); err != nil {
 			t.Fatal(err)
@@ -152,12 +142,7 @@ func TestBadRenderNeverReplacesGoodConfig(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	a, b := newFakeNode(t, "geth-a"), newFakeNode(t, "geth-b")
 	register(t, consul, service, "geth-a", "127.0.0.1", a.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "geth-a", expectStates(kind, map[string]string{"geth-a": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server"})
 	// A node whose metadata makes an invalid config: its WebSocket port is not a number.
 	register(t, consul, service, "geth-b", "127.0.0.1", b.port(), "passing", map[string]string{"ws_port": "not-a-port"})
 	for _, p := range proxies {
@@ -198,18 +183,13 @@ func TestFlappingNodeReloadsOncePerQuiescenceWindow(t *testing.T) {
 		flapFor   = 9 * time.Second
 		every     = 200 * time.Millisecond
 		waitMax   = 3 * time.Second
-		tolerance = 1 // the render that ends the flapping
+		tolerance = 2 // the render that ends the flapping, and the one adding the last node
 	)
 	consul := testenv.StartConsul(t)
 	a, b := newFakeNode(t, "geth-a"), newFakeNode(t, "geth-b")
 	register(t, consul, service, "geth-a", "127.0.0.1", a.port(), "passing", nil)
 	register(t, consul, service, "geth-b", "127.0.0.1", b.port(), "passing", nil)
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "both", expectStates(kind, map[string]string{"geth-a": "server", "geth-b": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"geth-a": "server", "geth-b": "server"})
 	before := map[string]int{}
 	for _, p := range proxies {
 		before[p.kind] = p.reloads()
@@ -223,13 +203,18 @@ func TestFlappingNodeReloadsOncePerQuiescenceWindow(t *testing.T) {
 		}
 		setStatus(t, consul, "geth-b", st)
 		changes++
+		// The stimulus: a change every 200 ms of real time, since consul-template's quiescence window is real time
+		// too. Not a wait for anything.
 		time.Sleep(every)
 	}
 	setStatus(t, consul, "geth-b", "passing")
+	// A last change after the flapping: renders apply in order, so once it is live every render the flapping caused
+	// has been applied and counted.
+	c := newFakeNode(t, "geth-c")
+	register(t, consul, service, "geth-c", "127.0.0.1", c.port(), "passing", nil)
 	for _, p := range proxies {
-		p.waitConfig(t, "settled", expectStates(p.kind, map[string]string{"geth-a": "server", "geth-b": "server"}))
+		p.waitConfig(t, "settled", expectStates(p.kind, map[string]string{"geth-a": "server", "geth-b": "server", "geth-c": "server"}))
 	}
-	time.Sleep(waitMax)
 	limit := int(flapFor/waitMax) + 1 + tolerance
 	for _, p := range proxies {
 		n := p.reloads() - before[p.kind]
@@ -300,18 +285,20 @@ func TestReadsRetriedWritesNotReplayed(t *testing.T) {
 					bad.received(tag), good.received(tag))
 			}
 		}
-		// nginx stops choosing a failed server for fail_timeout (3 s, counted in whole seconds): wait it out, so that
-		// reads reach it again.
-		time.Sleep(4500 * time.Millisecond)
-		for i := 0; bad.received(kind+"-read-") == 0; i++ {
-			if i == 30 {
-				t.Fatalf("%s: no read reached the dying node", kind)
-			}
+		// Reads until one reached the dying node: each must be answered by the good one. nginx stops choosing a
+		// failed server for fail_timeout (3 s), so the first reads all go to the good node.
+		i := 0
+		testenv.Eventually(t, 20*time.Second, kind+" a read reaching the dying node", func() error {
 			tag := fmt.Sprintf("%s-read-%d", kind, i)
+			i++
 			_, body, err := post(p.URL+"/"+service, `{"jsonrpc":"2.0","id":1,"method":"eth_getBalance","params":["0x0","latest"],"tag":"`+tag+`"}`)
 			if err != nil || !strings.Contains(string(body), `"good"`) {
-				t.Errorf("%s: read %d not answered by the good node: %v %s", kind, i, err, body)
+				t.Errorf("%s: read %s not answered by the good node: %v %s", kind, tag, err, body)
 			}
-		}
+			if bad.received(kind+"-read-") == 0 {
+				return fmt.Errorf("%d reads, none reached the dying node", i)
+			}
+			return nil
+		})
 	}
 }

@@ -133,21 +133,13 @@ func TestBenchDrainAndCrash(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	net := testenv.StartCliqueNetwork(t, 3)
 	startAgentInterval(t, consul, "1s", net.Nodes)
-	for _, g := range net.Nodes {
-		waitCheck(t, consul, g.Name, 60*time.Second, "passing")
-	}
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "three nodes", expectStates(kind, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"})
 	back := func(g *testenv.Geth) {
 		g.Restart()
 		if err := net.Connect(g); err != nil {
 			t.Fatal(err)
 		}
-		waitCheck(t, consul, g.Name, 90*time.Second, "passing")
+		consul.WaitCheck(t, g.Name, 90*time.Second, "passing")
 		for _, p := range proxies {
 			p.waitConfig(t, g.Name+" back", expectStates(p.kind, map[string]string{g.Name: "server"}))
 		}
@@ -176,29 +168,31 @@ func TestBenchDrainAndCrash(t *testing.T) {
 		}
 		return res
 	}
+	// The pauses in the cycles are part of the measured scenario, not waits for a condition: each state (node out of
+	// rotation, node stopped, node back) lasts a second of real load before the next step.
 	drain := phase("drain", func(g *testenv.Geth) {
 		if err := consul.Client.Agent().EnableServiceMaintenance(g.Name, "planned drain"); err != nil {
 			t.Fatal(err)
 		}
 		out(g)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // load with the node drained
 		g.Stop()
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // load with the node stopped
 		if err := consul.Client.Agent().DisableServiceMaintenance(g.Name); err != nil {
 			t.Fatal(err)
 		}
 		back(g)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // load with the node back
 	})
 	crash := phase("crash", func(g *testenv.Geth) {
 		if err := g.Proc.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		waitCheck(t, consul, g.Name, 30*time.Second, "critical")
+		consul.WaitCheck(t, g.Name, 30*time.Second, "critical")
 		out(g)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // load with the crashed node out
 		back(g)
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // load with the node back
 	})
 	var b strings.Builder
 	fmt.Fprintf(&b, "Failed client reads (8 clients per proxy calling eth_blockNumber through it; %d planned drains, then %d crashes, of the two non-sealing nodes of a 3-node Clique network; real agent at 1 s):\n\n", cycles, cycles)
@@ -229,9 +223,6 @@ func TestBenchFailover(t *testing.T) {
 	consul := testenv.StartConsul(t)
 	net := testenv.StartCliqueNetwork(t, 3)
 	startAgentInterval(t, consul, "1s", net.Nodes)
-	for _, g := range net.Nodes {
-		waitCheck(t, consul, g.Name, 60*time.Second, "passing")
-	}
 	p := startProxy(t, "nginx", consul)
 	all := map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}
 	p.waitConfig(t, "three nodes", expectStates("nginx", all))
@@ -256,12 +247,12 @@ func TestBenchFailover(t *testing.T) {
 				if tConfig.IsZero() && serverState("nginx", p.liveConfig(t), g.Name) != "server" {
 					tConfig = time.Now()
 				}
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond) // the resolution of the measured times
 			}
 			if tCheck.IsZero() || tConfig.IsZero() {
 				t.Fatalf("%s trial %d: %s never left the rotation", mode, i, g.Name)
 			}
-			time.Sleep(settle) // requests already sent to a frozen node end after proxy_read_timeout (10 s)
+			time.Sleep(settle) // measurement window: requests already sent to a frozen node end after proxy_read_timeout (10 s)
 			last := lastRequestTo(t, p.AccessLog, "127.0.0.1:"+port, t0)
 			tr := trial{tCheck.Sub(t0), tConfig.Sub(t0), last.Sub(t0)}
 			if last.IsZero() || last.Before(t0) {
@@ -271,9 +262,9 @@ func TestBenchFailover(t *testing.T) {
 				tr.detect.Round(time.Millisecond), tr.config.Round(time.Millisecond), tr.last.Round(time.Millisecond))
 			out = append(out, tr)
 			restore(g)
-			waitCheck(t, consul, g.Name, 90*time.Second, "passing")
+			consul.WaitCheck(t, g.Name, 90*time.Second, "passing")
 			p.waitConfig(t, g.Name+" back", expectStates("nginx", all))
-			time.Sleep(2 * time.Second)
+			time.Sleep(2 * time.Second) // two seconds of load on the full rotation between trials (measured, not awaited)
 		}
 		return out
 	}

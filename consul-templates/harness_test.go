@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -85,6 +84,19 @@ func startProxy(t *testing.T, kind string, consul *testenv.Consul, env ...string
 	return p
 }
 
+// startProxies starts one proxy of each kind and waits until both run a config with the servers in want
+// (expectStates).
+func startProxies(t *testing.T, consul *testenv.Consul, want map[string]string) []*proxy {
+	t.Helper()
+	var proxies []*proxy
+	for _, kind := range proxyKinds {
+		p := startProxy(t, kind, consul)
+		p.waitConfig(t, "started", expectStates(kind, want))
+		proxies = append(proxies, p)
+	}
+	return proxies
+}
+
 // liveConfig returns the config the proxy runs with.
 func (p *proxy) liveConfig(t *testing.T) string {
 	t.Helper()
@@ -98,17 +110,39 @@ func (p *proxy) liveConfig(t *testing.T) string {
 // reloads counts the reloads apply.sh made.
 func (p *proxy) reloads() int { return p.CT.Count("chainwarden-proxy: reloaded") }
 
-// waitConfig waits until the live config satisfies cond, and for the reload after it to take effect.
+// waitConfig waits until the live config satisfies cond and the proxy runs it: the apply.sh run that put it in
+// place has ended (so its reload request is in consul-template's log) and the proxy has carried out every reload
+// apply.sh asked for (nginx and HAProxy reload asynchronously after the signal).
 func (p *proxy) waitConfig(t *testing.T, what string, cond func(conf string) error) {
 	t.Helper()
 	testenv.Eventually(t, 30*time.Second, p.kind+" config: "+what, func() error {
 		if p.CT.Proc.Exited() {
 			t.Fatalf("consul-template exited: %s", p.CT.Proc.Tail(20))
 		}
-		return cond(p.liveConfig(t))
+		if err := cond(p.liveConfig(t)); err != nil {
+			return err
+		}
+		if p.CT.Busy() {
+			return fmt.Errorf("apply.sh still running")
+		}
+		asked := p.reloads()
+		done, err := p.proxyReloads()
+		if err != nil {
+			return err
+		}
+		if done < asked {
+			return fmt.Errorf("%s carried out %d of the %d reloads apply.sh asked for", p.kind, done, asked)
+		}
+		return nil
 	})
-	// nginx and HAProxy reload asynchronously after the signal; new workers take a moment to start.
-	time.Sleep(700 * time.Millisecond)
+}
+
+// proxyReloads counts the reloads the proxy itself has carried out.
+func (p *proxy) proxyReloads() (int, error) {
+	if p.Nginx != nil {
+		return p.Nginx.Reloads()
+	}
+	return p.HAProxy.Reloads(), nil
 }
 
 func copyDir(t *testing.T, src, dst string) {
@@ -327,15 +361,6 @@ func newPost(ctx context.Context, url, body string) (*http.Request, error) {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	return req, nil
-}
-
-func testenvOutput(dir, bin string, args ...string) (string, error) {
-	var out strings.Builder
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	return out.String(), err
 }
 
 // serveWS answers every JSON-RPC message on a WebSocket with the node's name, as a node's 8546-style endpoint.

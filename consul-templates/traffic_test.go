@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,7 +22,8 @@ import (
 )
 
 // startAgent runs the real chainwarden agent (in-process, as `chainwarden agent` does) for the nodes, probing every
-// interval: probe -> verdict -> Consul TTL check, the data the proxies' templates read.
+// interval: probe -> verdict -> Consul TTL check, the data the proxies' templates read. It returns once every node
+// passes.
 func startAgent(t *testing.T, consul *testenv.Consul, interval string, nodes []*testenv.Geth) {
 	t.Helper()
 	startAgentWith(t, consul, interval, "  warn_lag = 2\n  max_lag = 6\n  max_block_age = \"5s\"\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n", nodes)
@@ -48,37 +48,15 @@ func startAgentWith(t *testing.T, consul *testenv.Consul, interval, thresholds s
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := agent.New(cfg, hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: io.Discard}),
+	a, err := agent.New(cfg, hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: t.Output()}),
 		agent.Options{ID: "proxy-test-host", Consul: agent.ConsulAPI(consul.Client)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := a.Run(ctx); err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-}
-
-// waitCheck waits until the node's check has one of the statuses.
-func waitCheck(t *testing.T, consul *testenv.Consul, node string, timeout time.Duration, statuses ...string) {
-	t.Helper()
-	testenv.Eventually(t, timeout, node+" "+strings.Join(statuses, "/"), func() error {
-		st, out, err := consul.CheckStatus(node)
-		if err != nil {
-			return err
-		}
-		for _, s := range statuses {
-			if st == s {
-				return nil
-			}
-		}
-		return fmt.Errorf("%s is %q: %s", node, st, out)
-	})
+	testenv.Background(t, "agent", a.Run)
+	for _, g := range nodes {
+		consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
+	}
 }
 
 func blockNumber(url string, timeout time.Duration) (uint64, error) {
@@ -148,6 +126,23 @@ func (h *hammer) call(url string) {
 	h.ok.Add(1)
 }
 
+// readsThrough waits until every hammer has made n more calls (successful or not) from now on.
+func readsThrough(t *testing.T, hammers map[string]*hammer, n int64) {
+	t.Helper()
+	from := map[string]int64{}
+	for kind, h := range hammers {
+		from[kind] = h.ok.Load() + h.failed.Load()
+	}
+	for kind, h := range hammers {
+		testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d reads through %s", n, kind), func() error {
+			if done := h.ok.Load() + h.failed.Load() - from[kind]; done < n {
+				return fmt.Errorf("%d reads so far", done)
+			}
+			return nil
+		})
+	}
+}
+
 func (h *hammer) finish() (ok, failed, resets int64, errs []string) {
 	h.stop()
 	h.done.Wait()
@@ -174,32 +169,26 @@ func TestClientKeepsReadingThroughLagCrashAndFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	startAgent(t, consul, "500ms", net.Nodes)
-	for _, g := range net.Nodes {
-		waitCheck(t, consul, g.Name, 60*time.Second, "passing")
-	}
-	var proxies []*proxy
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "three nodes", expectStates(kind, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}))
-		proxies = append(proxies, p)
-	}
+	proxies := startProxies(t, consul, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"})
 	hammers := map[string]*hammer{}
 	for _, p := range proxies {
 		hammers[p.kind] = startHammer(p.URL+"/"+service, 4)
 	}
-	time.Sleep(2 * time.Second)
+	// The clients read through the whole rotation before anything happens to it.
+	readsThrough(t, hammers, 200)
 
 	// A node that lost its peers: its RPC answers, with an ever older head.
 	lagging := net.Nodes[2]
 	if err := net.Isolate(lagging); err != nil {
 		t.Fatal(err)
 	}
-	waitCheck(t, consul, lagging.Name, 30*time.Second, "warning", "critical")
-	waitCheck(t, consul, lagging.Name, 30*time.Second, "critical")
+	consul.WaitCheck(t, lagging.Name, 30*time.Second, "warning", "critical")
+	consul.WaitCheck(t, lagging.Name, 30*time.Second, "critical")
 	for _, p := range proxies {
 		p.waitConfig(t, "lagging node out", expectStates(p.kind, map[string]string{lagging.Name: "absent"}))
 	}
-	time.Sleep(2 * time.Second)
+	// The clients keep reading through the reload that took the node out.
+	readsThrough(t, hammers, 200)
 	// Once it is out, no answer comes from it: every answer is at most a block or two behind the sealer.
 	for _, p := range proxies {
 		for i := 0; i < 20; i++ {
@@ -219,11 +208,11 @@ func TestClientKeepsReadingThroughLagCrashAndFallback(t *testing.T) {
 	if err := crashed.Proc.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitCheck(t, consul, crashed.Name, 30*time.Second, "critical")
+	consul.WaitCheck(t, crashed.Name, 30*time.Second, "critical")
 	for _, p := range proxies {
 		p.waitConfig(t, "crashed node out", expectStates(p.kind, map[string]string{crashed.Name: "absent", "clique-0": "server"}))
 	}
-	time.Sleep(2 * time.Second)
+	readsThrough(t, hammers, 200)
 	for _, p := range proxies {
 		ok, failed, resets, errs := hammers[p.kind].finish()
 		t.Logf("%s: %d reads succeeded, %d failed (%d keep-alive resets) through lag and crash; %d reloads",

@@ -1,7 +1,6 @@
 package jobs_test
 
 import (
-	"context"
 	"fmt"
 	"io/fs"
 	"os"
@@ -15,7 +14,6 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
-	"github.com/chainwarden/chainwarden/internal/nomadjob"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
@@ -23,65 +21,17 @@ import (
 // waits to be stopped), so the real Nomad renders their templates from real Consul data and Nomad Variables, and
 // the tests read what landed in the allocation's directories.
 
-type cluster struct {
-	consul *testenv.Consul
-	docker *testenv.Docker
-	nomad  *testenv.Nomad
-	jobs   *nomadjob.Client
-}
-
-type logWriter struct{ t testing.TB }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-func startCluster(t *testing.T, volumes ...string) *cluster {
+// run runs an embedded spec on the cluster, waits for its deployment and returns its allocation.
+func run(t *testing.T, c *testenv.Cluster, name string, vars map[string]string) *nomadapi.Allocation {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a real Nomad, Consul and dockerd")
-	}
-	c := &cluster{consul: testenv.StartConsul(t), docker: testenv.StartDocker(t)}
-	c.nomad = testenv.StartNomad(t, testenv.NomadOptions{HostVolumes: volumes, Docker: c.docker, ConsulAddr: c.consul.Addr})
-	c.jobs = &nomadjob.Client{API: c.nomad.Client, Out: logWriter{t}, Poll: time.Second}
-	return c
-}
-
-func (c *cluster) run(t *testing.T, name string, vars map[string]string) *nomadapi.Allocation {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	spec, err := nomadjob.Load(name, vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	job, err := c.jobs.Run(ctx, spec)
-	if err != nil {
-		t.Fatalf("run %s: %v", name, err)
-	}
-	stubs, _, err := c.nomad.Client.Jobs().Allocations(*job.ID, false, nil)
-	if err != nil || len(stubs) == 0 {
-		t.Fatalf("allocations of %s: %v %v", *job.ID, stubs, err)
-	}
-	a, _, err := c.nomad.Client.Allocations().Info(stubs[0].ID, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return a
-}
-
-func (c *cluster) putVar(t *testing.T, path string, items map[string]string) {
-	t.Helper()
-	if _, _, err := c.nomad.Client.Variables().Create(&nomadapi.Variable{Path: path, Items: items}, nil); err != nil {
-		t.Fatalf("nomad var put %s: %v", path, err)
-	}
+	job := c.Run(t, name, vars)
+	return c.Allocation(t, *job.ID)
 }
 
 // register adds a service instance to Consul with a TTL check in the given status, as the chainwarden agent does.
-func (c *cluster) register(t *testing.T, id, name, addr string, port int, status string, tags []string, meta map[string]string) {
+func register(t *testing.T, c *testenv.Cluster, id, name, addr string, port int, status string, tags []string, meta map[string]string) {
 	t.Helper()
-	err := c.consul.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+	err := c.Consul.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
 		ID: id, Name: name, Address: addr, Port: port, Tags: tags, Meta: meta,
 		Check: &consulapi.AgentServiceCheck{CheckID: "chainwarden:" + id, TTL: "1h", Status: status},
 	})
@@ -133,24 +83,24 @@ func assertSecretsOnlyUnderSecrets(t *testing.T, allocDir, task string, secrets 
 }
 
 func TestChainlinkTemplates(t *testing.T) {
-	c := startCluster(t)
-	image := c.docker.IdleImage(t)
+	c := testenv.StartCluster(t)
+	image := c.Docker.IdleImage(t)
 	secrets := map[string]string{
 		"database_url":      "postgresql://chainlink:pg-s3cret-8812@db.internal:5432/chainlink?sslmode=require",
 		"keystore_password": `ks-"pass"-77x`,
 		"api_email":         "ops@example.com",
 		"api_password":      "api-s3cret-4431",
 	}
-	c.putVar(t, "nomad/jobs/chainlink", secrets)
+	c.PutVar(t, "nomad/jobs/chainlink", secrets)
 	// The fleet as the agent registered it: two passing nodes (one with its WS port), one critical.
-	c.register(t, "geth-geth-0", "eth-mainnet", "10.0.0.11", 8545, "passing", []string{"chainwarden", "ws_port=8546"}, nil)
-	c.register(t, "geth-geth-1", "eth-mainnet", "10.0.0.12", 8545, "passing", []string{"chainwarden"}, nil)
-	c.register(t, "openethereum-openethereum-0", "eth-mainnet", "10.0.0.13", 8545, "critical", []string{"chainwarden", "ws_port=8546"}, nil)
+	register(t, c, "geth-geth-0", "eth-mainnet", "10.0.0.11", 8545, "passing", []string{"chainwarden", "ws_port=8546"}, nil)
+	register(t, c, "geth-geth-1", "eth-mainnet", "10.0.0.12", 8545, "passing", []string{"chainwarden"}, nil)
+	register(t, c, "openethereum-openethereum-0", "eth-mainnet", "10.0.0.13", 8545, "critical", []string{"chainwarden", "ws_port=8546"}, nil)
 
-	a := c.run(t, "chainlink", map[string]string{
+	a := run(t, c, "chainlink", map[string]string{
 		"image": image, "nodes": "1", "min_healthy_time": "1s", "cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(testenv.FreePort(t)),
 	})
-	dir := filepath.Join(c.nomad.DataDir, "alloc", a.ID)
+	dir := filepath.Join(c.Nomad.DataDir, "alloc", a.ID)
 	cfg := readFile(t, filepath.Join(dir, "chainlink", "local", "config.toml"))
 	for _, want := range []string{
 		"ChainID = '1'",
@@ -185,7 +135,7 @@ func TestChainlinkTemplates(t *testing.T) {
 	assertSecretsOnlyUnderSecrets(t, dir, "chainlink", "pg-s3cret-8812", "ks-", "api-s3cret-4431")
 
 	// The fleet changes: geth-geth-0 goes critical. Chainlink's endpoints follow.
-	if err := c.consul.Client.Agent().UpdateTTL("chainwarden:geth-geth-0", "lagging", "critical"); err != nil {
+	if err := c.Consul.Client.Agent().UpdateTTL("chainwarden:geth-geth-0", "lagging", "critical"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 90*time.Second, "config.toml without the critical node", func() error {
@@ -201,12 +151,12 @@ func TestChainlinkTemplates(t *testing.T) {
 }
 
 func TestIRITATemplates(t *testing.T) {
-	c := startCluster(t, "irita")
-	image := c.docker.IdleImage(t)
+	c := testenv.StartCluster(t, "irita")
+	image := c.Docker.IdleImage(t)
 	genesis := `{"chain_id":"irita-test","validators":[]}`
-	c.putVar(t, "nomad/jobs/irita", map[string]string{"genesis": genesis})
+	c.PutVar(t, "nomad/jobs/irita", map[string]string{"genesis": genesis})
 	for i := 0; i < 4; i++ {
-		c.putVar(t, fmt.Sprintf("nomad/jobs/irita/validator-%d", i), map[string]string{
+		c.PutVar(t, fmt.Sprintf("nomad/jobs/irita/validator-%d", i), map[string]string{
 			"node_id":            fmt.Sprintf("%040d", i+1),
 			"node_key":           fmt.Sprintf(`{"priv_key":"node-secret-%d"}`, i),
 			"priv_validator_key": fmt.Sprintf(`{"priv_key":"val-secret-%d"}`, i),
@@ -214,7 +164,7 @@ func TestIRITATemplates(t *testing.T) {
 	}
 	// Validators 1-3 on other hosts, registered by their Nomad clients (real Consul data, as Nomad registers it).
 	for i := 1; i < 4; i++ {
-		err := c.consul.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
+		err := c.Consul.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
 			ID: fmt.Sprintf("_nomad-task-other-%d", i), Name: "irita-p2p", Address: fmt.Sprintf("10.0.0.%d", i+1), Port: 26656,
 			Tags: []string{"chainwarden-p2p"}, Meta: map[string]string{"validator_index": strconv.Itoa(i)},
 		})
@@ -223,11 +173,11 @@ func TestIRITATemplates(t *testing.T) {
 		}
 	}
 	p2p := testenv.FreePort(t)
-	a := c.run(t, "irita", map[string]string{
+	a := run(t, c, "irita", map[string]string{
 		"image": image, "binary": "/idle", "validators": "1", "min_healthy_time": "1s", "host_volume": "irita", "chain_id": "irita-test",
 		"cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(p2p), "metrics_port": strconv.Itoa(testenv.FreePort(t)),
 	})
-	dir := filepath.Join(c.nomad.DataDir, "alloc", a.ID)
+	dir := filepath.Join(c.Nomad.DataDir, "alloc", a.ID)
 	peersEnv := strings.TrimSpace(readFile(t, filepath.Join(dir, "irita", "local", "peers.env")))
 	const prefix = "IRITA_P2P_PERSISTENT_PEERS="
 	if !strings.HasPrefix(peersEnv, prefix) {
@@ -249,7 +199,7 @@ func TestIRITATemplates(t *testing.T) {
 		t.Errorf("persistent peers %v, want %v (every other validator, not itself)", peers, want)
 	}
 	// Nomad registered this validator's own P2P service in Consul with its index: the others render it likewise.
-	svcs, _, err := c.consul.Client.Health().Service("irita-p2p", "", false, nil)
+	svcs, _, err := c.Consul.Client.Health().Service("irita-p2p", "", false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,9 +223,9 @@ func TestIRITATemplates(t *testing.T) {
 	}
 	assertSecretsOnlyUnderSecrets(t, dir, "irita", "val-secret-0", "node-secret-0")
 	// The rendered peers reach the process's environment.
-	out := c.docker.Run(t, "ps", "-q", "--filter", "label=com.hashicorp.nomad.alloc_id="+a.ID)
+	out := c.Docker.Run(t, "ps", "-q", "--filter", "label=com.hashicorp.nomad.alloc_id="+a.ID)
 	id := strings.TrimSpace(out)
-	env := c.docker.Run(t, "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", id)
+	env := c.Docker.Run(t, "inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", id)
 	if !strings.Contains(env, peersEnv) || !strings.Contains(env, "IRITA_PRIV_VALIDATOR_KEY_FILE=/secrets/priv_validator_key.json") {
 		t.Errorf("container env lacks the peers or key paths:\n%s", env)
 	}

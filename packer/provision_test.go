@@ -245,18 +245,6 @@ func (c *chroot) copyInto(src, dst string) {
 	}
 }
 
-func buildChainwarden(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "chainwarden")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version="+chainwardenTestVersion, "-o", bin, "./cmd/chainwarden")
-	cmd.Dir = ".."
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build chainwarden: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // TestProvisionDebian12 runs the image's provisioning for real: the scripts Packer runs on the build instance run
 // here as root in a chroot of a debootstrapped Debian 12, with Debian's packages (docker.io, nginx, HAProxy) from
 // the Debian mirror and the Go-built consul, nomad, consul-template and chainwarden as the "prebuilt binaries
@@ -274,7 +262,7 @@ func TestProvisionDebian12(t *testing.T) {
 	}
 	systemdAnalyze := testenv.Bin(t, "systemd-analyze")
 	systemctl := testenv.Bin(t, "systemctl")
-	bins["chainwarden"] = buildChainwarden(t)
+	bins["chainwarden"] = testenv.GoBuild(t, "./cmd/chainwarden", "-ldflags", "-X main.version="+chainwardenTestVersion)
 
 	c := newChroot(t)
 	upload := "/tmp/chainwarden-upload"

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/hashicorp/go-hclog"
-	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
@@ -18,15 +17,11 @@ func startDiscovery(ctx context.Context, cfg *config.Config, a *agent.Agent, log
 	if cfg.Nomad == nil || (cfg.Nomad.Enabled != nil && !*cfg.Nomad.Enabled) {
 		return
 	}
-	nc := nomadapi.DefaultConfig() // NOMAD_ADDR, NOMAD_TOKEN, NOMAD_CACERT, ... apply
-	if cfg.Nomad.Address != "" {
-		nc.Address = cfg.Nomad.Address
-	}
-	client, err := nomadapi.NewClient(nc)
+	api, err := discovery.Connect(cfg.Nomad.Address)
 	if err != nil {
 		log.Error("nomad discovery is off", "error", err)
 		return
 	}
-	w := discovery.New(discovery.Client(client), "", log.Named("nomad"), nil)
+	w := discovery.New(api, "", log.Named("nomad"), nil)
 	go w.Run(ctx, func(nodes []nodespec.Node) { a.SetNodes(nodespec.SourceNomad, nodes) })
 }

@@ -153,23 +153,41 @@ func (c *CometNode) Thaw() error { return c.Proc.Signal(syscall.SIGCONT) }
 func (c *CometNode) Height() (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.RPC+"/status", nil)
+	st, err := CometStatus(ctx, c.RPC)
+	return st.Height, err
+}
+
+// CometNodeStatus is what a CometBFT node's /status says of its chain.
+type CometNodeStatus struct {
+	Height  int64  // latest block height
+	Network string // chain id
+}
+
+// CometStatus reads /status from the CometBFT RPC at rpc (http://host:port).
+func CometStatus(ctx context.Context, rpc string) (CometNodeStatus, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rpc+"/status", nil)
+	if err != nil {
+		return CometNodeStatus{}, err
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, err
+		return CometNodeStatus{}, err
 	}
 	defer resp.Body.Close()
 	var st struct {
 		Result struct {
+			NodeInfo struct {
+				Network string `json:"network"`
+			} `json:"node_info"`
 			SyncInfo struct {
-				Height string `json:"latest_block_height"`
+				Height int64 `json:"latest_block_height,string"`
 			} `json:"sync_info"`
 		} `json:"result"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return 0, err
+		return CometNodeStatus{}, fmt.Errorf("decode %s/status: %w", rpc, err)
 	}
-	return strconv.ParseInt(st.Result.SyncInfo.Height, 10, 64)
+	return CometNodeStatus{Height: st.Result.SyncInfo.Height, Network: st.Result.NodeInfo.Network}, nil
 }
 
 var tomlHeader = regexp.MustCompile(`^\[([a-z0-9_.]+)\]\s*$`)

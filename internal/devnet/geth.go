@@ -86,9 +86,23 @@ func (g *Geth) Call(result any, method string, args ...any) error {
 
 // BlockNumber returns the node's head.
 func (g *Geth) BlockNumber() (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return BlockNumber(ctx, g.RPC)
+}
+
+// BlockNumber asks the Ethereum JSON-RPC at url for its head (eth_blockNumber).
+func BlockNumber(ctx context.Context, url string) (uint64, error) {
+	c, err := rpc.DialContext(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
 	var n hexutil.Uint64
-	err := g.Call(&n, "eth_blockNumber")
-	return uint64(n), err
+	if err := c.CallContext(ctx, &n, "eth_blockNumber"); err != nil {
+		return 0, fmt.Errorf("eth_blockNumber from %s: %w", url, err)
+	}
+	return uint64(n), nil
 }
 
 // Stop kills the node (its data dir stays).
@@ -158,6 +172,7 @@ func StartClique(ctx context.Context, dir string, n int) (*Clique, error) {
 			g.args = append(g.args, "--mine", "--miner.etherbase", signer.Hex(), "--unlock", signer.Hex(),
 				"--password", passPath, "--allow-insecure-unlock")
 		}
+		c.Nodes = append(c.Nodes, g) // before it starts: Stop kills a node that failed to come up, too
 		if err := g.Start(ctx); err != nil {
 			return c, err
 		}
@@ -168,7 +183,6 @@ func StartClique(ctx context.Context, dir string, n int) (*Clique, error) {
 			return c, err
 		}
 		g.Enode = info.Enode
-		c.Nodes = append(c.Nodes, g)
 	}
 	for _, g := range c.Nodes[1:] {
 		if err := c.Connect(g); err != nil {

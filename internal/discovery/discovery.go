@@ -55,6 +55,20 @@ type API interface {
 	Allocations(nodeID string, q *nomadapi.QueryOptions) ([]*nomadapi.Allocation, *nomadapi.QueryMeta, error)
 }
 
+// Connect returns the API of the Nomad agent at address ("" = NOMAD_ADDR, else http://127.0.0.1:4646); NOMAD_TOKEN,
+// NOMAD_CACERT and the other NOMAD_* variables apply.
+func Connect(address string) (API, error) {
+	nc := nomadapi.DefaultConfig()
+	if address != "" {
+		nc.Address = address
+	}
+	c, err := nomadapi.NewClient(nc)
+	if err != nil {
+		return nil, fmt.Errorf("nomad client: %w", err)
+	}
+	return Client(c), nil
+}
+
 // Client adapts Nomad's API client to API.
 func Client(c *nomadapi.Client) API { return nomadClient{c} }
 

@@ -1,58 +1,45 @@
 package discovery_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"net/http"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/devnet"
 	"github.com/chainwarden/chainwarden/internal/discovery"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
-	"github.com/chainwarden/chainwarden/internal/nomadjob"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 	"github.com/chainwarden/chainwarden/jobs"
 )
 
-// logWriter sends the deployment watcher's progress to the test log.
-type logWriter struct{ t testing.TB }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 // cluster is a real Nomad (docker driver, host volumes) with Consul, the local images, and the chainwarden agent
 // of this host, fed by the discovery watcher.
 type cluster struct {
-	consul *testenv.Consul
-	docker *testenv.Docker
-	nomad  *testenv.Nomad
-	jobs   *nomadjob.Client
-	agent  *agent.Agent
+	*testenv.Cluster
+	agent *agent.Agent
 }
 
 func startCluster(t *testing.T, volumes ...string) *cluster {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs a real Nomad and dockerd")
-	}
-	c := &cluster{consul: testenv.StartConsul(t), docker: testenv.StartDocker(t)}
-	c.nomad = testenv.StartNomad(t, testenv.NomadOptions{HostVolumes: volumes, Docker: c.docker, ConsulAddr: c.consul.Addr})
-	c.jobs = &nomadjob.Client{API: c.nomad.Client, Out: logWriter{t}, Poll: time.Second}
-	c.agent = startAgent(t, c.consul)
+	c := &cluster{Cluster: testenv.StartCluster(t, volumes...)}
+	c.agent = startAgent(t, c.Consul)
 	return c
 }
 
@@ -74,20 +61,12 @@ func startAgent(t *testing.T, consul *testenv.Consul) *agent.Agent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: logWriter{t}})
+	log := hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: t.Output()})
 	a, err := agent.New(cfg, log, agent.Options{ID: "host-a", Consul: agent.ConsulAPI(consul.Client)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := a.Run(ctx); err != nil {
-			t.Errorf("agent: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+	testenv.Background(t, "agent", a.Run)
 	testenv.WaitHTTP(t, nil, "http://"+listen+"/v1/health", 10*time.Second)
 	return a
 }
@@ -97,7 +76,7 @@ func startAgent(t *testing.T, consul *testenv.Consul) *agent.Agent {
 func waitConsul(t *testing.T, c *cluster, n nodespec.Node) {
 	t.Helper()
 	testenv.Eventually(t, 90*time.Second, n.Name+" passing in consul", func() error {
-		st, out, err := c.consul.CheckStatus(n.Name)
+		st, out, err := c.Consul.CheckStatus(n.Name)
 		if err != nil {
 			return err
 		}
@@ -106,15 +85,15 @@ func waitConsul(t *testing.T, c *cluster, n nodespec.Node) {
 		}
 		return nil
 	})
-	svcs, err := c.consul.Client.Agent().Services()
+	svcs, err := c.Consul.Client.Agent().Services()
 	if err != nil {
 		t.Fatal(err)
 	}
 	svc := svcs[n.Name]
-	if svc == nil || svc.Service != n.Service || svc.Address != n.Address || svc.Port != n.Port || !contains(svc.Tags, "chainwarden") {
+	if svc == nil || svc.Service != n.Service || svc.Address != n.Address || svc.Port != n.Port || !slices.Contains(svc.Tags, "chainwarden") {
 		t.Fatalf("consul service %s: %+v, want service %s at %s:%d tagged chainwarden", n.Name, svc, n.Service, n.Address, n.Port)
 	}
-	checks, err := c.consul.Client.Agent().Checks()
+	checks, err := c.Consul.Client.Agent().Checks()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +110,7 @@ func waitDeregistered(t *testing.T, c *cluster, name string, stopped time.Time) 
 		t.Logf("%s deregistered from consul %s after the job stop was submitted", name, time.Since(start).Round(10*time.Millisecond))
 	}()
 	testenv.Eventually(t, 30*time.Second, name+" deregistered from consul", func() error {
-		svcs, err := c.consul.Client.Agent().Services()
+		svcs, err := c.Consul.Client.Agent().Services()
 		if err != nil {
 			return err
 		}
@@ -142,137 +121,176 @@ func waitDeregistered(t *testing.T, c *cluster, name string, stopped time.Time) 
 	})
 }
 
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
+// discovered is what a discovery Watcher reported: every update, when it came, and how many Nomad queries failed.
+type discovered struct {
+	mu       sync.Mutex
+	updates  []update
+	failures atomic.Int64
+}
+
+type update struct {
+	at    time.Time
+	nodes map[string]nodespec.Node
+}
+
+// Write counts the watcher's warnings, each a failed Nomad query (its log goes to the test log as well).
+func (d *discovered) Write(p []byte) (int, error) {
+	d.failures.Add(int64(bytes.Count(p, []byte("[WARN]"))))
+	return len(p), nil
+}
+
+// latest is the node set of the last update.
+func (d *discovered) latest() map[string]nodespec.Node {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.updates) == 0 {
+		return nil
+	}
+	return maps.Clone(d.updates[len(d.updates)-1].nodes)
+}
+
+// since returns the updates that came at or after from.
+func (d *discovered) since(from time.Time) []update {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []update
+	for _, u := range d.updates {
+		if !u.at.Before(from) {
+			out = append(out, u)
 		}
 	}
-	return false
+	return out
 }
 
-// run runs an embedded spec as `chainwarden job run NAME -var ...` does and waits for its deployment.
-func (c *cluster) run(t *testing.T, name string, vars map[string]string) {
+// watch runs a discovery Watcher on the cluster's client, handing its nodes to the agent, until the test ends.
+func watch(t *testing.T, c *cluster) *discovered {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	spec, err := nomadjob.Load(name, vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.jobs.Run(ctx, spec)
-	if err != nil {
-		t.Fatalf("run %s: %v", name, err)
-	}
-}
-
-func (c *cluster) stop(t *testing.T, jobID string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if _, err := c.jobs.Stop(ctx, jobID, false); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// watch runs a discovery Watcher on the cluster's client until the test ends and returns a function giving the
-// latest node set it reported.
-func watch(t *testing.T, c *cluster) func() map[string]nodespec.Node {
-	t.Helper()
-	var mu sync.Mutex
-	latest := map[string]nodespec.Node{}
-	updates := 0
-	w := discovery.New(discovery.Client(c.nomad.Client), "", hclog.New(&hclog.LoggerOptions{Name: "discovery", Output: logWriter{t}, Level: hclog.Info}), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	d := &discovered{}
+	log := hclog.New(&hclog.LoggerOptions{Name: "discovery", Output: io.MultiWriter(t.Output(), d), Level: hclog.Info})
+	w := discovery.New(discovery.Client(c.Nomad.Client), "", log, nil)
+	testenv.Background(t, "discovery", func(ctx context.Context) error {
 		w.Run(ctx, func(nodes []nodespec.Node) {
-			c.agent.SetNodes("nomad", nodes)
-			mu.Lock()
-			defer mu.Unlock()
-			updates++
-			latest = map[string]nodespec.Node{}
+			c.agent.SetNodes(nodespec.SourceNomad, nodes)
+			u := update{at: time.Now(), nodes: map[string]nodespec.Node{}}
 			for _, n := range nodes {
-				latest[n.Name] = n
+				u.nodes[n.Name] = n
 			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			d.updates = append(d.updates, u)
 		})
-	}()
-	t.Cleanup(func() { cancel(); <-done })
+		return nil
+	})
 	testenv.Eventually(t, 10*time.Second, "first discovery update", func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if updates == 0 {
+		if d.latest() == nil {
 			return fmt.Errorf("no update yet")
 		}
-		if w.NodeID() != c.nomad.NodeID {
-			return fmt.Errorf("watching node %q, want %q", w.NodeID(), c.nomad.NodeID)
+		if w.NodeID() != c.Nomad.NodeID {
+			return fmt.Errorf("watching node %q, want %q", w.NodeID(), c.Nomad.NodeID)
 		}
 		return nil
 	})
-	return func() map[string]nodespec.Node {
-		mu.Lock()
-		defer mu.Unlock()
-		out := make(map[string]nodespec.Node, len(latest))
-		for k, v := range latest {
-			out[k] = v
-		}
-		return out
-	}
+	return d
 }
 
-func waitNode(t *testing.T, nodes func() map[string]nodespec.Node, name string) nodespec.Node {
+func waitNode(t *testing.T, d *discovered, name string) nodespec.Node {
 	t.Helper()
 	var n nodespec.Node
 	testenv.Eventually(t, 30*time.Second, "discovery of "+name, func() error {
 		var ok bool
-		if n, ok = nodes()[name]; !ok {
-			return fmt.Errorf("not discovered; have %v", keys(nodes()))
+		if n, ok = d.latest()[name]; !ok {
+			return fmt.Errorf("not discovered; have %v", slices.Sorted(maps.Keys(d.latest())))
 		}
 		return nil
 	})
 	return n
 }
 
-func waitGone(t *testing.T, nodes func() map[string]nodespec.Node, name string, stopped time.Time) {
+func waitGone(t *testing.T, d *discovered, name string, stopped time.Time) {
 	t.Helper()
 	defer func() {
 		t.Logf("%s gone from discovery %s after the job stop was submitted", name, time.Since(stopped).Round(10*time.Millisecond))
 	}()
 	testenv.Eventually(t, 60*time.Second, name+" gone from discovery", func() error {
-		if _, ok := nodes()[name]; ok {
+		if _, ok := d.latest()[name]; ok {
 			return fmt.Errorf("still discovered")
 		}
 		return nil
 	})
 }
 
-func keys(m map[string]nodespec.Node) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
-	}
+// waitProbed waits until the agent has probed node again since its check output was last (the output names the
+// height, which moves with every block), failing if the check is not passing; it returns the new output.
+func waitProbed(t *testing.T, c *cluster, node, last string) string {
+	t.Helper()
+	var out string
+	testenv.Eventually(t, 30*time.Second, node+" probed again", func() error {
+		st, o, err := c.Consul.CheckStatus(node)
+		if err != nil {
+			return err
+		}
+		if st != "passing" {
+			t.Fatalf("%s is %s: %s", node, st, o)
+		}
+		if o == last {
+			return fmt.Errorf("check output unchanged: %s", o)
+		}
+		out = o
+		return nil
+	})
 	return out
 }
 
-func gethHeight(ctx context.Context, rpc string) (uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+// gethHeight is the head of the geth node at rpc.
+func gethHeight(rpc string) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	body := strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}`)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, rpc, body)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
+	h, err := devnet.BlockNumber(ctx, rpc)
+	return int64(h), err
+}
+
+// cometHeight is the latest block of the CometBFT node at rpc, failing the test if the node is on another chain
+// than network.
+func cometHeight(t *testing.T, rpc, network string) func() (int64, error) {
+	return func() (int64, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := devnet.CometStatus(ctx, rpc)
+		if err == nil && st.Network != network {
+			t.Fatalf("network %q, want %q: the genesis from the Nomad Variable was not used", st.Network, network)
+		}
+		return st.Height, err
 	}
-	defer resp.Body.Close()
-	var r struct {
-		Result string `json:"result"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return 0, fmt.Errorf("decode eth_blockNumber: %w", err)
-	}
-	return strconv.ParseUint(strings.TrimPrefix(r.Result, "0x"), 16, 64)
+}
+
+// waitHeight waits until the chain at height() is past from, and returns the height reached. After a restart
+// (restarted) a height below from fails the test at once: the chain did not survive.
+func waitHeight(t *testing.T, what string, from int64, restarted bool, height func() (int64, error)) int64 {
+	t.Helper()
+	var h int64
+	testenv.Eventually(t, 60*time.Second, what, func() error {
+		var err error
+		if h, err = height(); err != nil {
+			return err
+		}
+		if restarted && h < from {
+			t.Fatalf("%s: height %d, was %d before: the chain did not survive", what, h, from)
+		}
+		if h <= from {
+			return fmt.Errorf("at height %d", h)
+		}
+		return nil
+	})
+	return h
+}
+
+// stopJob stops a job and waits for its node to leave discovery and Consul.
+func stopJob(t *testing.T, c *cluster, d *discovered, job, node string) {
+	t.Helper()
+	stopped := time.Now()
+	c.Stop(t, job)
+	waitGone(t, d, node, stopped)
+	waitDeregistered(t, c, node, stopped)
 }
 
 // TestGethOnNomad runs the real geth spec (a --dev chain, the static geth in a FROM-scratch image) on Nomad with
@@ -280,17 +298,17 @@ func gethHeight(ctx context.Context, rpc string) (uint64, error) {
 // data is on the host volume) and a stop removes it from the set.
 func TestGethOnNomad(t *testing.T) {
 	c := startCluster(t, "geth-dev")
-	image := c.docker.GethImage(t)
+	image := c.Docker.GethImage(t)
 	nodes := watch(t, c)
 	vars := map[string]string{
 		"image": image, "host_volume": "geth-dev", "network": "dev", "chain_id": "1337", "service": "eth-dev",
 		"p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "1024", "min_healthy_time": "2s",
 		"kill_timeout": "20s", "extra_args": `["--dev.period=1"]`, "min_peers": "0",
 	}
-	c.run(t, "geth", vars)
+	c.Run(t, "geth", vars)
 
 	// The job submission keeps the HCL and the -var values (the Nomad UI's job definition).
-	sub, _, err := c.nomad.Client.Jobs().Submission("geth", 0, nil)
+	sub, _, err := c.Nomad.Client.Jobs().Submission("geth", 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,53 +325,22 @@ func TestGethOnNomad(t *testing.T) {
 	if len(n.Tags) != 1 || !strings.HasPrefix(n.Tags[0], "ws_port=") {
 		t.Errorf("ws tag: %v", n.Tags)
 	}
-	ctx := context.Background()
-	var before uint64
-	testenv.Eventually(t, 60*time.Second, "geth mining through its discovered RPC", func() error {
-		h, err := gethHeight(ctx, n.RPC)
-		if err != nil {
-			return err
-		}
-		if h < 5 {
-			return fmt.Errorf("height %d", h)
-		}
-		before = h
-		return nil
-	})
-	if _, err := os.Stat(filepath.Join(c.nomad.HostVolumes["geth-dev"], "geth", "chaindata")); err != nil {
+	before := waitHeight(t, "geth mining through its discovered RPC", 4, false, func() (int64, error) { return gethHeight(n.RPC) })
+	if _, err := os.Stat(filepath.Join(c.Nomad.HostVolumes["geth-dev"], "geth", "chaindata")); err != nil {
 		t.Fatalf("chain data not on the host volume: %v", err)
 	}
 	waitConsul(t, c, n)
 
-	stopped := time.Now()
-	c.stop(t, "geth")
-	waitGone(t, nodes, "geth-geth-0", stopped)
-	waitDeregistered(t, c, "geth-geth-0", stopped)
+	stopJob(t, c, nodes, "geth", n.Name)
 
-	c.run(t, "geth", vars)
-	n2 := waitNode(t, nodes, "geth-geth-0")
-	testenv.Eventually(t, 60*time.Second, "geth continuing from its height", func() error {
-		h, err := gethHeight(ctx, n2.RPC)
-		if err != nil {
-			return err
-		}
-		if h < before {
-			return fmt.Errorf("height %d after the restart, was %d before: the chain did not survive", h, before)
-		}
-		if h == before {
-			return fmt.Errorf("not mining yet at %d", h)
-		}
-		return nil
-	})
+	c.Run(t, "geth", vars)
+	n2 := waitNode(t, nodes, n.Name)
+	waitHeight(t, "geth continuing from its height", before, true, func() (int64, error) { return gethHeight(n2.RPC) })
 	waitConsul(t, c, n2)
-
-	stopped = time.Now()
-	c.stop(t, "geth")
-	waitGone(t, nodes, "geth-geth-0", stopped)
-	waitDeregistered(t, c, "geth-geth-0", stopped)
+	stopJob(t, c, nodes, "geth", n.Name)
 
 	// The static node block kept working beside discovery.
-	svcs, err := c.consul.Client.Agent().Services()
+	svcs, err := c.Consul.Client.Agent().Services()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,68 +370,26 @@ func cometbftKeys(t *testing.T, chainID string) map[string]string {
 	return map[string]string{"genesis": string(b), "node_key": read("node_key.json"), "priv_validator_key": read("priv_validator_key.json")}
 }
 
-func cometHeight(ctx context.Context, rpc string) (int64, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, rpc+"/status", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	var st struct {
-		Result struct {
-			NodeInfo struct {
-				Network string `json:"network"`
-			} `json:"node_info"`
-			SyncInfo struct {
-				LatestBlockHeight int64 `json:"latest_block_height,string"`
-			} `json:"sync_info"`
-		} `json:"result"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return 0, "", fmt.Errorf("decode /status: %w", err)
-	}
-	return st.Result.SyncInfo.LatestBlockHeight, st.Result.NodeInfo.Network, nil
-}
-
 // TestCometBFTOnNomad runs the real cometbft spec: init prestart task on the empty volume, genesis and keys from a
 // Nomad Variable, blocks made, discovered, continued after a stop/start, removed after a stop.
 func TestCometBFTOnNomad(t *testing.T) {
 	c := startCluster(t, "cometbft-dev")
-	image := c.docker.CometBFTImage(t)
+	image := c.Docker.CometBFTImage(t)
 	nodes := watch(t, c)
-	if _, _, err := c.nomad.Client.Variables().Create(&nomadapi.Variable{Path: "nomad/jobs/cometbft", Items: cometbftKeys(t, "cw-test")}, nil); err != nil {
-		t.Fatal(err)
-	}
+	c.PutVar(t, "nomad/jobs/cometbft", cometbftKeys(t, "cw-test"))
 	vars := map[string]string{
 		"image": image, "host_volume": "cometbft-dev", "chain_id": "cw-test", "service": "cometbft-test",
 		"proxy_app": "persistent_kvstore", "p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "512",
 		"min_healthy_time": "2s", "extra_args": `["--consensus.create_empty_blocks_interval=0s"]`, "min_peers": "0",
 	}
-	c.run(t, "cometbft", vars)
+	c.Run(t, "cometbft", vars)
 
 	n := waitNode(t, nodes, "cometbft-cometbft-0")
 	if n.Kind != probe.CometBFT || n.Network != "cw-test" || n.Service != "cometbft-test" || n.Address != "127.0.0.1" {
 		t.Fatalf("discovered node: %+v", n)
 	}
-	ctx := context.Background()
-	var before int64
-	testenv.Eventually(t, 60*time.Second, "cometbft making blocks", func() error {
-		h, network, err := cometHeight(ctx, n.RPC)
-		if err != nil {
-			return err
-		}
-		if network != "cw-test" {
-			t.Fatalf("network %q: the genesis from the Nomad Variable was not used", network)
-		}
-		if h < 3 {
-			return fmt.Errorf("height %d", h)
-		}
-		before = h
-		return nil
-	})
-	vol := c.nomad.HostVolumes["cometbft-dev"]
+	before := waitHeight(t, "cometbft making blocks", 2, false, cometHeight(t, n.RPC, "cw-test"))
+	vol := c.Nomad.HostVolumes["cometbft-dev"]
 	if _, err := os.Stat(filepath.Join(vol, "data", "blockstore.db")); err != nil {
 		t.Fatalf("block store not on the host volume: %v", err)
 	}
@@ -454,44 +399,38 @@ func TestCometBFTOnNomad(t *testing.T) {
 
 	// The Nomad agent goes down (an upgrade): the container keeps running, discovery keeps the last set and the
 	// node stays passing in Consul; when Nomad is back it picks the task up and nothing changed.
-	c.nomad.Stop()
-	time.Sleep(3 * time.Second)
-	if got, ok := nodes()[n.Name]; !ok || got.RPC != n.RPC {
-		t.Fatalf("node dropped or changed while Nomad was down: %+v", nodes())
+	_, out, err := c.Consul.CheckStatus(n.Name)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if st, out, err := c.consul.CheckStatus(n.Name); err != nil || st != "passing" {
-		t.Fatalf("check while Nomad was down: %q %q %v", st, out, err)
-	}
-	c.nomad.Restart()
-	time.Sleep(3 * time.Second)
-	if got, ok := nodes()[n.Name]; !ok || got.RPC != n.RPC {
-		t.Fatalf("node lost after Nomad came back: %+v", nodes())
-	}
-	waitConsul(t, c, n)
-
-	stopped := time.Now()
-	c.stop(t, "cometbft")
-	waitGone(t, nodes, "cometbft-cometbft-0", stopped)
-	waitDeregistered(t, c, "cometbft-cometbft-0", stopped)
-
-	c.run(t, "cometbft", vars)
-	n2 := waitNode(t, nodes, "cometbft-cometbft-0")
-	testenv.Eventually(t, 60*time.Second, "cometbft continuing from its height", func() error {
-		h, _, err := cometHeight(ctx, n2.RPC)
-		if err != nil {
-			return err
-		}
-		if h < before {
-			return fmt.Errorf("height %d after the restart, was %d: the chain did not survive", h, before)
-		}
-		if h == before {
-			return fmt.Errorf("no new block yet at %d", h)
+	down, failures := time.Now(), nodes.failures.Load()
+	c.Nomad.Stop()
+	testenv.Eventually(t, 30*time.Second, "discovery seeing Nomad gone", func() error {
+		if nodes.failures.Load() == failures {
+			return fmt.Errorf("no failed nomad query yet")
 		}
 		return nil
 	})
+	out = waitProbed(t, c, n.Name, out)
+	c.Nomad.Restart()
+	waitProbed(t, c, n.Name, out)
+	waitConsul(t, c, n)
+
+	stopped := time.Now()
+	stopJob(t, c, nodes, "cometbft", n.Name)
+	// The watcher saw the stop only once it was back on the restarted Nomad: no update before that, while Nomad was
+	// down or coming back, may have dropped or changed the node.
+	for _, u := range nodes.since(down) {
+		got, ok := u.nodes[n.Name]
+		if (!ok && u.at.Before(stopped)) || (ok && got.RPC != n.RPC) {
+			t.Errorf("discovery update at %s (Nomad stopped at %s, the job at %s): node %+v, present %v",
+				u.at.Format(time.StampMilli), down.Format(time.StampMilli), stopped.Format(time.StampMilli), got, ok)
+		}
+	}
+
+	c.Run(t, "cometbft", vars)
+	n2 := waitNode(t, nodes, n.Name)
+	waitHeight(t, "cometbft continuing from its height", before, true, cometHeight(t, n2.RPC, "cw-test"))
 	waitConsul(t, c, n2)
-	stopped = time.Now()
-	c.stop(t, "cometbft")
-	waitGone(t, nodes, "cometbft-cometbft-0", stopped)
-	waitDeregistered(t, c, "cometbft-cometbft-0", stopped)
+	stopJob(t, c, nodes, "cometbft", n.Name)
 }

@@ -3,6 +3,7 @@ package ebs_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,14 +63,6 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
 func newEnv(t *testing.T, opts ...func(*ebs.AWSOptions)) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), disk: map[string]string{}, logs: &syncBuffer{}}
@@ -103,7 +96,7 @@ func newEnv(t *testing.T, opts ...func(*ebs.AWSOptions)) *env {
 		t.Fatalf("host from IMDS = %+v", host)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "ebs", Level: hclog.Debug,
-		Output: ioMulti(testWriter{t}, e.logs)})
+		Output: io.MultiWriter(t.Output(), e.logs)})
 	e.m = &ebs.Manager{
 		EC2: client, Host: host, Log: log,
 		Devices: ebs.NVMe{ByIDDir: e.byID, SysBlockDir: filepath.Join(e.dir, "sys-block")},
@@ -169,19 +162,6 @@ func integration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test (real components or root); skipped with -short")
 	}
-}
-
-func ioMulti(ws ...interface{ Write([]byte) (int, error) }) *multiWriter { return &multiWriter{ws} }
-
-type multiWriter struct {
-	ws []interface{ Write([]byte) (int, error) }
-}
-
-func (m *multiWriter) Write(p []byte) (int, error) {
-	for _, w := range m.ws {
-		_, _ = w.Write(p)
-	}
-	return len(p), nil
 }
 
 // onAttach plays udev: the volume's by-id link appears, pointing at the next loop device (or the one it had).

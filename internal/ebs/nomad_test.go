@@ -3,7 +3,6 @@ package ebs_test
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,54 +14,11 @@ import (
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
-// startNomad runs a real Nomad dev agent (server + client) on ports of its own, with configDir's files merged into
-// its configuration as on a host (`nomad agent -config /etc/nomad.d`).
+// startNomad runs a real Nomad dev agent (server + client) with configDir's files merged into its configuration,
+// as on a host (`nomad agent -config /etc/nomad.d`).
 func startNomad(t *testing.T, configDir string) *nomadapi.Client {
 	t.Helper()
-	bin := testenv.Bin(t, "nomad")
-	http, rpc, serf := testenv.FreePort(t), testenv.FreePort(t), testenv.FreePort(t)
-	base := fmt.Sprintf(`bind_addr = "127.0.0.1"
-data_dir  = %q
-ports {
-  http = %d
-  rpc  = %d
-  serf = %d
-}
-# No Consul: keep Nomad from registering itself in a Consul another test runs on 8500.
-consul {
-  address = "127.0.0.1:%d"
-}
-client {
-  options {
-    "fingerprint.denylist" = "env_aws,env_gce,env_azure,env_digitalocean"
-  }
-}
-`, filepath.Join(t.TempDir(), "data"), http, rpc, serf, testenv.FreePort(t))
-	if err := os.WriteFile(filepath.Join(configDir, "00-base.hcl"), []byte(base), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p := testenv.Start(t, "nomad", bin, "agent", "-dev", "-config", configDir, "-log-level", "WARN")
-	cfg := nomadapi.DefaultConfig()
-	cfg.Address = fmt.Sprintf("http://127.0.0.1:%d", http)
-	cfg.SecretID = ""
-	client, err := nomadapi.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 90*time.Second, "nomad client node ready", func() error {
-		if p.Exited() {
-			t.Fatalf("nomad exited: %s", p.Tail(30))
-		}
-		nodes, _, err := client.Nodes().List(nil)
-		if err != nil {
-			return err
-		}
-		if len(nodes) != 1 || nodes[0].Status != "ready" {
-			return fmt.Errorf("nodes %v", nodes)
-		}
-		return nil
-	})
-	return client
+	return testenv.StartNomad(t, testenv.NomadOptions{ConfigDir: configDir}).Client
 }
 
 // The host_volume file ensure writes is a valid Nomad client configuration: a real Nomad, started with the
@@ -93,19 +49,6 @@ func TestNomadOffersEnsuredHostVolume(t *testing.T) {
 	}
 }
 
-// buildChainwarden builds the chainwarden binary for tests that run it as another program would.
-func buildChainwarden(t *testing.T) string {
-	t.Helper()
-	gomod := strings.TrimSpace(run(t, "go", "env", "GOMOD"))
-	bin := filepath.Join(t.TempDir(), "chainwarden")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/chainwarden")
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // `nomad volume create` through chainwarden as a dynamic host volume plugin: a real Nomad 1.10 client runs the
 // plugin (with only DHV_* in its environment), which ensures an EBS volume (here: the EC2 test server and a loop
 // device), formats the blank disk, mounts it under Nomad's volumes dir; delete unmounts and keeps the EBS volume.
@@ -114,7 +57,7 @@ func TestNomadDynamicHostVolumePlugin(t *testing.T) {
 	e := newEnv(t)
 	dev := loopDevice(t, 512)
 	e.addDisk(dev)
-	bin := buildChainwarden(t)
+	bin := testenv.GoBuild(t, "./cmd/chainwarden")
 	pluginDir := t.TempDir()
 	script := fmt.Sprintf(`#!/bin/sh
 export PATH=%q

@@ -2,7 +2,11 @@ package testenv
 
 import (
 	"context"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/chainwarden/chainwarden/internal/devnet"
 )
@@ -46,4 +50,23 @@ func (c *Consul) Restart() {
 		c.t.Fatal(err)
 	}
 	track(c.t, c.Proc)
+}
+
+// WaitCheck waits until the chainwarden check of node (service ID = node name) has one of statuses, and returns
+// the check's output; it fails t after timeout.
+func (c *Consul) WaitCheck(t testing.TB, node string, timeout time.Duration, statuses ...string) string {
+	t.Helper()
+	var out string
+	Eventually(t, timeout, node+" "+strings.Join(statuses, "/")+" in consul", func() error {
+		st, o, err := c.CheckStatus(node)
+		if err != nil {
+			return err
+		}
+		out = o
+		if !slices.Contains(statuses, st) {
+			return fmt.Errorf("%s is %q: %s", node, st, o)
+		}
+		return nil
+	})
+	return out
 }

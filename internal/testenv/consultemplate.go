@@ -70,3 +70,6 @@ func outputIn(dir, bin string, args ...string) (string, error) {
 	err := cmd.Run()
 	return out.String(), err
 }
+
+// Busy reports whether one of consul-template's exec commands (e.g. a validate-and-reload script) is running.
+func (c *ConsulTemplate) Busy() bool { return len(Children(c.Proc.Cmd.Process.Pid)) > 0 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,12 +27,6 @@ type Docker struct {
 	cli string
 }
 
-// repoRoot is the module root, found from this file's location.
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
 func dockerRoot() string {
 	if d := os.Getenv("DOCKERD_ROOT"); d != "" {
 		return d
@@ -45,6 +38,7 @@ func dockerRoot() string {
 // this test as a user; the engine is stopped when the last user's test ends. It needs root.
 func StartDocker(t testing.TB) *Docker {
 	t.Helper()
+	Integration(t)
 	RequireRoot(t)
 	if _, err := exec.LookPath("dockerd"); err != nil {
 		Missing(t, "dockerd not installed (make deps installs docker.io)")

@@ -1,10 +1,8 @@
 package testenv
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -54,21 +52,7 @@ func (h *HAProxy) Check(files ...string) (string, error) {
 }
 
 // Pid returns the master's pid.
-func (h *HAProxy) Pid() (int, error) {
-	b, err := os.ReadFile(h.PidFile)
-	if err != nil {
-		return 0, err
-	}
-	first := strings.Fields(string(b))
-	if len(first) == 0 {
-		return 0, fmt.Errorf("haproxy pid file %s is empty", h.PidFile)
-	}
-	pid, err := strconv.Atoi(first[0])
-	if err != nil {
-		return 0, fmt.Errorf("haproxy pid file: %w", err)
-	}
-	return pid, nil
-}
+func (h *HAProxy) Pid() (int, error) { return readPidFile(h.PidFile) }
 
 // Reload sends SIGUSR2 to the master.
 func (h *HAProxy) Reload() error {
@@ -81,3 +65,10 @@ func (h *HAProxy) Reload() error {
 
 // Log returns the last lines of HAProxy's output.
 func (h *HAProxy) Log(lines int) string { return tailFile(filepath.Join(h.Proc.Log), lines) }
+
+// Reloads returns how many reloads (SIGUSR2 to the master) HAProxy has carried out: a new worker runs the
+// configuration read again ("Loading success." after the first load).
+func (h *HAProxy) Reloads() int {
+	b, _ := os.ReadFile(h.Proc.Log)
+	return max(strings.Count(string(b), "Loading success.")-1, 0)
+}

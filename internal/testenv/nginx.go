@@ -57,14 +57,21 @@ func (n *Nginx) Test() (string, error) {
 }
 
 // Pid returns the master's pid from its pid file.
-func (n *Nginx) Pid() (int, error) {
-	b, err := os.ReadFile(filepath.Join(n.Prefix, "nginx.pid"))
+func (n *Nginx) Pid() (int, error) { return readPidFile(filepath.Join(n.Prefix, "nginx.pid")) }
+
+// readPidFile reads the first pid in a pid file.
+func readPidFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("pid file %s is empty", path)
+	}
+	pid, err := strconv.Atoi(f[0])
 	if err != nil {
-		return 0, fmt.Errorf("nginx pid file: %w", err)
+		return 0, fmt.Errorf("pid file %s: %w", path, err)
 	}
 	return pid, nil
 }
@@ -90,4 +97,49 @@ func tailFile(path string, n int) string {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, "\n")
+}
+
+// Reloads returns how many reloads (SIGHUP, e.g. `nginx -s reload`) the master has carried out: it re-read the
+// configuration, started new workers, and every worker of the configuration before was told to stop accepting.
+// It reads logs/error.log, which must be at level notice (`error_log logs/error.log notice;`).
+func (n *Nginx) Reloads() (int, error) {
+	b, err := os.ReadFile(filepath.Join(n.Prefix, "logs", "error.log"))
+	if err != nil {
+		return 0, err
+	}
+	// Lines are "2006/01/02 15:04:05 [notice] PID#TID: message".
+	var generations [][]string // worker pids by configuration, the first at start
+	stopping := map[string]bool{}
+	reconfigured := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		_, msg, ok := strings.Cut(l, "]")
+		if !ok {
+			continue
+		}
+		pid, msg, ok := strings.Cut(strings.TrimSpace(msg), "#")
+		if !ok {
+			continue
+		}
+		_, msg, _ = strings.Cut(msg, ": ")
+		switch {
+		case msg == "reconfiguring":
+			reconfigured++
+		case msg == "start worker processes":
+			generations = append(generations, nil)
+		case strings.HasPrefix(msg, "start worker process ") && len(generations) > 0:
+			generations[len(generations)-1] = append(generations[len(generations)-1], strings.TrimPrefix(msg, "start worker process "))
+		case msg == "gracefully shutting down":
+			stopping[pid] = true
+		}
+	}
+	done := 0
+	for i := 1; i < len(generations) && i <= reconfigured; i++ {
+		for _, w := range generations[i-1] {
+			if !stopping[w] {
+				return done, nil
+			}
+		}
+		done = i
+	}
+	return done, nil
 }

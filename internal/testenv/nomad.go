@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	nomadapi "github.com/hashicorp/nomad/api"
+
+	"github.com/chainwarden/chainwarden/internal/devnet"
 )
 
 // Nomad is a real single-node Nomad agent (server and client, like `nomad agent -dev`) on loopback ports of its
@@ -28,7 +31,7 @@ type Nomad struct {
 
 	t      testing.TB
 	bin    string
-	cfg    string
+	args   []string
 	docker bool
 }
 
@@ -40,6 +43,11 @@ type NomadOptions struct {
 	Docker *Docker
 	// ConsulAddr is the Consul agent (host:port) Nomad registers services with and templates read; "" = none.
 	ConsulAddr string
+	// RawExec enables the raw_exec driver (tasks run as plain processes of the host).
+	RawExec bool
+	// ConfigDir is a directory of more agent configuration files merged into this one, as /etc/nomad.d on a host
+	// (`nomad agent -config DIR`); "" = none.
+	ConfigDir string
 }
 
 // StartNomad starts the agent and waits until its client node is ready (and, with Docker, the docker driver
@@ -77,9 +85,12 @@ func StartNomad(t testing.TB, opts NomadOptions) *Nomad {
 	if opts.ConsulAddr != "" {
 		consul = fmt.Sprintf("consul {\n  address = %q\n  server_auto_join = false\n  client_auto_join = false\n}", opts.ConsulAddr)
 	}
-	docker := ""
+	plugins := ""
+	if opts.RawExec {
+		plugins = "plugin \"raw_exec\" {\n  config {\n    enabled = true\n  }\n}\n"
+	}
 	if opts.Docker != nil {
-		docker = fmt.Sprintf(`plugin "docker" {
+		plugins += fmt.Sprintf(`plugin "docker" {
   config {
     endpoint = %q
     volumes {
@@ -127,7 +138,7 @@ client {
 %s}
 %s
 %s
-`, n.DataDir, http, rpc, serf, rpc, minPort, minPort+99, vols.String(), consul, docker)
+`, n.DataDir, http, rpc, serf, rpc, minPort, minPort+99, vols.String(), consul, plugins)
 	cfgPath := filepath.Join(dir, "nomad.hcl")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
@@ -149,7 +160,11 @@ client {
 		unmountUnder(dir)
 		os.RemoveAll(dir)
 	})
-	n.t, n.bin, n.cfg, n.docker = t, bin, cfgPath, opts.Docker != nil
+	n.t, n.bin, n.docker = t, bin, opts.Docker != nil
+	n.args = []string{"agent", "-config", cfgPath}
+	if opts.ConfigDir != "" {
+		n.args = append(n.args, "-config", opts.ConfigDir)
+	}
 	n.start()
 	t.Cleanup(func() { n.shutdown(t, opts.Docker) })
 	return n
@@ -157,7 +172,7 @@ client {
 
 func (n *Nomad) start() {
 	n.t.Helper()
-	n.Proc = Start(n.t, "nomad", n.bin, "agent", "-config", n.cfg)
+	n.Proc = Start(n.t, "nomad", n.bin, n.args...)
 	Eventually(n.t, 90*time.Second, "nomad client node ready", func() error {
 		if n.Proc.Exited() {
 			n.t.Fatalf("nomad exited: %s", n.Proc.Tail(30))
@@ -209,27 +224,35 @@ func (n *Nomad) shutdown(t testing.TB, d *Docker) {
 				n.Client.Jobs().Deregister(j.ID, true, nil)
 			}
 		}
-		deadline := time.Now().Add(60 * time.Second)
-		for time.Now().Before(deadline) {
+		ctx := context.Background()
+		if err := devnet.Poll(ctx, 60*time.Second, "nomad allocations stopped", n.Proc, func() error {
 			allocs, _, err := n.Client.Allocations().List(nil)
 			if err != nil {
-				break
+				return err
 			}
-			running := 0
 			for _, a := range allocs {
 				if a.ClientStatus == "running" || a.ClientStatus == "pending" {
-					running++
+					return fmt.Errorf("allocation %s is %s", a.ID, a.ClientStatus)
 				}
 			}
-			if running == 0 {
-				break
-			}
-			time.Sleep(250 * time.Millisecond)
+			return nil
+		}); err != nil {
+			t.Logf("nomad shutdown: %v", err)
 		}
-		// The client destroys terminal allocations' dirs (and unmounts their secrets) on GC.
+		// The client destroys terminal allocations' dirs (and unmounts their secrets) on GC; whatever is left once
+		// the agent is gone is unmounted by the cleanup of StartNomad.
 		n.Client.Nodes().GC(n.NodeID, nil)
 		n.Client.System().GarbageCollect()
-		time.Sleep(500 * time.Millisecond)
+		if err := devnet.Poll(ctx, 10*time.Second, "nomad allocation dirs removed", n.Proc, func() error {
+			for _, id := range allocIDs {
+				if _, err := os.Stat(filepath.Join(n.DataDir, "alloc", id)); err == nil {
+					return fmt.Errorf("allocation dir %s still there", id)
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Logf("nomad shutdown: %v", err)
+		}
 	}
 	n.Proc.Kill()
 	if d != nil {

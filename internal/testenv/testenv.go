@@ -1,11 +1,17 @@
 // Package testenv starts the real components chainwarden works with (Consul, Nomad, geth, CometBFT, ...) for
-// integration tests. A missing component skips the test on a developer's machine and fails it in CI (CI=true),
-// where `make deps` must have installed it.
+// integration tests, and holds the helpers those tests share (polling, background runs, building binaries).
+// Every helper that needs a real component skips the test under `go test -short`; a missing component skips the
+// test on a developer's machine and fails it in CI (CI=true), where `make deps` must have installed it.
 package testenv
 
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,8 +21,16 @@ import (
 // CacheBin is where `make deps` puts the components it builds.
 func CacheBin() string { return devnet.CacheBin() }
 
-// Bin returns the path of a real component: from the deps cache, else from PATH. Under -short (make test-unit) it
-// skips the test: the unit tier starts no real component.
+// Integration skips the test under `go test -short`: it needs real components. Every helper here that finds or
+// starts one calls it.
+func Integration(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: needs real components (skipped with -short)")
+	}
+}
+
+// Bin returns the path of a real component: from the deps cache, else from PATH.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
 	Integration(t)
@@ -27,18 +41,10 @@ func Bin(t testing.TB, name string) string {
 	return p
 }
 
-// Integration skips a test that starts real components, or needs root, under -short.
-func Integration(t testing.TB) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration: starts real components (not under -short)")
-	}
-}
-
-// Missing skips the test, or fails it in CI, where every component must be installed.
+// Missing skips the test, or fails it in CI (CI=true or 1), where every component must be installed.
 func Missing(t testing.TB, format string, args ...any) {
 	t.Helper()
-	if os.Getenv("CI") != "" {
+	if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
 		t.Fatalf("component missing in CI: "+format, args...)
 	}
 	t.Skipf("component missing: "+format, args...)
@@ -94,20 +100,53 @@ func track(t testing.TB, p *Process) {
 	})
 }
 
-// Eventually polls cond until it returns nil or the timeout passes, then fails with the last error.
+// Eventually polls cond (devnet.Poll: every 100ms) until it returns nil, or fails the test with cond's last error
+// once the timeout passed.
 func Eventually(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for {
-		if err = cond(); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := devnet.Poll(context.Background(), timeout, what, nil, cond); err != nil {
+		t.Fatal(err)
 	}
+}
+
+// Background runs fn in a goroutine until the test ends (or stop is called): then fn's context is cancelled and
+// stop waits for fn to return. An error fn returns fails the test.
+func Background(t testing.TB, what string, fn func(ctx context.Context) error) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := fn(ctx); err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
+// repoRoot is the module root, found from this file's location.
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// GoBuild builds the module's package pkg (e.g. "./cmd/chainwarden") as a static binary (CGO_ENABLED=0, -trimpath)
+// into the test's temp dir, with extra `go build` flags (e.g. "-ldflags", "-X main.version=v1"), and returns its
+// path: for tests that run a binary of this repository as another program would.
+func GoBuild(t testing.TB, pkg string, flags ...string) string {
+	t.Helper()
+	Integration(t)
+	bin := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	args := append(append([]string{"build", "-trimpath"}, flags...), "-o", bin, pkg)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
+	}
+	return bin
 }
 
 // WaitHTTP waits until url answers with any HTTP status, failing early if p (may be nil) exits.
