@@ -18,6 +18,7 @@ import (
 	"github.com/gorilla/websocket"
 	consulapi "github.com/hashicorp/consul/api"
 
+	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
@@ -179,7 +180,7 @@ func register(t *testing.T, c *testenv.Consul, service, node, addr string, port 
 	}
 	err := c.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
 		ID: node, Name: service, Tags: []string{"chainwarden"}, Address: addr, Port: port, Meta: m,
-		Check: &consulapi.AgentServiceCheck{CheckID: "chainwarden:" + node, TTL: "10m", Status: status},
+		Check: &consulapi.AgentServiceCheck{CheckID: registry.CheckID(node), TTL: "10m", Status: status},
 	})
 	if err != nil {
 		t.Fatalf("register %s: %v", node, err)
@@ -189,7 +190,7 @@ func register(t *testing.T, c *testenv.Consul, service, node, addr string, port 
 // setStatus drives a node's TTL check, as the agent's verdict does.
 func setStatus(t testing.TB, c *testenv.Consul, node, status string) {
 	t.Helper()
-	if err := c.Client.Agent().UpdateTTL("chainwarden:"+node, "set by test", status); err != nil {
+	if err := c.Client.Agent().UpdateTTL(registry.CheckID(node), "set by test", status); err != nil {
 		t.Fatalf("update ttl of %s: %v", node, err)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 	nomadapi "github.com/hashicorp/nomad/api"
 
+	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
 
@@ -33,7 +34,7 @@ func register(t *testing.T, c *testenv.Cluster, id, name, addr string, port int,
 	t.Helper()
 	err := c.Consul.Client.Agent().ServiceRegister(&consulapi.AgentServiceRegistration{
 		ID: id, Name: name, Address: addr, Port: port, Tags: tags, Meta: meta,
-		Check: &consulapi.AgentServiceCheck{CheckID: "chainwarden:" + id, TTL: "1h", Status: status},
+		Check: &consulapi.AgentServiceCheck{CheckID: registry.CheckID(id), TTL: "1h", Status: status},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +136,7 @@ func TestChainlinkTemplates(t *testing.T) {
 	assertSecretsOnlyUnderSecrets(t, dir, "chainlink", "pg-s3cret-8812", "ks-", "api-s3cret-4431")
 
 	// The fleet changes: geth-geth-0 goes critical. Chainlink's endpoints follow.
-	if err := c.Consul.Client.Agent().UpdateTTL("chainwarden:geth-geth-0", "lagging", "critical"); err != nil {
+	if err := c.Consul.Client.Agent().UpdateTTL(registry.CheckID("geth-geth-0"), "lagging", "critical"); err != nil {
 		t.Fatal(err)
 	}
 	testenv.Eventually(t, 90*time.Second, "config.toml without the critical node", func() error {

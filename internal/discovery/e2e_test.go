@@ -25,6 +25,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/discovery"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 	"github.com/chainwarden/chainwarden/jobs"
 )
@@ -97,7 +98,7 @@ func waitConsul(t *testing.T, c *cluster, n nodespec.Node) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if checks["chainwarden:"+n.Name] == nil {
+	if checks[registry.CheckID(n.Name)] == nil {
 		t.Errorf("no check chainwarden:%s", n.Name)
 	}
 }
