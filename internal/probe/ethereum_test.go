@@ -124,9 +124,13 @@ func TestEthereumProbe(t *testing.T) {
 				wantErr(t, r.Err, "eth_chainId", `quantity "1": a hex string without 0x prefix`)
 			}},
 		{name: "malformed hex height", override: map[string]string{"eth_blockNumber": `"result":"0xzz"`},
-			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "eth_blockNumber", `quantity "0xzz" is not a hex number`) }},
+			check: func(t *testing.T, r Result) {
+				wantErr(t, r.Err, "eth_blockNumber", `quantity "0xzz" is not a hex number`)
+			}},
 		{name: "height is a fraction", override: map[string]string{"eth_blockNumber": `"result":12.5`},
-			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "eth_blockNumber", "quantity 12.5 is not a whole number") }},
+			check: func(t *testing.T, r Result) {
+				wantErr(t, r.Err, "eth_blockNumber", "quantity 12.5 is not a whole number")
+			}},
 		{name: "negative peer count", override: map[string]string{"net_peerCount": `"result":-1`},
 			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "net_peerCount", "quantity -1 is negative") }},
 		{name: "height beyond 64 bits", override: map[string]string{"eth_blockNumber": `"result":"0x10000000000000000"`},
