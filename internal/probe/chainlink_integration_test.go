@@ -141,3 +141,49 @@ fetch -> parse;
 		waitVerdict(t, time.Minute, client, token, runs, verdict.Passing, "0 of the last 20 job runs failed")
 	})
 }
+
+// The active/standby pair of jobs/chainlink.nomad.hcl on one Postgres: the standby waits on the database lock
+// without serving its API (warning "standby"); when the active one is killed, the standby takes the lock and passes.
+func TestChainlinkStandbyTakesOver(t *testing.T) {
+	pg := testenv.StartPostgres(t)
+	geth := testenv.StartGethWS(t, "geth")
+	db := pg.CreateDatabase("chainlink", "Db-Passw0rd-for-Tests-7")
+	active := testenv.StartChainlink(t, testenv.ChainlinkOptions{Name: "chainlink-a", DatabaseURL: db, Geth: geth})
+	standby := testenv.StartChainlink(t, testenv.ChainlinkOptions{Name: "chainlink-b", DatabaseURL: db, Geth: geth, NoWait: true})
+
+	client := probe.NewHTTPClient()
+	th := verdict.KindDefaults[probe.Chainlink]
+	judge := func(cl *testenv.Chainlink, isStandby bool) verdict.Report {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		r := probe.Run(ctx, client, probe.Target{Name: cl.Name, Kind: probe.Chainlink, URL: cl.URL,
+			APICredentialsFile: cl.APIFile, Session: probe.NewChainlinkSession(nil)})
+		return verdict.Judge(verdict.Input{Kind: probe.Chainlink, Result: r, Thresholds: th, Standby: isStandby, Now: time.Now()})
+	}
+	waitVerdict(t, 2*time.Minute, client, probe.Target{Name: "a", Kind: probe.Chainlink, URL: active.URL,
+		APICredentialsFile: active.APIFile}, th, verdict.Passing)
+	// The standby keeps waiting on the lock for as long as the active holds it (its lease is renewed every second).
+	for i := 0; i < 5; i++ {
+		rep := judge(standby, true)
+		if rep.Status != verdict.Warning || !strings.Contains(rep.Output(), "standby") {
+			t.Fatalf("standby: %s %s", rep.Status, rep.Output())
+		}
+		if standby.Proc.Exited() {
+			t.Fatal("the standby exited instead of waiting on the lock")
+		}
+		time.Sleep(time.Second) // observing that nothing changes over a few lease refreshes, not synchronising
+	}
+	t.Logf("standby: %s", judge(standby, true).Output())
+
+	killed := time.Now()
+	active.Kill()
+	var rep verdict.Report
+	testenv.Eventually(t, 3*time.Minute, "the standby to take over and pass", func() error {
+		rep = judge(standby, true)
+		if rep.Status != verdict.Passing {
+			return fmt.Errorf("%s: %s", rep.Status, rep.Output())
+		}
+		return nil
+	})
+	t.Logf("takeover: the standby passed %s after the active was killed: %s", time.Since(killed).Round(100*time.Millisecond), rep.Output())
+}
