@@ -33,6 +33,8 @@ var (
 	// ErrDatabaseUnreachable says a Chainlink node cannot reach its database: it answers every authenticated
 	// request with 401 and the database dial error (there is no database check in /health).
 	ErrDatabaseUnreachable = errors.New("database unreachable")
+	// errLogin marks a failed session login: the other authenticated calls are not tried after it.
+	errLogin = errors.New("log in with the API email and password")
 )
 
 // Check is one Chainlink /health check.
@@ -264,7 +266,8 @@ type chainlinkClient struct {
 func (c *chainlinkClient) authenticated(ctx context.Context) (chainlinkAuthed, error) {
 	var a chainlinkAuthed
 	if err := c.keys(ctx, &a); err != nil {
-		if errors.Is(err, ErrCredentialsRefused) || errors.Is(err, ErrDatabaseUnreachable) || ctx.Err() != nil {
+		if errors.Is(err, ErrCredentialsRefused) || errors.Is(err, ErrDatabaseUnreachable) || errors.Is(err, errLogin) ||
+			ctx.Err() != nil {
 			return a, err
 		}
 		runsErr := c.runs(ctx, &a)
@@ -425,13 +428,13 @@ func (c *chainlinkClient) login(ctx context.Context) error {
 	var doc json.RawMessage
 	status, cookies, err := chainlinkRequest(ctx, c.hc, http.MethodPost, c.base, "/sessions", nil, body, &doc)
 	if err != nil {
-		return fmt.Errorf("log in with the API email and password: %w", err)
+		return fmt.Errorf("%w: %w", errLogin, err)
 	}
 	if status != http.StatusOK {
-		return fmt.Errorf("log in: POST /sessions: HTTP %d%s", status, detailSuffix(doc))
+		return fmt.Errorf("%w: POST /sessions: HTTP %d%s", errLogin, status, detailSuffix(doc))
 	}
 	if len(cookies) == 0 {
-		return errors.New("log in: POST /sessions: HTTP 200 without a session cookie")
+		return fmt.Errorf("%w: POST /sessions: HTTP 200 without a session cookie", errLogin)
 	}
 	c.s.cookies = cookies
 	return nil

@@ -50,7 +50,7 @@ func TestChainlinkRealNode(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	geth := testenv.StartGethWS(t, "geth")
 	cl := testenv.StartChainlink(t, testenv.ChainlinkOptions{
-		DatabaseURL: pg.CreateDatabase("chainlink", "Db-Passw0rd-for-Tests-7"), Geth: geth})
+		DatabaseURL: pg.CreateDatabase("chainlink", "Db-Passw0rd-for-Tests-7"), Geth: geth, NoLock: true})
 	t.Logf("chainlink booted in %s (process start to /health answering)", cl.Boot.Round(100*time.Millisecond))
 	api := cl.Login()
 	key, secret := api.Token()
@@ -64,7 +64,7 @@ func TestChainlinkRealNode(t *testing.T) {
 		Session: probe.NewChainlinkSession(nil)}
 
 	t.Run("passing with credentials, both ways", func(t *testing.T) {
-		rep := waitVerdict(t, 2*time.Minute, client, token, th, verdict.Passing, "version 2.23.0", "wallet 0x")
+		rep := waitVerdict(t, 2*time.Minute, client, token, th, verdict.Passing, "version ", "wallet 0x")
 		for _, tg := range []probe.Target{login, file} {
 			if got := clJudge(client, tg, th); got.Status != verdict.Passing || got.Output() != rep.Output() {
 				t.Errorf("%+v: %s %s, want what the token gives: %s", tg.APICredentialsFile, got.Status, got.Output(), rep.Output())
@@ -80,6 +80,12 @@ func TestChainlinkRealNode(t *testing.T) {
 
 	t.Run("database stopped", func(t *testing.T) {
 		pg.Stop()
+		restarted := false
+		defer func() {
+			if !restarted { // leave the next subtests a database
+				pg.Start()
+			}
+		}()
 		for _, tg := range []probe.Target{token, login} {
 			rep := waitVerdict(t, time.Minute, client, tg, th, verdict.Critical, "database unreachable", "connection refused")
 			if strings.Contains(rep.Output(), "credentials refused") {
@@ -87,6 +93,7 @@ func TestChainlinkRealNode(t *testing.T) {
 			}
 		}
 		pg.Start()
+		restarted = true
 		waitVerdict(t, 2*time.Minute, client, token, th, verdict.Passing)
 		waitVerdict(t, time.Minute, client, login, th, verdict.Passing)
 	})

@@ -135,6 +135,9 @@ type ChainlinkOptions struct {
 	LeaseDuration time.Duration
 	// NoWait returns without waiting for /health (a standby waiting on the lock does not serve).
 	NoWait bool
+	// NoLock runs without the database lease lock (Database.Lock.Enabled = false). With the lock, a node whose
+	// database goes away loses its lease and exits; without it, it keeps serving and answers 401 with the dial error.
+	NoLock bool
 }
 
 // StartChainlink writes config.toml and secrets.toml (0600) in a temp dir and runs
@@ -152,6 +155,9 @@ func StartChainlink(t testing.TB, o ChainlinkOptions) *Chainlink {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	port := FreePort(t)
 	lock := ""
+	if o.NoLock {
+		lock = "\n[Database.Lock]\nEnabled = false\n"
+	}
 	if o.LeaseDuration > 0 {
 		lock = fmt.Sprintf("\n[Database.Lock]\nLeaseDuration = '%s'\nLeaseRefreshInterval = '%s'\n",
 			o.LeaseDuration, o.LeaseDuration/4)
@@ -215,11 +221,23 @@ func (cl *Chainlink) Start(noWait bool) {
 	cl.Boot = time.Since(start)
 }
 
-// WaitServing waits until /health answers.
+// WaitServing waits until /health answers with its list of checks (while it migrates the database, the node
+// already answers other requests with 404).
 func (cl *Chainlink) WaitServing(timeout time.Duration) {
 	cl.t.Helper()
 	if err := devnet.Poll(context.Background(), timeout, cl.Name+" /health", cl.Proc, func() error {
-		return devnet.HTTPUp(cl.URL + "/health")
+		resp, err := http.Get(cl.URL + "/health")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		var doc struct {
+			Data []json.RawMessage `json:"data"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || len(doc.Data) == 0 {
+			return fmt.Errorf("GET /health: HTTP %d, no checks yet", resp.StatusCode)
+		}
+		return nil
 	}); err != nil {
 		cl.t.Fatal(err)
 	}
