@@ -84,6 +84,8 @@ type nodeState struct {
 	updated time.Time
 	// client and version as last reported, kept while probes fail so a failure doesn't rewrite the catalog.
 	client, version string
+	// session keeps a Chainlink node's login and the cadence of its authenticated checks (nil for other kinds).
+	session *probe.ChainlinkSession
 
 	// Step's own
 	since    time.Time // when result.Height was first seen
@@ -157,7 +159,7 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 		if n.Service != st.cfg.Service || n.Kind != st.cfg.Kind {
 			a.gone = append(a.gone, st.cfg.Service+"/"+name)
 			a.metrics.forget(st.cfg)
-			a.nodes[name] = newNodeState(n)
+			a.nodes[name] = a.newNodeState(n)
 			continue
 		}
 		st.cfg = n
@@ -165,14 +167,18 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 	}
 	for name, n := range want {
 		if _, ok := a.nodes[name]; !ok {
-			a.nodes[name] = newNodeState(n)
+			a.nodes[name] = a.newNodeState(n)
 			a.log.Info("node added", "node", name, "kind", n.Kind, "service", n.Service, "source", n.Source)
 		}
 	}
 }
 
-func newNodeState(n nodespec.Node) *nodeState {
-	return &nodeState{cfg: n, damper: verdict.NewDamper(n.Thresholds.FailAfter, n.Thresholds.PassAfter)}
+func (a *Agent) newNodeState(n nodespec.Node) *nodeState {
+	st := &nodeState{cfg: n, damper: verdict.NewDamper(n.Thresholds.FailAfter, n.Thresholds.PassAfter)}
+	if n.Kind == probe.Chainlink {
+		st.session = probe.NewChainlinkSession(a.clock)
+	}
+	return st
 }
 
 // SetReferences replaces the external head references.
@@ -262,7 +268,9 @@ func (a *Agent) Step(ctx context.Context) {
 	}
 	for i := range nodes {
 		wg.Add(1)
-		go run(&results[i], nodes[i].cfg.Target())
+		t := nodes[i].cfg.Target()
+		t.Session = nodes[i].st.session
+		go run(&results[i], t)
 	}
 	for i := range refs {
 		wg.Add(1)

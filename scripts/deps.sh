@@ -13,6 +13,7 @@ COMETBFT_VERSION=v0.38.19
 CONSUL_TEMPLATE_VERSION=v0.41.1
 PACKER_VERSION=v1.9.4
 PACKER_PLUGIN_AMAZON_VERSION=v1.2.9
+CHAINLINK_VERSION=v2.23.0
 
 CACHE=${CHAINWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainwarden}
 BIN=$CACHE/bin
@@ -20,7 +21,7 @@ mkdir -p "$BIN"
 
 say() { printf 'deps: %s\n' "$*"; }
 
-APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd)
+APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd postgresql)
 install_apt() {
 	local missing=()
 	for p in "${APT_PACKAGES[@]}"; do
@@ -94,6 +95,28 @@ build_nomad() {
 	say "nomad $NOMAD_VERSION ready"
 }
 
+build_chainlink() {
+	if ! have chainlink $CHAINLINK_VERSION; then
+		say "building chainlink $CHAINLINK_VERSION (about 10 minutes)"
+		local d src
+		d=$(tools_module)
+		src=$(cd "$d" && go mod download -json github.com/smartcontractkit/chainlink/v2@$CHAINLINK_VERSION |
+			sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+		# Chainlink's own go.mod pins its dependencies (and replaces); reuse it with the module renamed.
+		sed -e 's#^module github.com/smartcontractkit/chainlink/v2$#module chainwarden.local/tools/chainlink#' \
+			"$src/go.mod" >"$d/go.mod"
+		cp "$src/go.sum" "$d/go.sum"
+		chmod u+w "$d/go.mod" "$d/go.sum"
+		printf 'package tools\n\nimport _ "github.com/smartcontractkit/chainlink/v2"\n' >"$d/tools.go"
+		(cd "$d" && go mod edit -require=github.com/smartcontractkit/chainlink/v2@$CHAINLINK_VERSION &&
+			CGO_ENABLED=1 go build -mod=mod -trimpath -o "$BIN/chainlink-$CHAINLINK_VERSION.tmp" github.com/smartcontractkit/chainlink/v2)
+		mv "$BIN/chainlink-$CHAINLINK_VERSION.tmp" "$BIN/chainlink-$CHAINLINK_VERSION"
+		rm -rf "$d"
+	fi
+	link chainlink $CHAINLINK_VERSION
+	say "chainlink $CHAINLINK_VERSION ready"
+}
+
 # go_install NAME VERSION PKG [extra go flags...]: a static build of a main package that has no replace directives.
 go_install() {
 	local name=$1 version=$2 pkg=$3
@@ -154,6 +177,7 @@ main() {
 	go_install consul-template $CONSUL_TEMPLATE_VERSION github.com/hashicorp/consul-template &&
 		link consul-template $CONSUL_TEMPLATE_VERSION
 	build_nomad
+	build_chainlink
 	if [ "$what" = "all" ]; then
 		build_packer
 		build_packer_plugin_amazon

@@ -47,15 +47,22 @@ type Node struct {
 	FailAfter   *int    `hcl:"fail_after,optional"`
 	PassAfter   *int    `hcl:"pass_after,optional"`
 
-	// Chainlink: API credentials (from env() or file(), never inline) and the wallet and job-run checks.
-	APIKey        string `hcl:"api_key,optional"`
-	APISecret     string `hcl:"api_secret,optional"`
-	MinBalance    string `hcl:"min_balance,optional"` // in ether, e.g. "0.5"
-	MaxFailedRuns *int   `hcl:"max_failed_runs,optional"`
+	// Chainlink: API credentials (from env() or file(), never inline) — a user token (api_key, api_secret), the
+	// operator's email and password, or the node's .api file (email and password, one a line) — the wallet and
+	// job-run checks, and how often those authenticated checks run.
+	APIKey             string `hcl:"api_key,optional"`
+	APISecret          string `hcl:"api_secret,optional"`
+	APIEmail           string `hcl:"api_email,optional"`
+	APIPassword        string `hcl:"api_password,optional"`
+	APICredentialsFile string `hcl:"api_credentials_file,optional"`
+	MinBalance         string `hcl:"min_balance,optional"` // in ether, e.g. "0.5"
+	MaxFailedRuns      *int   `hcl:"max_failed_runs,optional"`
+	AuthChecksInterval string `hcl:"auth_checks_interval,optional"` // default DefaultAuthChecksInterval
 
 	// Filled by Normalize.
 	Thresholds verdict.Thresholds
-	Source     string // SourceConfig or SourceNomad
+	AuthEvery  time.Duration // from auth_checks_interval
+	Source     string        // SourceConfig or SourceNomad
 }
 
 // Name follows Consul's DNS-safe naming; a dot would break consul-template's tag syntax.
@@ -145,11 +152,33 @@ func (n *Node) Normalize() fielderr.List {
 	if n.MaxFailedRuns != nil {
 		t.MaxFailedRuns = *n.MaxFailedRuns
 	}
-	if n.Kind != probe.Chainlink && (n.APIKey != "" || n.MinBalance != "" || n.MaxFailedRuns != nil) {
-		bad("", "api_key, min_balance and max_failed_runs are for chainlink nodes")
+	token := n.APIKey != "" || n.APISecret != ""
+	login := n.APIEmail != "" || n.APIPassword != ""
+	if n.Kind != probe.Chainlink && (token || login || n.APICredentialsFile != "" || n.MinBalance != "" ||
+		n.MaxFailedRuns != nil || n.AuthChecksInterval != "") {
+		bad("", "api_key, api_email, api_credentials_file, min_balance, max_failed_runs and auth_checks_interval are for chainlink nodes")
 	}
-	if (n.MinBalance != "" || n.MaxFailedRuns != nil) && (n.APIKey == "" || n.APISecret == "") {
-		bad("", "min_balance and max_failed_runs need api_key and api_secret (use env() or file())")
+	switch {
+	case token && (n.APIKey == "" || n.APISecret == ""):
+		bad("", "api_key and api_secret go together (a user token: POST /v2/user/token)")
+	case login && (n.APIEmail == "" || n.APIPassword == ""):
+		bad("", "api_email and api_password go together")
+	case btoi(token)+btoi(login)+btoi(n.APICredentialsFile != "") > 1:
+		bad("", "give one of api_key/api_secret, api_email/api_password and api_credentials_file")
+	}
+	if (n.MinBalance != "" || n.MaxFailedRuns != nil) && !token && !login && n.APICredentialsFile == "" {
+		bad("", "min_balance and max_failed_runs need API credentials: api_key and api_secret, api_email and "+
+			"api_password (use env() or file()), or api_credentials_file")
+	}
+	n.AuthEvery = DefaultAuthChecksInterval
+	if n.AuthChecksInterval != "" {
+		d, err := time.ParseDuration(n.AuthChecksInterval)
+		if err != nil || d < 0 {
+			bad("auth_checks_interval", "auth_checks_interval: %q is not a duration (like \"1m\"; \"0s\": every probe)",
+				n.AuthChecksInterval)
+		} else {
+			n.AuthEvery = d
+		}
 	}
 	n.Thresholds = t
 	return errs
@@ -170,7 +199,20 @@ func (n *Node) WantChain() string {
 
 // Target is what the prober needs to probe the node.
 func (n *Node) Target() probe.Target {
-	return probe.Target{Name: n.Name, Kind: n.Kind, URL: n.RPC, APIKey: n.APIKey, APISecret: n.APISecret}
+	return probe.Target{Name: n.Name, Kind: n.Kind, URL: n.RPC, APIKey: n.APIKey, APISecret: n.APISecret,
+		APIEmail: n.APIEmail, APIPassword: n.APIPassword, APICredentialsFile: n.APICredentialsFile, AuthEvery: n.AuthEvery}
+}
+
+// DefaultAuthChecksInterval is how often a Chainlink node's authenticated checks (keys and balances, job runs)
+// run unless auth_checks_interval says otherwise: each /v2/keys/evm call costs the node RPC calls and, without a
+// LINK contract, an error with a stack trace in its log.
+const DefaultAuthChecksInterval = time.Minute
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Reference is an external head for a service (a provider such as Infura), probed like a node of that service.

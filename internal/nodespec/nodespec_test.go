@@ -87,3 +87,54 @@ func TestEtherToWei(t *testing.T) {
 		}
 	}
 }
+
+func TestChainlinkCredentials(t *testing.T) {
+	cl := func(f func(n *Node)) Node {
+		n := Node{Name: "cl", Kind: probe.Chainlink, RPC: "http://h:6688", Service: "s"}
+		f(&n)
+		return n
+	}
+	for _, tc := range []struct {
+		name  string
+		node  Node
+		field string
+		msg   string // "" = valid
+		every time.Duration
+	}{
+		{name: "token", node: cl(func(n *Node) { n.APIKey, n.APISecret = "k", "s3cret" }), every: time.Minute},
+		{name: "email and password", node: cl(func(n *Node) { n.APIEmail, n.APIPassword = "ops@example.com", "pw1" }), every: time.Minute},
+		{name: ".api file, own cadence", node: cl(func(n *Node) { n.APICredentialsFile, n.AuthChecksInterval = "/chainlink/.api", "5m" }),
+			every: 5 * time.Minute},
+		{name: "every probe", node: cl(func(n *Node) { n.APIKey, n.APISecret, n.AuthChecksInterval = "k", "s3cret", "0s" })},
+		{name: "half a token", node: cl(func(n *Node) { n.APIKey = "k" }),
+			msg: `node "cl": api_key and api_secret go together (a user token: POST /v2/user/token)`},
+		{name: "email without password", node: cl(func(n *Node) { n.APIEmail = "ops@example.com" }),
+			msg: `node "cl": api_email and api_password go together`},
+		{name: "two ways", node: cl(func(n *Node) { n.APIKey, n.APISecret, n.APICredentialsFile = "k", "s3cret", "/x/.api" }),
+			msg: `node "cl": give one of api_key/api_secret, api_email/api_password and api_credentials_file`},
+		{name: "bad interval", node: cl(func(n *Node) { n.APIKey, n.APISecret, n.AuthChecksInterval = "k", "s3cret", "often" }),
+			field: "auth_checks_interval", msg: `node "cl": auth_checks_interval: "often" is not a duration (like "1m"; "0s": every probe)`},
+		{name: "not a chainlink node", node: Node{Name: "g", Kind: probe.Ethereum, RPC: "http://h:1", Service: "s", ChainID: u64(1),
+			APIEmail: "ops@example.com", APIPassword: "pw1"},
+			msg: `node "g": api_key, api_email, api_credentials_file, min_balance, max_failed_runs and auth_checks_interval are for chainlink nodes`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := tc.node
+			errs := n.Normalize()
+			if tc.msg == "" {
+				tg := n.Target()
+				if errs != nil || n.AuthEvery != tc.every || tg.AuthEvery != tc.every || tg.APIEmail != n.APIEmail ||
+					tg.APIPassword != n.APIPassword || tg.APICredentialsFile != n.APICredentialsFile || tg.APISecret != n.APISecret {
+					t.Fatalf("errs %v, every %s, target %+v", errs, n.AuthEvery, tg)
+				}
+				return
+			}
+			if len(errs) != 1 || errs[0].Field != tc.field || errs[0].Msg != tc.msg {
+				t.Fatalf("got %#v\nwant one error on %q: %s", errs, tc.field, tc.msg)
+			}
+			if strings.Contains(errs.Error(), "s3cret") || strings.Contains(errs.Error(), "pw1") {
+				t.Fatalf("error leaks a secret: %v", errs)
+			}
+		})
+	}
+}

@@ -9,11 +9,11 @@ import (
 	"math/big"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/ethereum/go-ethereum/common/hexutil"
 	"github.com/ethereum/go-ethereum/rpc"
 )
 
@@ -54,8 +54,52 @@ func ethClient(ctx context.Context, hc *http.Client, rawURL string) (*rpc.Client
 
 // ethBlock is the part of eth_getBlockByNumber's answer a probe needs.
 type ethBlock struct {
-	Number    *hexutil.Uint64 `json:"number"`
-	Timestamp *hexutil.Uint64 `json:"timestamp"`
+	Number    *quantity `json:"number"`
+	Timestamp *quantity `json:"timestamp"`
+}
+
+// quantity is a JSON-RPC quantity as real clients send it: a hex string ("0x1", the spec, geth) or a JSON number
+// (1: Ethermint's net_peerCount, e.g. IRITA). Anything else, a string without 0x included, is an error.
+type quantity uint64
+
+func (q *quantity) UnmarshalJSON(b []byte) error {
+	var n big.Int
+	if err := unmarshalQuantity(b, &n); err != nil {
+		return err
+	}
+	if !n.IsUint64() {
+		return fmt.Errorf("quantity %s does not fit in 64 bits", clip(string(b), 80))
+	}
+	*q = quantity(n.Uint64())
+	return nil
+}
+
+// bigQuantity is a quantity of any size (eth_chainId), in either encoding.
+type bigQuantity big.Int
+
+func (q *bigQuantity) UnmarshalJSON(b []byte) error { return unmarshalQuantity(b, (*big.Int)(q)) }
+
+func unmarshalQuantity(b []byte, n *big.Int) error {
+	v := bytes.TrimSpace(b)
+	if len(v) > 0 && v[0] == '"' {
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return fmt.Errorf("quantity: %w", err)
+		}
+		digits, ok := strings.CutPrefix(s, "0x")
+		if !ok {
+			return fmt.Errorf("quantity %q: a hex string without 0x prefix", clip(s, 80))
+		}
+		if _, ok := n.SetString(digits, 16); !ok || strings.HasPrefix(digits, "-") || strings.HasPrefix(digits, "+") {
+			return fmt.Errorf("quantity %q is not a hex number", clip(s, 80))
+		}
+	} else if _, ok := n.SetString(string(v), 10); !ok { // a JSON number: whole and non-negative
+		return fmt.Errorf("quantity %s is not a whole number", clip(string(v), 80))
+	}
+	if n.Sign() < 0 {
+		return fmt.Errorf("quantity %s is negative", clip(string(v), 80))
+	}
+	return nil
 }
 
 // latestBlockArgs are the (read-only) arguments of eth_getBlockByNumber: the latest block, without transactions.
@@ -64,9 +108,9 @@ var latestBlockArgs = []any{"latest", false}
 // ethCalls is the batch a probe sends, with the values its answers decode into. Probes reuse them through a pool:
 // at one probe a second for up to a thousand nodes, the allocations add up.
 type ethCalls struct {
-	height, peers hexutil.Uint64
+	height, peers quantity
 	syncing       json.RawMessage
-	chainID       hexutil.Big
+	chainID       bigQuantity
 	block         ethBlock
 	version       string
 	batch         [6]rpc.BatchElem
@@ -155,12 +199,32 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 	r.ChainID = (*big.Int)(&c.chainID).String()
 	r.BlockTime = time.Unix(int64(*c.block.Timestamp), 0).UTC()
 	// Some providers disable web3_clientVersion: then the node simply has no version to show.
-	if c.batch[callVersion].Error == nil && c.version != "" {
-		r.Version = clip(c.version, 256)
-		name, _, _ := strings.Cut(r.Version, "/")
-		r.Client = strings.ToLower(name)
+	if c.batch[callVersion].Error == nil {
+		r.Client, r.Version = parseClientVersion(c.version)
 	}
 	return r
+}
+
+// clientNameRE is what a client name looks like ("Geth", "Nethermind", "erigon", "besu").
+var clientNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.-]{0,31}$`)
+
+// parseClientVersion reads web3_clientVersion. Most clients answer "Name/version/os/runtime"
+// ("Geth/v1.13.15-stable-c5ba367e/linux-amd64/go1.21.6"); others don't: Ethermint answers
+// "Version dev ()\nCompiled at  using Go go1.26.8 (amd64)". The version is the first line, control characters
+// dropped; the client name is the part before the first slash when it looks like a name, else unknown ("").
+func parseClientVersion(raw string) (client, version string) {
+	line, _, _ := strings.Cut(strings.TrimSpace(raw), "\n")
+	line = strings.TrimSpace(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, line))
+	version = clip(line, 256)
+	if name, _, ok := strings.Cut(line, "/"); ok && clientNameRE.MatchString(name) {
+		client = strings.ToLower(name)
+	}
+	return client, version
 }
 
 // decodeSyncing reads eth_syncing: false when synced, an object of progress fields while syncing.
@@ -175,8 +239,8 @@ func decodeSyncing(raw json.RawMessage) (bool, error) {
 		// geth keeps answering with a progress object while it only indexes transactions at the chain head
 		// (txIndexRemainingBlocks); its blocks are in sync then. Syncing means currentBlock < highestBlock.
 		var p struct {
-			Current *hexutil.Uint64 `json:"currentBlock"`
-			Highest *hexutil.Uint64 `json:"highestBlock"`
+			Current *quantity `json:"currentBlock"`
+			Highest *quantity `json:"highestBlock"`
 		}
 		if err := json.Unmarshal(v, &p); err != nil {
 			return false, fmt.Errorf("eth_syncing: %w", tidy(err))

@@ -121,12 +121,36 @@ func TestEthereumProbe(t *testing.T) {
 		}},
 		{name: "malformed hex chain id", override: map[string]string{"eth_chainId": `"result":"1"`},
 			check: func(t *testing.T, r Result) {
-				wantErr(t, r.Err, "eth_chainId", "hex string without 0x prefix")
+				wantErr(t, r.Err, "eth_chainId", `quantity "1": a hex string without 0x prefix`)
 			}},
 		{name: "malformed hex height", override: map[string]string{"eth_blockNumber": `"result":"0xzz"`},
-			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "eth_blockNumber", "invalid hex string") }},
-		{name: "height is a number, not a hex string", override: map[string]string{"eth_blockNumber": `"result":12`},
-			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "eth_blockNumber", "non-string") }},
+			check: func(t *testing.T, r Result) {
+				wantErr(t, r.Err, "eth_blockNumber", `quantity "0xzz" is not a hex number`)
+			}},
+		{name: "height is a fraction", override: map[string]string{"eth_blockNumber": `"result":12.5`},
+			check: func(t *testing.T, r Result) {
+				wantErr(t, r.Err, "eth_blockNumber", "quantity 12.5 is not a whole number")
+			}},
+		{name: "negative peer count", override: map[string]string{"net_peerCount": `"result":-1`},
+			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "net_peerCount", "quantity -1 is negative") }},
+		{name: "height beyond 64 bits", override: map[string]string{"eth_blockNumber": `"result":"0x10000000000000000"`},
+			check: func(t *testing.T, r Result) { wantErr(t, r.Err, "eth_blockNumber", "does not fit in 64 bits") }},
+		// IRITA v4.0.0's Ethermint JSON-RPC, as a real node answered: net_peerCount a JSON number, and a
+		// web3_clientVersion without a slash, over two lines.
+		{name: "ethermint (IRITA): quantities as JSON numbers, clientVersion without a name", override: map[string]string{
+			"net_peerCount":      `"result":1`,
+			"eth_blockNumber":    `"result":19531251`,
+			"eth_chainId":        `"result":"0x4c7"`,
+			"web3_clientVersion": `"result":"Version dev ()\nCompiled at  using Go go1.26.8 (amd64)"`,
+		}, check: func(t *testing.T, r Result) {
+			noErr(t, r)
+			if r.Peers != 1 || r.Height != 19531251 || r.ChainID != "1223" {
+				t.Errorf("peers %d height %d chain %q", r.Peers, r.Height, r.ChainID)
+			}
+			if r.Client != "" || r.Version != "Version dev ()" {
+				t.Errorf("client %q version %q: want no client name and the first line as the version", r.Client, r.Version)
+			}
+		}},
 		{name: "json-rpc error object", override: map[string]string{
 			"net_peerCount": `"error":{"code":-32601,"message":"the method net_peerCount does not exist/is not available"}`,
 		}, check: func(t *testing.T, r Result) {
@@ -338,4 +362,61 @@ func TestEthereumProbeConcurrent(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+func TestQuantity(t *testing.T) {
+	cases := []struct {
+		in   string
+		want uint64
+		err  string
+	}{
+		{in: `"0x1"`, want: 1},
+		{in: `1`, want: 1}, // Ethermint's net_peerCount
+		{in: `"0x0"`, want: 0},
+		{in: `0`, want: 0},
+		{in: `"0xffffffffffffffff"`, want: 1<<64 - 1},
+		{in: `18446744073709551615`, want: 1<<64 - 1},
+		{in: `"0X1"`, err: "without 0x prefix"},
+		{in: `"1"`, err: "without 0x prefix"},
+		{in: `""`, err: "without 0x prefix"},
+		{in: `"0x"`, err: "not a hex number"},
+		{in: `"0x-1"`, err: "not a hex number"},
+		{in: `1e3`, err: "not a whole number"},
+		{in: `1.0`, err: "not a whole number"},
+		{in: `-3`, err: "negative"},
+		{in: `18446744073709551616`, err: "does not fit in 64 bits"},
+		{in: `true`, err: "not a whole number"},
+		{in: `null`, err: "not a whole number"},
+	}
+	for _, tc := range cases {
+		var q quantity
+		err := json.Unmarshal([]byte(tc.in), &q)
+		switch {
+		case tc.err == "" && (err != nil || uint64(q) != tc.want):
+			t.Errorf("%s: got %d, %v; want %d", tc.in, q, err, tc.want)
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: got %d, %v; want an error containing %q", tc.in, q, err, tc.err)
+		}
+	}
+}
+
+func TestParseClientVersion(t *testing.T) {
+	cases := []struct{ in, client, version string }{
+		{"Geth/v1.16.7-stable-b9f3a3d9/linux-amd64/go1.25.1", "geth", "Geth/v1.16.7-stable-b9f3a3d9/linux-amd64/go1.25.1"},
+		{"Nethermind/v1.25.4+20b10b35/linux-x64/dotnet8.0.2", "nethermind", "Nethermind/v1.25.4+20b10b35/linux-x64/dotnet8.0.2"},
+		{"erigon/2.60.1/linux-amd64/go1.21.5", "erigon", "erigon/2.60.1/linux-amd64/go1.21.5"},
+		// IRITA v4.0.0 (Ethermint), exactly as a real node answered.
+		{"Version dev ()\nCompiled at  using Go go1.26.8 (amd64)", "", "Version dev ()"},
+		{"", "", ""},
+		{"  \n", "", ""},
+		{"/v1.0", "", "/v1.0"},
+		{"Some Client/v1", "", "Some Client/v1"},
+		{"Geth/v1\x00\x1b[31m", "geth", "Geth/v1[31m"},
+	}
+	for _, tc := range cases {
+		client, version := parseClientVersion(tc.in)
+		if client != tc.client || version != tc.version {
+			t.Errorf("%q: got client %q version %q, want %q %q", tc.in, client, version, tc.client, tc.version)
+		}
+	}
 }

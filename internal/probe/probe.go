@@ -32,8 +32,16 @@ type Target struct {
 	Kind Kind
 	URL  string // base RPC URL, e.g. http://127.0.0.1:8545 or http://127.0.0.1:26657
 
-	// Chainlink API credentials; empty means only /health is checked.
-	APIKey, APISecret string
+	// Chainlink API credentials: a user token (X-API-KEY/X-API-SECRET), or the operator's email and password (a
+	// session login, POST /sessions), given as such or as the path of the node's .api file (email, then password,
+	// one a line). None: only /health is checked.
+	APIKey, APISecret     string
+	APIEmail, APIPassword string
+	APICredentialsFile    string
+	// AuthEvery is how often a Chainlink probe runs the authenticated checks (keys and balances, job runs,
+	// version); in between it reuses their last results from Session. 0, or no Session: every probe.
+	AuthEvery time.Duration
+	Session   *ChainlinkSession
 }
 
 // Result is what one probe learned. Fields a kind does not have stay zero; Err says why the probe failed.
@@ -48,10 +56,12 @@ type Result struct {
 	HasHeight bool   // the kind reports heights (ethereum, cometbft)
 
 	// Chainlink.
-	FailingChecks []string // names of /health checks that are failing
-	Wallets       []Wallet // EVM keys and balances, when credentials are configured
-	FailedRuns    int      // failed job runs among the most recent ones
-	RunsChecked   bool     // FailedRuns is meaningful
+	FailingChecks []Check       // /health checks that are failing, with their output
+	Wallets       []Wallet      // EVM keys and balances, when credentials are configured
+	FailedRuns    int           // failed job runs among the most recent ones
+	RunsChecked   bool          // FailedRuns is meaningful
+	RunFailures   []RunFailure  // the jobs of the failed runs (newest first, one per job, a few at most)
+	AuthAge       time.Duration // age of the authenticated results (wallets, runs, version) reused from an earlier probe
 
 	Duration time.Duration
 	Err      error

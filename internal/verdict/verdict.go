@@ -99,6 +99,8 @@ type Report struct {
 	Peers    uint64
 	BlockAge time.Duration // zero when unknown
 	Err      string
+	// Summary holds the figures of a node without heights (Chainlink: version, wallets, job runs).
+	Summary string
 	// Holding says why Status is not this probe's own verdict while a Damper holds it, e.g. "recovering: 1 of 3
 	// good probes"; "" when the status is the probe's.
 	Holding string
@@ -120,12 +122,14 @@ func Judge(in Input) Report {
 			bad(Warning, "standby: API not serving (waiting for Chainlink's database lock)")
 			return rep
 		}
-		bad(Critical, "probe failed: %s", r.Err)
-		return rep
+		if in.Kind != probe.Chainlink { // a Chainlink node that answered /health has more to say
+			bad(Critical, "probe failed: %s", r.Err)
+			return rep
+		}
 	}
 	t := in.Thresholds
 	if in.Kind == probe.Chainlink {
-		judgeChainlink(r, t, bad)
+		rep.Summary = judgeChainlink(r, t, bad)
 		return rep
 	}
 	if in.WantChain != "" && r.ChainID != in.WantChain {
@@ -164,26 +168,77 @@ func Judge(in Input) Report {
 	return rep
 }
 
-func judgeChainlink(r probe.Result, t Thresholds, bad func(Status, string, ...any)) {
-	if len(r.FailingChecks) > 0 {
-		bad(Critical, "failing checks: %s", strings.Join(r.FailingChecks, ", "))
+// judgeChainlink judges a Chainlink node, one reason per cause, and returns its figures: version, wallets against
+// the minimum, failed job runs against the limit, and the age of those it reused.
+func judgeChainlink(r probe.Result, t Thresholds, bad func(Status, string, ...any)) string {
+	switch {
+	case r.Err == nil:
+	case errors.Is(r.Err, probe.ErrDatabaseUnreachable):
+		bad(Critical, "%s", r.Err)
+	default:
+		bad(Critical, "probe failed: %s", r.Err)
 	}
-	if t.MinBalanceWei != "" {
-		min, _ := new(big.Int).SetString(t.MinBalanceWei, 10)
-		for _, w := range r.Wallets {
-			if w.Disabled {
-				continue
+	if len(r.FailingChecks) > 0 {
+		var b strings.Builder
+		for i, c := range r.FailingChecks {
+			if i > 0 {
+				b.WriteString(", ")
 			}
-			if w.Balance == nil {
-				bad(Critical, "balance of %s unknown", w.Address)
-			} else if w.Balance.Cmp(min) < 0 {
-				bad(Critical, "wallet %s has %s ETH, below %s", w.Address, weiToEther(w.Balance), weiToEther(min))
+			b.WriteString(c.Name)
+			if c.Output != "" {
+				b.WriteString(" (" + c.Output + ")")
 			}
 		}
+		bad(Critical, "failing checks: %s", b.String())
 	}
-	if t.MaxFailedRuns >= 0 && r.RunsChecked && r.FailedRuns > t.MaxFailedRuns {
-		bad(Warning, "%d recent job runs failed", r.FailedRuns)
+	var figures []string
+	if r.Version != "" {
+		figures = append(figures, "version "+r.Version)
 	}
+	var min *big.Int
+	if t.MinBalanceWei != "" {
+		min, _ = new(big.Int).SetString(t.MinBalanceWei, 10)
+	}
+	for _, w := range r.Wallets {
+		switch {
+		case w.Disabled:
+			figures = append(figures, fmt.Sprintf("wallet %s disabled", w.Address))
+		case w.Balance == nil:
+			if min != nil {
+				bad(Critical, "balance of %s unknown", w.Address)
+			}
+		case min != nil && w.Balance.Cmp(min) < 0:
+			bad(Critical, "wallet %s has %s ETH, below min_balance %s", w.Address, weiToEther(w.Balance), weiToEther(min))
+		case min != nil:
+			figures = append(figures, fmt.Sprintf("wallet %s %s ETH (min %s)", w.Address, weiToEther(w.Balance), weiToEther(min)))
+		default:
+			figures = append(figures, fmt.Sprintf("wallet %s %s ETH", w.Address, weiToEther(w.Balance)))
+		}
+	}
+	if r.RunsChecked {
+		runs := fmt.Sprintf("%d of the last %d job runs failed", r.FailedRuns, probe.ChainlinkRecentRuns)
+		if t.MaxFailedRuns >= 0 && r.FailedRuns > t.MaxFailedRuns {
+			var jobs []string
+			for _, f := range r.RunFailures {
+				name := "job " + f.JobID
+				if f.Job != "" {
+					name = fmt.Sprintf("job %q", f.Job)
+				}
+				jobs = append(jobs, name+": "+f.Error)
+			}
+			msg := fmt.Sprintf("%s, more than max_failed_runs %d", runs, t.MaxFailedRuns)
+			if len(jobs) > 0 {
+				msg += ": " + strings.Join(jobs, "; ")
+			}
+			bad(Warning, "%s", msg)
+		} else {
+			figures = append(figures, runs)
+		}
+	}
+	if r.AuthAge > 0 && (len(r.Wallets) > 0 || r.RunsChecked) {
+		figures = append(figures, fmt.Sprintf("keys and runs as of %s ago", roundAge(r.AuthAge)))
+	}
+	return strings.Join(figures, ", ")
 }
 
 // Output is the line shown in the Consul UI, e.g.
@@ -222,6 +277,9 @@ func (r Report) probeOutput() string {
 		}
 	}
 	stats := strings.Join(parts, ", ")
+	if stats == "" {
+		stats = r.Summary
+	}
 	if len(r.Reasons) == 0 {
 		if stats == "" {
 			return "healthy"

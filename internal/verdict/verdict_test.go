@@ -47,11 +47,11 @@ func TestJudge(t *testing.T) {
 		{"no peers", probe.Ethereum, func() probe.Result { r := healthy(1236); r.Peers = 0; return r }(), head, eth(), Critical, "0 peers, want at least 1"},
 		{"stale block", probe.Ethereum, func() probe.Result { r := healthy(1236); r.BlockTime = now.Add(-5 * time.Minute); return r }(), head, eth(), Critical, "no new block for 5m0s"},
 		{"chainlink healthy", probe.Chainlink, probe.Result{}, Head{}, KindDefaults[probe.Chainlink], Passing, "healthy"},
-		{"chainlink failing", probe.Chainlink, probe.Result{FailingChecks: []string{"EVM.1.HeadTracker"}}, Head{}, KindDefaults[probe.Chainlink], Critical, "failing checks: EVM.1.HeadTracker"},
+		{"chainlink failing", probe.Chainlink, probe.Result{FailingChecks: []probe.Check{{Name: "EVM.1.HeadTracker"}}}, Head{}, KindDefaults[probe.Chainlink], Critical, "failing checks: EVM.1.HeadTracker"},
 		{"chainlink low balance", probe.Chainlink, probe.Result{Wallets: []probe.Wallet{{Address: "0xabc", Balance: big.NewInt(1e17)}}}, Head{},
-			Thresholds{MinBalanceWei: "500000000000000000", MaxFailedRuns: -1}, Critical, "wallet 0xabc has 0.1 ETH, below 0.5"},
+			Thresholds{MinBalanceWei: "500000000000000000", MaxFailedRuns: -1}, Critical, "wallet 0xabc has 0.1 ETH, below min_balance 0.5"},
 		{"chainlink failed runs", probe.Chainlink, probe.Result{RunsChecked: true, FailedRuns: 3}, Head{},
-			Thresholds{MaxFailedRuns: 1}, Warning, "3 recent job runs failed"},
+			Thresholds{MaxFailedRuns: 1}, Warning, "3 of the last 20 job runs failed, more than max_failed_runs 1"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
