@@ -244,6 +244,9 @@ func chainlinkHealth(ctx context.Context, hc *http.Client, base string, r *Resul
 		if name == "" {
 			name = doc.Data[i].ID
 		}
+		if strings.TrimSpace(name) == "" {
+			name = "(unnamed check)"
+		}
 		failing = append(failing, Check{Name: clip(name, 128), Output: clip(strings.TrimSpace(c.Output), 200)})
 	}
 	r.FailingChecks = failing
