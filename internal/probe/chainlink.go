@@ -57,6 +57,10 @@ type ChainlinkSession struct {
 
 	mu      sync.Mutex
 	cookies []*http.Cookie    // from POST /sessions; renewed on 401
+	// The last failed login and when: logins are not retried for LoginRetry after a failure (a node that cannot
+	// reach its database refuses every login, and answers a burst of them with HTTP 429).
+	loginErr error
+	loginAt  time.Time
 	jobs    map[string]string // job id -> name
 	last    chainlinkAuthed   // the last successful authenticated checks
 	lastAt  time.Time         // when they ran; zero: never
@@ -422,19 +426,39 @@ func (c *chainlinkClient) getWithCookies(ctx context.Context, path string, v any
 	return chainlinkDo(ctx, c.hc, http.MethodGet, c.base, path, h, nil, v)
 }
 
-// login makes a session with the operator's email and password (POST /sessions) and keeps its cookie.
+// LoginRetry is how long a Chainlink session waits after a failed login before it logs in again; meanwhile probes
+// report that failure.
+const LoginRetry = 30 * time.Second
+
+// login makes a session with the operator's email and password (POST /sessions) and keeps its cookie. After a
+// failure it answers with that failure, without asking the node, for LoginRetry.
 func (c *chainlinkClient) login(ctx context.Context) error {
+	now := c.s.clock.Now()
+	if c.s.loginErr != nil && now.Sub(c.s.loginAt) < LoginRetry {
+		return c.s.loginErr
+	}
+	err := c.loginNow(ctx)
+	c.s.loginErr, c.s.loginAt = err, now
+	return err
+}
+
+func (c *chainlinkClient) loginNow(ctx context.Context) error {
 	body, err := json.Marshal(map[string]string{"email": c.creds.email, "password": c.creds.password})
 	if err != nil {
 		return fmt.Errorf("POST /sessions: %w", err)
 	}
 	var doc json.RawMessage
 	status, cookies, err := chainlinkRequest(ctx, c.hc, http.MethodPost, c.base, "/sessions", nil, body, &doc)
+	// A node that cannot reach its database answers logins with a bare HTTP 500 (v2.23.0): say what to look at.
+	hint := ""
+	if status/100 == 5 {
+		hint = " (the node failed to make a session: is its database reachable?)"
+	}
 	if err != nil {
-		return fmt.Errorf("%w: %w", errLogin, err)
+		return fmt.Errorf("%w: %w%s", errLogin, err, hint)
 	}
 	if status != http.StatusOK {
-		return fmt.Errorf("%w: POST /sessions: HTTP %d%s", errLogin, status, detailSuffix(doc))
+		return fmt.Errorf("%w: POST /sessions: HTTP %d%s%s", errLogin, status, detailSuffix(doc), hint)
 	}
 	if len(cookies) == 0 {
 		return fmt.Errorf("%w: POST /sessions: HTTP 200 without a session cookie", errLogin)
@@ -482,11 +506,24 @@ func chainlinkRequest(ctx context.Context, hc *http.Client, method, base, path s
 		_ = json.NewDecoder(resp.Body).Decode(&doc)
 		return resp.StatusCode, nil, authError(method, endpoint, resp.StatusCode, doc)
 	}
+	if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusServiceUnavailable && !isJSON(resp.Header.Get("Content-Type")) {
+		// An error page or a rate limit's plain text (Chainlink answers a burst of logins with 429 and text).
+		text, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return resp.StatusCode, nil, fmt.Errorf("%s %s: HTTP %d: %s", method, endpoint, resp.StatusCode,
+			clip(strings.TrimSpace(strings.ToValidUTF8(string(text), "?")), 200))
+	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
 		return resp.StatusCode, nil, fmt.Errorf("%s %s: HTTP %d: body is not the expected JSON: %w",
 			method, endpoint, resp.StatusCode, tidy(err))
 	}
 	return resp.StatusCode, resp.Cookies(), nil
+}
+
+// isJSON reports whether a Content-Type is JSON (application/json, application/vnd.api+json, ...).
+func isJSON(contentType string) bool {
+	mt, _, _ := strings.Cut(contentType, ";")
+	mt = strings.TrimSpace(strings.ToLower(mt))
+	return mt == "application/json" || strings.HasSuffix(mt, "+json")
 }
 
 // databaseErrorRE matches what Chainlink's auth middleware answers when its database lookup fails (pgx's
