@@ -56,14 +56,14 @@ type ChainlinkSession struct {
 	clock clock.Clock
 
 	mu      sync.Mutex
-	cookies []*http.Cookie    // from POST /sessions; renewed on 401
+	cookies []*http.Cookie // from POST /sessions; renewed on 401
 	// The last failed login and when: logins are not retried for LoginRetry after a failure (a node that cannot
 	// reach its database refuses every login, and answers a burst of them with HTTP 429).
 	loginErr error
 	loginAt  time.Time
-	jobs    map[string]string // job id -> name
-	last    chainlinkAuthed   // the last successful authenticated checks
-	lastAt  time.Time         // when they ran; zero: never
+	jobs     map[string]string // job id -> name
+	last     chainlinkAuthed   // the last successful authenticated checks
+	lastAt   time.Time         // when they ran; zero: never
 }
 
 // NewChainlinkSession returns an empty session whose cadence follows c (nil: the wall clock).
