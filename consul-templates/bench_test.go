@@ -76,54 +76,6 @@ func load(url string, workers int, d time.Duration) (rate float64, p50, p99 time
 	return float64(len(lat)) / el.Seconds(), lat[len(lat)/2], lat[len(lat)*99/100], failed
 }
 
-// TestBenchProxyOverhead: eth_blockNumber throughput and latency straight to one geth, through nginx and through
-// HAProxy to the same single node, in the same run, two interleaved rounds.
-func TestBenchProxyOverhead(t *testing.T) {
-	benchOnly(t)
-	consul := testenv.StartConsul(t)
-	net := testenv.StartCliqueNetwork(t, 2)
-	g := net.Nodes[1]
-	register(t, consul, "eth-bench", "bench-node", "127.0.0.1", g.RPCPort, "passing", nil)
-	targets := []struct{ name, url string }{{"direct", g.RPC}}
-	for _, kind := range proxyKinds {
-		p := startProxy(t, kind, consul)
-		p.waitConfig(t, "bench node", expectStates(kind, map[string]string{"bench-node": "server"}))
-		targets = append(targets, struct{ name, url string }{kind, p.URL + "/eth-bench"})
-	}
-	const workers, rounds = 16, 2
-	d := 8 * time.Second
-	type agg struct {
-		rate       float64
-		p50, p99   time.Duration
-		failed, nr int
-	}
-	res := map[string]*agg{}
-	for _, tg := range targets {
-		load(tg.url, workers, time.Second) // warm up connections
-		res[tg.name] = &agg{}
-	}
-	for r := 0; r < rounds; r++ {
-		for _, tg := range targets {
-			rate, p50, p99, failed := load(tg.url, workers, d)
-			a := res[tg.name]
-			a.rate += rate / rounds
-			a.p50 += p50 / rounds
-			a.p99 += p99 / rounds
-			a.failed += failed
-			t.Logf("round %d %s: %.0f calls/s p50 %s p99 %s failed %d", r, tg.name, rate, p50, p99, failed)
-		}
-	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "Proxy overhead (%d clients, eth_blockNumber, %d rounds of %s per target, one geth v1.13 node):\n\n", workers, rounds, d)
-	fmt.Fprintf(&b, "| target | calls/s | %% of direct | p50 | p99 | failed |\n|---|---|---|---|---|---|\n")
-	for _, tg := range targets {
-		a := res[tg.name]
-		fmt.Fprintf(&b, "| %s | %.0f | %.0f %% | %s | %s | %d |\n", tg.name, a.rate, 100*a.rate/res["direct"].rate,
-			a.p50.Round(10*time.Microsecond), a.p99.Round(10*time.Microsecond), a.failed)
-	}
-	report(t, "%s", b.String())
-}
-
 // TestBenchDrainAndCrash: failed client reads while nodes are drained the planned way (Consul maintenance, wait for
 // the proxies to drop the node, stop it, restart it, end maintenance) and while they crash (SIGKILL), with the
 // real agent judging the nodes every second.

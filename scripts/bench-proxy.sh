@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # bench-proxy.sh: the RPC proxy benchmarks (docs/BENCHMARKS.md, "RPC proxy"), against real Consul, geth (a Clique
-# network), the chainwarden agent, consul-template, nginx and HAProxy:
-#   overhead   eth_blockNumber throughput and p99 straight to geth, through nginx, through HAProxy (same run)
+# network; one geth --dev node for overhead), the chainwarden agent, consul-template, nginx and HAProxy:
+#   overhead   CPU per call of each proxy process and the latency it adds, at a fixed open-loop rate, and
+#              saturated throughput: geth direct, bare nginx and HAProxy hops, the filters before and now (same run;
+#              CHAINWARDEN_BENCH_RATE calls/s, default 500; CHAINWARDEN_BENCH_ROUNDS, default 5)
 #   drain      failed client reads during planned drains and during crashes
 #   failover   time from a node stopping (SIGSTOP, peers removed) to nginx sending it no more requests
 # Usage: scripts/bench-proxy.sh [overhead|drain|failover|all]   (CHAINWARDEN_BENCH_TRIALS=N for failover, default 20)
@@ -15,7 +17,7 @@ drain) run='TestBenchDrainAndCrash' ;;
 failover) run='TestBenchFailover' ;;
 all) run='TestBenchProxyOverhead|TestBenchDrainAndCrash|TestBenchFailover' ;;
 *)
-	sed -n '2,9p' "$0" >&2
+	sed -n '2,10p' "$0" >&2
 	exit 2
 	;;
 esac
