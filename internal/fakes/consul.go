@@ -41,7 +41,7 @@ type Consul struct {
 
 // NewConsul returns an empty, reachable Consul.
 func NewConsul() *Consul {
-	c := &Consul{changed: make(chan struct{}), calls: map[string]int{}}
+	c := &Consul{changed: make(chan struct{}), calls: map[string]int{}, index: 1} // Consul indexes start above 0
 	c.reset()
 	return c
 }
@@ -66,7 +66,7 @@ func (c *Consul) Wipe(resetIndex bool) {
 	c.mu.Lock()
 	c.reset()
 	if resetIndex {
-		c.index = 0
+		c.index = 0 // bump makes it 1: a new cluster's first index
 	}
 	c.bump()
 	c.mu.Unlock()
@@ -454,7 +454,7 @@ func (c *Consul) List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPai
 			out = append(out, &p)
 		}
 	}
-	return out, &consulapi.QueryMeta{LastIndex: max(c.index, 1)}, nil
+	return out, &consulapi.QueryMeta{LastIndex: c.index}, nil
 }
 
 // Txn applies KV set and delete operations atomically; any other verb rolls the transaction back.
