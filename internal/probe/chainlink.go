@@ -310,6 +310,9 @@ func (c *chainlinkClient) keys(ctx context.Context, a *chainlinkAuthed) error {
 				return fmt.Errorf("GET /v2/keys/evm: key %s: ethBalance %q is not a whole number of wei",
 					w.Address, clip(k.EthBalance.String(), 40))
 			}
+			if b.Sign() < 0 {
+				return fmt.Errorf("GET /v2/keys/evm: key %s: ethBalance %q is negative", w.Address, clip(k.EthBalance.String(), 40))
+			}
 			w.Balance = b
 		}
 		wallets = append(wallets, w)

@@ -342,6 +342,19 @@ func TestChainlinkProbe(t *testing.T) {
 		}, check: func(t *testing.T, r Result) {
 			wantErr(t, r.Err, `ethBalance "1.5" is not a whole number of wei`)
 		}},
+		{name: "negative balance", node: func(n *chainlinkNode) {
+			n.keys = strings.Replace(evmKeysJSON, `"1500000000000000000"`, `"-1"`, 1)
+		}, check: func(t *testing.T, r Result) {
+			wantErr(t, r.Err, `ethBalance "-1" is negative`)
+		}},
+		{name: "balance as a JSON number", node: func(n *chainlinkNode) {
+			n.keys = strings.Replace(evmKeysJSON, `"1500000000000000000"`, `1500000000000000000`, 1)
+		}, check: func(t *testing.T, r Result) {
+			noErr(t, r)
+			if b := r.Wallets[0].Balance; b == nil || b.String() != "1500000000000000000" {
+				t.Errorf("balance %v, want 1500000000000000000", b)
+			}
+		}},
 		{name: "keys body is not JSON", node: func(n *chainlinkNode) { n.keys = "Internal Server Error" },
 			check: func(t *testing.T, r Result) {
 				wantErr(t, r.Err, "GET /v2/keys/evm: HTTP 200: body is not the expected JSON")

@@ -127,6 +127,18 @@ func TestEthereumProbe(t *testing.T) {
 			check: func(t *testing.T, r Result) {
 				wantErr(t, r.Err, "eth_blockNumber", `quantity "0xzz" is not a hex number`)
 			}},
+		{name: "null height", override: map[string]string{"eth_blockNumber": `"result":null`},
+			check: func(t *testing.T, r Result) {
+				wantErr(t, r.Err, "eth_blockNumber", "null")
+			}},
+		{name: "null peer count", override: map[string]string{"net_peerCount": `"result":null`},
+			check: func(t *testing.T, r Result) {
+				wantErr(t, r.Err, "net_peerCount", "null")
+			}},
+		{name: "null chain id", override: map[string]string{"eth_chainId": `"result":null`},
+			check: func(t *testing.T, r Result) {
+				wantErr(t, r.Err, "eth_chainId", "null")
+			}},
 		{name: "height is a fraction", override: map[string]string{"eth_blockNumber": `"result":12.5`},
 			check: func(t *testing.T, r Result) {
 				wantErr(t, r.Err, "eth_blockNumber", "quantity 12.5 is not a whole number")
