@@ -24,6 +24,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/push"
 	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
@@ -48,6 +49,8 @@ type Options struct {
 	Clock      clock.Clock  // default: the wall clock
 	HTTPClient *http.Client // for probes; default probe.NewHTTPClient()
 	Consul     Consul       // required
+	// Subscribers replaces the push subscribers by kind (tests); nil: push.Subscribers.
+	Subscribers map[probe.Kind]push.Subscriber
 }
 
 // Agent watches this host's chain nodes.
@@ -61,6 +64,9 @@ type Agent struct {
 	reg     *registry.Registry
 	heads   *heads.Store
 	metrics *metrics
+	push    *push.Manager
+	// kick wakes the loop when a head arrived by push (capacity 1: a burst of heads is one wake-up).
+	kick chan struct{}
 
 	// mu guards what SetNodes, SetReferences and the HTTP handlers share with Step: the node set, each node's
 	// spec, verdict and damper. Step probes without it and takes it to record what it found.
@@ -69,8 +75,23 @@ type Agent struct {
 	nodes   map[string]*nodeState      // by node name
 	refs    []nodespec.Reference
 	gone    []string // service/node heads to delete from KV
+	// pushState is where each node's push subscription stands, by node name (kept by name: a node whose state is
+	// replaced keeps its subscription). seq orders probes and pushed heads: each probe start and each head takes
+	// the next number, so the newer of the two is known without comparing clocks.
+	pushState map[string]pushState
+	seq       uint64
 
-	slow bool // Step's own: the last pass took longer than the interval (logged once, and again when it ends)
+	// The passes' own (Step and pushPass run one at a time, from the loop or a test).
+	slow     bool           // the last pass took longer than the interval (logged once, and again when it ends)
+	refLast  []probe.Result // the references' last results, for passes that don't probe
+	refsLast []nodespec.Reference
+}
+
+// pushState is a node's push subscription as the agent last heard of it.
+type pushState struct {
+	url string // the WebSocket URL it is about
+	up  bool
+	err string // why it is not up ("" while connecting)
 }
 
 // nodeState is what the agent keeps of one node. The fields under "guarded" are read and written with Agent.mu
@@ -86,11 +107,24 @@ type nodeState struct {
 	client, version string
 	// session keeps a Chainlink node's login and the cadence of its authenticated checks (nil for other kinds).
 	session *probe.ChainlinkSession
+	// svc is the node's registration as last judged, for passes that don't judge it again.
+	svc *registry.Service
+	// The last probe: its result above, when it started (clock and seq); and the newest head that came by push.
+	polled   time.Time
+	pollSeq  uint64
+	pushHead push.Head
+	pushSeq  uint64 // seq of pushHead; 0: none yet
+	pushN    uint64 // heads that came by push
 
-	// Step's own
-	since    time.Time // when result.Height was first seen
-	lastSeen uint64
+	// the passes' own
+	since      time.Time // when result.Height was first seen
+	lastSeen   uint64
+	judged     judgedOn // what the last judgement saw
+	judgedPush uint64   // pushN when last judged
 }
+
+// judgedOn is what a node's judgement depends on that a push can change: its height and its network's head.
+type judgedOn struct{ height, head uint64 }
 
 // New builds an agent from a validated configuration.
 func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
@@ -109,7 +143,11 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	}
 	clk := clock.OrReal(opts.Clock)
 	a := &Agent{cfg: cfg, log: log, id: opts.ID, clock: clk, client: opts.HTTPClient,
-		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics()}
+		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics(),
+		kick: make(chan struct{}, 1), pushState: map[string]pushState{}}
+	a.push = push.New(push.Options{Clock: clk, Timeout: max(cfg.Timeout, 5*time.Second), Subscribers: opts.Subscribers,
+		OnHead: a.onPushHead, OnState: a.onPushState}, log.Named("push"))
+	a.metrics.watchPush(a.push)
 	a.reg = registry.New(opts.Consul.Agent, registry.Options{
 		AgentID: opts.ID, TTL: cfg.Consul.CheckTTL, DeregisterAfter: cfg.Consul.DeregisterAfter, Clock: clk,
 		Catalog: opts.Consul.Catalog,
@@ -171,6 +209,69 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 			a.log.Info("node added", "node", name, "kind", n.Kind, "service", n.Service, "source", n.Source)
 		}
 	}
+	// Subscribe to the new heads of the nodes that have a WebSocket URL; forget the state of subscriptions that end.
+	var targets []push.Target
+	for name, st := range a.nodes {
+		if st.cfg.WS != "" && a.push.Supported(st.cfg.Kind) {
+			targets = append(targets, push.Target{Name: name, Kind: st.cfg.Kind, URL: st.cfg.WS})
+		}
+	}
+	for name, ps := range a.pushState {
+		if st := a.nodes[name]; st == nil || st.cfg.WS != ps.url {
+			delete(a.pushState, name)
+		}
+	}
+	a.push.Set(targets)
+}
+
+// onPushHead records a head that came by push and wakes the loop to judge it.
+func (a *Agent) onPushHead(t push.Target, h push.Head) {
+	a.mu.Lock()
+	st := a.nodes[t.Name]
+	if st == nil || st.cfg.WS != t.URL || st.cfg.Kind != t.Kind { // from a subscription that is ending
+		a.mu.Unlock()
+		return
+	}
+	a.seq++
+	st.pushHead, st.pushSeq = h, a.seq
+	st.pushN++
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// onPushState records a subscription coming up or going down. Down, the node is polled every interval again from
+// the next pass on.
+func (a *Agent) onPushState(t push.Target, s push.State) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if st := a.nodes[t.Name]; st == nil || st.cfg.WS != t.URL {
+		return
+	}
+	ps := pushState{url: t.URL, up: s.Up}
+	if s.Err != nil {
+		ps.err = s.Err.Error()
+	}
+	a.pushState[t.Name] = ps
+}
+
+// pushDetail says how a node's heads arrive, for its health answer; a.mu must be held.
+func (a *Agent) pushDetail(st *nodeState) string {
+	if st.cfg.WS == "" || !a.push.Supported(st.cfg.Kind) {
+		return ""
+	}
+	ps, ok := a.pushState[st.cfg.Name]
+	switch {
+	case !ok || ps.url != st.cfg.WS:
+		return "connecting to " + nodespec.RedactURL(st.cfg.WS)
+	case ps.up:
+		return "subscribed to " + nodespec.RedactURL(st.cfg.WS)
+	case ps.err == "":
+		return "connecting to " + nodespec.RedactURL(st.cfg.WS)
+	}
+	return fmt.Sprintf("push unavailable: %s; polling every %s", ps.err, a.cfg.Interval)
 }
 
 func (a *Agent) newNodeState(n nodespec.Node) *nodeState {
@@ -188,8 +289,11 @@ func (a *Agent) SetReferences(refs []nodespec.Reference) {
 	a.mu.Unlock()
 }
 
-// Run probes every interval until ctx ends, watching heads in KV and serving HTTP on the configured address.
+// Run probes every interval until ctx ends, judging the heads that arrive by push as they come, watching heads in
+// KV and serving HTTP on the configured address.
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	srv := &http.Server{Addr: a.cfg.Listen, Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() {
@@ -203,22 +307,46 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	go a.heads.Watch(ctx, 5*time.Minute)
+	pushDone := make(chan struct{})
+	go func() {
+		defer close(pushDone)
+		a.push.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-pushDone
+	}()
 	a.log.Info("agent started", "id", a.id, "nodes", a.NodeCount(), "interval", a.cfg.Interval, "listen", a.cfg.Listen)
 	return a.loop(ctx, errc)
 }
 
-// loop runs a pass every interval until ctx ends or errc reports a failure.
+// PushCoalesce is how long the loop waits after a head arrived by push before it judges: the heads of one block
+// reach the nodes of a host within milliseconds of each other, and one pass judges them all.
+const PushCoalesce = 50 * time.Millisecond
+
+// loop runs a pass every interval, and a push pass when heads arrived by push, until ctx ends or errc reports a
+// failure.
 func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	tick := a.clock.NewTicker(a.cfg.Interval)
 	defer tick.Stop()
+	a.Step(ctx)
 	for {
-		a.Step(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-errc:
 			return err
 		case <-tick.C():
+			a.Step(ctx)
+		case <-a.kick:
+			if clock.Sleep(ctx, a.clock, PushCoalesce) != nil {
+				return nil
+			}
+			select { // heads that came while waiting are judged in this pass
+			case <-a.kick:
+			default:
+			}
+			a.pushPass(ctx)
 		}
 	}
 }
@@ -233,55 +361,118 @@ func (a *Agent) NodeCount() int {
 // maxParallelProbes bounds the goroutines probing at once.
 const maxParallelProbes = 256
 
-// work is one node of a pass: its state and its spec as it was when the pass began.
+// work is one node of a pass: its state and its spec as they were when the pass began, and what the pass found.
 type work struct {
 	st  *nodeState
 	cfg nodespec.Node
+
+	due    bool         // probed in this pass
+	void   bool         // removed or replaced while the pass probed
+	polled bool         // the node has a probe result (from this pass or an earlier one)
+	r      probe.Result // the latest: the probe's result, with the height of a newer head that came by push
+	pushN  uint64       // the node's pushN when r took a pushed head; 0: r is the probe's own
 }
 
-// Step does one pass: probe every node and reference, judge, publish heads and checks.
-func (a *Agent) Step(ctx context.Context) {
+// Step does one pass: probe the nodes that are due and every reference, judge every node, publish heads and checks.
+// A node is due every pass while its heads don't come by push (no ws URL, or the subscription is down), before its
+// first probe and after a failed one; while they do, every push_poll_interval: that probe is its liveness check.
+func (a *Agent) Step(ctx context.Context) { a.pass(ctx, true) }
+
+// pushPass judges, without probing, every node whose height or network head changed since it was last judged,
+// with the heads that came by push; then publishes heads and checks as a pass does.
+func (a *Agent) pushPass(ctx context.Context) { a.pass(ctx, false) }
+
+// due says whether a pass probes st; a.mu must be held.
+func (a *Agent) due(st *nodeState, now time.Time) bool {
+	if st.pollSeq == 0 || st.result.Err != nil || st.cfg.WS == "" {
+		return true
+	}
+	if ps, ok := a.pushState[st.cfg.Name]; !ok || !ps.up || ps.url != st.cfg.WS {
+		return true
+	}
+	// Ticks come every interval: half of one is the slack that keeps a probe from slipping to the next tick.
+	return now.Sub(st.polled) >= a.cfg.PushPollInterval-a.cfg.Interval/2
+}
+
+func (a *Agent) pass(ctx context.Context, poll bool) {
 	started := time.Now()
+	start := a.clock.Now()
 	a.mu.Lock()
 	nodes := make([]work, 0, len(a.nodes))
 	for _, st := range a.nodes {
-		nodes = append(nodes, work{st: st, cfg: st.cfg})
+		nodes = append(nodes, work{st: st, cfg: st.cfg, due: poll && a.due(st, start)})
 	}
-	refs := slices.Clone(a.refs)
+	refs, refResults := a.refsLast, a.refLast
+	if poll {
+		refs = slices.Clone(a.refs)
+		refResults = make([]probe.Result, len(refs))
+	}
+	a.seq++
+	seq := a.seq
 	gone := a.gone
 	a.gone = nil
 	a.mu.Unlock()
 	slices.SortFunc(nodes, func(x, y work) int { return strings.Compare(x.cfg.Name, y.cfg.Name) })
 
-	// Probe nodes and references in parallel, each under the probe deadline.
+	// Probe the due nodes and the references in parallel, each under the probe deadline.
 	results := make([]probe.Result, len(nodes))
-	refResults := make([]probe.Result, len(refs))
-	sem := make(chan struct{}, maxParallelProbes)
-	var wg sync.WaitGroup
-	run := func(out *probe.Result, t probe.Target) {
-		defer wg.Done()
-		sem <- struct{}{}
-		defer func() { <-sem }()
-		pctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
-		defer cancel()
-		*out = probe.Run(pctx, a.client, t)
-	}
-	for i := range nodes {
-		wg.Add(1)
-		t := nodes[i].cfg.Target()
-		t.Session = nodes[i].st.session
-		go run(&results[i], t)
-	}
-	for i := range refs {
-		wg.Add(1)
-		go run(&refResults[i], refs[i].Target())
-	}
-	wg.Wait()
-	if ctx.Err() != nil {
-		return
+	if poll {
+		sem := make(chan struct{}, maxParallelProbes)
+		var wg sync.WaitGroup
+		run := func(out *probe.Result, t probe.Target) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			pctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
+			defer cancel()
+			*out = probe.Run(pctx, a.client, t)
+		}
+		for i := range nodes {
+			if !nodes[i].due {
+				continue
+			}
+			wg.Add(1)
+			t := nodes[i].cfg.Target()
+			t.Session = nodes[i].st.session
+			go run(&results[i], t)
+		}
+		for i := range refs {
+			wg.Add(1)
+			go run(&refResults[i], refs[i].Target())
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		a.refsLast, a.refLast = refs, refResults
 	}
 	probed := time.Now()
 	now := a.clock.Now()
+
+	// Each node's latest: this pass's probe, else its last one, with the height of a head that came by push after
+	// that probe began. A failed probe stands until a probe succeeds: a node whose RPC fails is not healthy because
+	// its WebSocket still announces blocks.
+	a.mu.Lock()
+	for i := range nodes {
+		w := &nodes[i]
+		st := w.st
+		if a.nodes[w.cfg.Name] != st {
+			w.void = true
+			continue
+		}
+		if w.due {
+			st.result, st.polled, st.pollSeq = results[i], start, seq
+		}
+		w.r, w.polled = st.result, st.pollSeq > 0
+		if st.pushSeq > st.pollSeq && w.r.Err == nil && w.r.HasHeight {
+			w.r.Height = st.pushHead.Height
+			if !st.pushHead.Time.IsZero() {
+				w.r.BlockTime = st.pushHead.Time
+			}
+			w.pushN = st.pushN
+		}
+	}
+	a.mu.Unlock()
 
 	// Network heads: fresh heads from KV, this pass's own nodes, and references.
 	local := map[string]verdict.Head{}
@@ -291,10 +482,13 @@ func (a *Agent) Step(ctx context.Context) {
 		}
 	}
 	var pub []heads.Head
-	for i, w := range nodes {
-		r, st := results[i], w.st
-		a.metrics.observeProbe(w.cfg, r)
-		if r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(w.cfg, r) {
+	for i := range nodes {
+		w := &nodes[i]
+		if w.due {
+			a.metrics.observeProbe(w.cfg, results[i])
+		}
+		r, st := w.r, w.st
+		if w.void || !w.polled || r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(w.cfg, r) {
 			continue
 		}
 		if r.Height != st.lastSeen {
@@ -305,18 +499,27 @@ func (a *Agent) Step(ctx context.Context) {
 			BlockTime: r.BlockTime, Observed: st.since, Agent: a.id})
 	}
 	for i, ref := range refs {
+		if i >= len(refResults) {
+			break
+		}
 		r := refResults[i]
 		if r.Err != nil {
-			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
-			a.log.Debug("reference failed, ignored", "reference", ref.Name, "error", r.Err)
+			if poll {
+				a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
+				a.log.Debug("reference failed, ignored", "reference", ref.Name, "error", r.Err)
+			}
 			continue
 		}
 		if want := serviceChain(nodes, ref.Service); want != "" && r.ChainID != want {
-			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
-			a.log.Warn("reference is on another chain, ignored", "reference", ref.Name, "chain", r.ChainID, "want", want)
+			if poll {
+				a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
+				a.log.Warn("reference is on another chain, ignored", "reference", ref.Name, "chain", r.ChainID, "want", want)
+			}
 			continue
 		}
-		a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(1)
+		if poll {
+			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(1)
+		}
 		consider(ref.Service, verdict.Head{Height: r.Height, Node: ref.Name, Observed: now})
 	}
 	networkHead := func(service string) verdict.Head {
@@ -328,29 +531,54 @@ func (a *Agent) Step(ctx context.Context) {
 	}
 
 	services := make([]registry.Service, 0, len(nodes))
-	for i, w := range nodes {
-		r, st := results[i], w.st
+	for i := range nodes {
+		w := &nodes[i]
+		r, st := w.r, w.st
+		if w.void || !w.polled { // a node not probed yet is judged by its first probe
+			continue
+		}
 		head := networkHead(w.cfg.Service)
+		on := judgedOn{height: r.Height, head: head.Height}
+		if !poll && on == st.judged {
+			// Nothing this node's judgement depends on changed: keep its registration as it is.
+			a.mu.Lock()
+			svc, ok := st.svc, a.nodes[w.cfg.Name] == st
+			a.mu.Unlock()
+			if ok && svc != nil {
+				services = append(services, *svc)
+				continue
+			}
+		}
 		rep := verdict.Judge(verdict.Input{Kind: w.cfg.Kind, Result: r, Head: head, WantChain: w.cfg.WantChain(),
 			Standby: strings.Contains(w.cfg.Role, "standby"), Thresholds: w.cfg.Thresholds, Now: now})
 		a.mu.Lock()
-		if a.nodes[w.cfg.Name] != st { // removed or replaced while this pass probed: its result is void
+		if a.nodes[w.cfg.Name] != st { // removed or replaced meanwhile: its result is void
 			a.mu.Unlock()
 			continue
 		}
 		status, changed := st.damper.Observe(rep.Status)
 		rep.Status, rep.Holding = status, st.damper.Holding()
 		prev := st.report.Status
-		st.report, st.result, st.updated = rep, r, now
-		if r.Version != "" {
-			st.version = r.Version
-		}
-		if r.Client != "" {
-			st.client = r.Client
+		st.report, st.updated = rep, now
+		if w.due {
+			if r.Version != "" {
+				st.version = r.Version
+			}
+			if r.Client != "" {
+				st.client = r.Client
+			}
 		}
 		svc := a.service(st, rep)
+		st.svc = &svc
 		a.metrics.observeVerdict(w.cfg, rep, head)
 		a.mu.Unlock()
+		st.judged = on
+		if w.pushN != 0 && w.pushN != st.judgedPush {
+			st.judgedPush = w.pushN
+			if !poll {
+				a.metrics.pushJudged.Inc()
+			}
+		}
 		if changed {
 			a.metrics.transitions.WithLabelValues(w.cfg.Name, w.cfg.Service, status.String()).Inc()
 			a.log.Info("node status changed", "node", w.cfg.Name, "from", prev, "to", status, "output", rep.Output())
@@ -371,6 +599,9 @@ func (a *Agent) Step(ctx context.Context) {
 	a.metrics.consulWrites.Add(float64(a.reg.Writes() - before))
 	if err != nil {
 		a.log.Debug("consul sync failed", "error", err)
+	}
+	if !poll {
+		return
 	}
 	took := time.Since(started)
 	a.metrics.stepSeconds.Observe(took.Seconds())

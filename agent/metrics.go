@@ -6,6 +6,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/push"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
@@ -25,6 +26,7 @@ type metrics struct {
 	stepSeconds  prometheus.Histogram
 	consulUp     prometheus.Gauge
 	consulWrites prometheus.Counter
+	pushJudged   prometheus.Counter
 }
 
 var nodeLabels = []string{"node", "service", "kind"}
@@ -51,11 +53,20 @@ func newMetrics() *metrics {
 		referenceUp:  g("reference_up", "1 when the external reference answered on the right chain, else 0.", "reference", "service"),
 		consulUp:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
 		consulWrites: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "consul_writes_total", Help: "State-changing calls made to the Consul agent (registrations, check updates, deregistrations)."}),
+		pushJudged: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "push_heads_judged_total",
+			Help: "New heads that arrived by push (WebSocket) and were judged on arrival, not at the next probe."}),
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
-		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites,
+		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites, m.pushJudged,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// watchPush adds the gauge of nodes whose heads arrive by push.
+func (m *metrics) watchPush(p *push.Manager) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "push_subscribed_nodes",
+		Help: "Nodes whose new heads arrive by push (a WebSocket subscription is up); the others are polled every interval."},
+		func() float64 { return float64(p.Subscribed()) }))
 }
 
 func labels(n nodespec.Node) prometheus.Labels {

@@ -1,0 +1,142 @@
+package ethfake
+
+import (
+	"context"
+	"math/big"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/ethereum/go-ethereum/common"
+	"github.com/ethereum/go-ethereum/common/hexutil"
+	"github.com/ethereum/go-ethereum/core/types"
+	"github.com/ethereum/go-ethereum/rpc"
+)
+
+// Pusher serves a Node's new heads over WebSocket as geth does: eth_subscribe("newHeads") through go-ethereum's own
+// rpc server, so subscribers meet the real wire format (a full header with its hash per notification).
+type Pusher struct {
+	node *Node
+	srv  *rpc.Server
+	ws   http.Handler
+
+	mu   sync.Mutex
+	subs map[chan *types.Header]struct{}
+	last uint64
+}
+
+// NewPusher returns the WebSocket endpoint of n. Publish (or Follow) sends heads to its subscribers.
+func NewPusher(n *Node) *Pusher {
+	p := &Pusher{node: n, srv: rpc.NewServer(), subs: map[chan *types.Header]struct{}{}}
+	if err := p.srv.RegisterName("eth", &ethAPI{p}); err != nil {
+		panic(err) // the service's methods are fixed: a failure is a bug here
+	}
+	p.ws = p.srv.WebsocketHandler([]string{"*"})
+	return p
+}
+
+// ServeHTTP upgrades to WebSocket.
+func (p *Pusher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.node.Down.Load() {
+		http.Error(w, "node is down", http.StatusBadGateway)
+		return
+	}
+	p.ws.ServeHTTP(w, r)
+}
+
+// Subscribers is how many newHeads subscriptions are open.
+func (p *Pusher) Subscribers() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.subs)
+}
+
+// Publish sends the node's current head to every subscriber.
+func (p *Pusher) Publish() {
+	height, at := p.node.head()
+	h := Header(height, at)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.last = height
+	for c := range p.subs {
+		select {
+		case c <- h:
+		default: // a subscriber that is that far behind misses a head, as geth's would be dropped
+		}
+	}
+}
+
+// Follow publishes the head whenever it changed, checking every `every`, until ctx ends.
+func (p *Pusher) Follow(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		height, _ := p.node.head()
+		p.mu.Lock()
+		changed := height != p.last
+		p.mu.Unlock()
+		if changed {
+			p.Publish()
+		}
+	}
+}
+
+// Close ends every subscription and connection.
+func (p *Pusher) Close() { p.srv.Stop() }
+
+// Header is the block header the fake chain has at height: stable fields, a hash that follows from them.
+func Header(height uint64, at time.Time) *types.Header {
+	return &types.Header{
+		ParentHash: common.BigToHash(new(big.Int).SetUint64(height - 1)),
+		Number:     new(big.Int).SetUint64(height),
+		Time:       uint64(at.Unix()),
+		Difficulty: big.NewInt(0),
+		GasLimit:   30_000_000,
+		BaseFee:    big.NewInt(7),
+	}
+}
+
+// ethAPI is the "eth" namespace of the WebSocket endpoint.
+type ethAPI struct{ p *Pusher }
+
+// NewHeads is eth_subscribe("newHeads").
+func (a *ethAPI) NewHeads(ctx context.Context) (*rpc.Subscription, error) {
+	notifier, ok := rpc.NotifierFromContext(ctx)
+	if !ok {
+		return nil, rpc.ErrNotificationsUnsupported
+	}
+	sub := notifier.CreateSubscription()
+	c := make(chan *types.Header, 16)
+	a.p.mu.Lock()
+	a.p.subs[c] = struct{}{}
+	a.p.mu.Unlock()
+	go func() {
+		defer func() {
+			a.p.mu.Lock()
+			delete(a.p.subs, c)
+			a.p.mu.Unlock()
+		}()
+		for {
+			select {
+			case h := <-c:
+				if err := notifier.Notify(sub.ID, h); err != nil {
+					return
+				}
+			case <-sub.Err():
+				return
+			}
+		}
+	}()
+	return sub, nil
+}
+
+// BlockNumber is eth_blockNumber, so a WebSocket client can also poll.
+func (a *ethAPI) BlockNumber() (hexutil.Uint64, error) {
+	h, _ := a.p.node.head()
+	return hexutil.Uint64(h), nil
+}
