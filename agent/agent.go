@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"os"
 	"slices"
@@ -107,8 +108,9 @@ type nodeState struct {
 	client, version string
 	// session keeps a Chainlink node's login and the cadence of its authenticated checks (nil for other kinds).
 	session *probe.ChainlinkSession
-	// svc is the node's registration as last judged, for passes that don't judge it again.
-	svc *registry.Service
+	// synced is the registration last given to Consul: a push pass passes it again for the nodes whose status it
+	// does not change.
+	synced *registry.Service
 	// The last probe: its result above, when it started (clock and seq); and the newest head that came by push.
 	polled   time.Time
 	pollSeq  uint64
@@ -119,8 +121,9 @@ type nodeState struct {
 	// the passes' own
 	since      time.Time // when result.Height was first seen
 	lastSeen   uint64
-	judged     judgedOn // what the last judgement saw
-	judgedPush uint64   // pushN when last judged
+	judged     judgedOn  // what the last judgement saw
+	judgedPush uint64    // pushN when last judged
+	nextPoll   time.Time // while push is up: when the next probe is due (zero: push down, or not placed yet)
 }
 
 // judgedOn is what a node's judgement depends on that a push can change: its height and its network's head.
@@ -379,19 +382,34 @@ type work struct {
 func (a *Agent) Step(ctx context.Context) { a.pass(ctx, true) }
 
 // pushPass judges, without probing, every node whose height or network head changed since it was last judged,
-// with the heads that came by push; then publishes heads and checks as a pass does.
+// with the heads that came by push, and writes the status changes to Consul at once.
 func (a *Agent) pushPass(ctx context.Context) { a.pass(ctx, false) }
 
-// due says whether a pass probes st; a.mu must be held.
+// due says whether a pass probes st; a.mu must be held. While a node's push is up, its probes are spread over
+// push_poll_interval by a phase from its name (a thousand nodes that subscribed together are not probed in one
+// pass): the first probe after the subscription came up waits that phase, the next ones push_poll_interval.
 func (a *Agent) due(st *nodeState, now time.Time) bool {
-	if st.pollSeq == 0 || st.result.Err != nil || st.cfg.WS == "" {
+	up := st.pollSeq > 0 && st.result.Err == nil && st.cfg.WS != ""
+	if up {
+		ps, ok := a.pushState[st.cfg.Name]
+		up = ok && ps.up && ps.url == st.cfg.WS
+	}
+	if !up {
+		st.nextPoll = time.Time{}
 		return true
 	}
-	if ps, ok := a.pushState[st.cfg.Name]; !ok || !ps.up || ps.url != st.cfg.WS {
-		return true
+	if st.nextPoll.IsZero() {
+		st.nextPoll = st.polled.Add(phase(st.cfg.Name, a.cfg.PushPollInterval))
 	}
 	// Ticks come every interval: half of one is the slack that keeps a probe from slipping to the next tick.
-	return now.Sub(st.polled) >= a.cfg.PushPollInterval-a.cfg.Interval/2
+	return !now.Before(st.nextPoll.Add(-a.cfg.Interval / 2))
+}
+
+// phase is a node's place in a period, from a hash of its name: the same every time, spread over [0, period).
+func phase(name string, period time.Duration) time.Duration {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return time.Duration(h.Sum64() % uint64(max(period, 1)))
 }
 
 func (a *Agent) pass(ctx context.Context, poll bool) {
@@ -462,6 +480,9 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		}
 		if w.due {
 			st.result, st.polled, st.pollSeq = results[i], start, seq
+			if !st.nextPoll.IsZero() {
+				st.nextPoll = start.Add(a.cfg.PushPollInterval)
+			}
 		}
 		w.r, w.polled = st.result, st.pollSeq > 0
 		if st.pushSeq > st.pollSeq && w.r.Err == nil && w.r.HasHeight {
@@ -522,15 +543,32 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		}
 		consider(ref.Service, verdict.Head{Height: r.Height, Node: ref.Name, Observed: now})
 	}
+	netHeads := map[string]verdict.Head{} // by service: computed once a pass
 	networkHead := func(service string) verdict.Head {
+		if h, ok := netHeads[service]; ok {
+			return h
+		}
 		best := local[service]
 		if h, ok := a.heads.Network(service, now, a.cfg.HeadMaxAge); ok && h.Height > best.Height {
 			best = verdict.Head{Height: h.Height, Node: h.Node, Observed: h.Observed}
 		}
+		netHeads[service] = best
 		return best
 	}
 
+	// A push pass writes to Consul only what must go at once: status changes. New heights and figures ride the next
+	// pass (every interval), which also publishes the heads to KV: a burst of heads costs one round of writes, as a
+	// pass of probes does.
 	services := make([]registry.Service, 0, len(nodes))
+	statusChanged := false
+	keep := func(st *nodeState) {
+		a.mu.Lock()
+		svc, ok := st.synced, a.nodes[st.cfg.Name] == st
+		a.mu.Unlock()
+		if ok && svc != nil {
+			services = append(services, *svc)
+		}
+	}
 	for i := range nodes {
 		w := &nodes[i]
 		r, st := w.r, w.st
@@ -539,15 +577,9 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		}
 		head := networkHead(w.cfg.Service)
 		on := judgedOn{height: r.Height, head: head.Height}
-		if !poll && on == st.judged {
-			// Nothing this node's judgement depends on changed: keep its registration as it is.
-			a.mu.Lock()
-			svc, ok := st.svc, a.nodes[w.cfg.Name] == st
-			a.mu.Unlock()
-			if ok && svc != nil {
-				services = append(services, *svc)
-				continue
-			}
+		if !poll && on == st.judged { // nothing its judgement depends on changed
+			keep(st)
+			continue
 		}
 		rep := verdict.Judge(verdict.Input{Kind: w.cfg.Kind, Result: r, Head: head, WantChain: w.cfg.WantChain(),
 			Standby: strings.Contains(w.cfg.Role, "standby"), Thresholds: w.cfg.Thresholds, Now: now})
@@ -569,7 +601,12 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 			}
 		}
 		svc := a.service(st, rep)
-		st.svc = &svc
+		if poll || st.synced == nil || st.synced.Status != svc.Status {
+			statusChanged = statusChanged || st.synced == nil || st.synced.Status != svc.Status
+			st.synced = &svc
+		} else {
+			svc = *st.synced
+		}
 		a.metrics.observeVerdict(w.cfg, rep, head)
 		a.mu.Unlock()
 		st.judged = on
@@ -586,6 +623,20 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		services = append(services, svc)
 	}
 
+	if !poll {
+		if statusChanged {
+			before := a.reg.Writes()
+			if err := a.reg.Sync(ctx, services); err != nil {
+				a.log.Debug("consul sync failed", "error", err)
+			}
+			a.metrics.consulUp.Set(boolGauge(!a.reg.Down()))
+			a.metrics.consulWrites.Add(float64(a.reg.Writes() - before))
+		}
+		a.mu.Lock()
+		a.gone = append(gone, a.gone...) // deleted from KV by the next pass that probes
+		a.mu.Unlock()
+		return
+	}
 	if _, err := a.heads.Publish(ctx, pub, gone); err != nil {
 		a.mu.Lock()
 		a.gone = append(a.gone, gone...) // try the deletes again next pass
@@ -599,9 +650,6 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	a.metrics.consulWrites.Add(float64(a.reg.Writes() - before))
 	if err != nil {
 		a.log.Debug("consul sync failed", "error", err)
-	}
-	if !poll {
-		return
 	}
 	took := time.Since(started)
 	a.metrics.stepSeconds.Observe(took.Seconds())

@@ -167,12 +167,13 @@ func TestPushRelaxesPollingAndFallsBack(t *testing.T) {
 	if n := na.probes.Load(); n != 1 {
 		t.Fatalf("%d probes after the first pass", n)
 	}
-	for i := 1; i <= 6; i++ {
+	for i := 1; i <= 20; i++ {
 		clk.Advance(time.Second)
 		a.Step(ctx)
 	}
-	if n := na.probes.Load(); n != 2 {
-		t.Fatalf("%d probes in 6 passes of 1s with push up and push_poll_interval 5s, want 2", n)
+	// 20 passes in 20 s: a probe every 5 s, from the node's phase on (3 to 5 of them, not 20).
+	if n := na.probes.Load() - 1; n < 3 || n > 5 {
+		t.Fatalf("%d probes in 20 passes of 1s with push up and push_poll_interval 5s, want 3 to 5", n)
 	}
 
 	na.pusher.Close() // the WebSocket drops
@@ -277,5 +278,55 @@ func TestLoopJudgesPushBeforeTheTick(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(a.metrics.pushJudged); got != 1 {
 		t.Fatalf("push_heads_judged_total = %v", got)
+	}
+}
+
+// A push pass writes to Consul only status changes: a new height that changes no status reaches the check with the
+// next pass (every interval), so a burst of heads costs one round of writes.
+func TestPushPassWritesOnlyStatusChanges(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	a := newUnit(t, clk, wsNode("geth-a", na.rpc, na.ws, 1)+wsNode("geth-b", nb.rpc, nb.ws, 1))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	a.Step(ctx)
+	waitSubscribed(t, a.Agent, 2)
+	writes := a.reg.Writes()
+
+	na.push(101)
+	nb.push(101)
+	waitPushed(t, a.Agent, "geth-a", 1)
+	waitPushed(t, a.Agent, "geth-b", 1)
+	a.pushPass(ctx)
+	if h := health(t, a.Agent, "geth-a"); h.Height != 101 || h.Status != "passing" {
+		t.Fatalf("health: %+v", h)
+	}
+	if _, out := a.check(t, "geth-a"); !strings.HasPrefix(out, "height 100,") {
+		t.Fatalf("a push pass wrote an output-only change: %q", out)
+	}
+	if n := a.reg.Writes(); n != writes {
+		t.Fatalf("%d consul writes by a push pass without a status change", n-writes)
+	}
+	clk.Advance(time.Second)
+	a.Step(ctx)
+	if _, out := a.check(t, "geth-a"); !strings.HasPrefix(out, "height 101, at head 101") {
+		t.Fatalf("the next pass did not write the new height: %q", out)
+	}
+}
+
+// Nodes whose push is up are probed at phases spread over push_poll_interval, not all in one pass.
+func TestPushPollsSpreadOverTheInterval(t *testing.T) {
+	const period = 10 * time.Second
+	buckets := map[time.Duration]int{}
+	for i := range 1000 {
+		buckets[phase(fmt.Sprintf("n%04d", i), period).Truncate(time.Second)]++
+	}
+	if len(buckets) != 10 {
+		t.Fatalf("phases fall in %d of 10 seconds: %v", len(buckets), buckets)
+	}
+	for s, n := range buckets {
+		if n > 150 {
+			t.Fatalf("%d of 1000 nodes probed in the second at %s: %v", n, s, buckets)
+		}
 	}
 }

@@ -10,15 +10,10 @@ import (
 	"time"
 
 	rpctypes "github.com/cometbft/cometbft/rpc/jsonrpc/types"
-	"github.com/gorilla/websocket"
 )
 
 // cometNewBlock is the query of the event a CometBFT node sends for every block it commits.
 const cometNewBlock = "tm.event='NewBlock'"
-
-// cometIdle is how long a CometBFT subscription may stay silent: the node pings every 27 s (its read wait of 30 s,
-// times 9/10), and a connection without a message or ping for this long is taken as dead.
-const cometIdle = 90 * time.Second
 
 // cometResponse is a JSON-RPC response as CometBFT sends it on /websocket: the answer to the subscribe call, then
 // every event as a further answer to it. It is decoded here rather than by rpctypes.RPCResponse, whose decoder
@@ -60,48 +55,33 @@ func (n *cometInt) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// subscribeCometBFT subscribes to a CometBFT node's NewBlock events on its /websocket endpoint, speaking CometBFT's
-// JSON-RPC (its request type) over gorilla/websocket. CometBFT's own WSClient is not used: it reconnects on its own
-// with time.Sleep (not the injected clock), and its read loop ends silently, without a reconnect or an error, when the
-// connection is reset, its read deadline passes or the node closes it normally — the subscription would look alive
-// while nothing arrives.
-func subscribeCometBFT(ctx context.Context, url string, timeout time.Duration, s Sink) error {
-	d := websocket.Dialer{HandshakeTimeout: timeout, ReadBufferSize: 4096, WriteBufferSize: 1024}
-	dctx, cancel := context.WithTimeout(ctx, timeout)
-	conn, resp, err := d.DialContext(dctx, url, nil)
-	cancel()
-	if resp != nil && resp.Body != nil {
-		resp.Body.Close()
-	}
+// cometSubscribe is the subscribe call for NewBlock events, in CometBFT's own request type.
+var cometSubscribe = func() []byte {
+	b, err := json.Marshal(rpctypes.RPCRequest{JSONRPC: "2.0", ID: rpctypes.JSONRPCIntID(1), Method: "subscribe",
+		Params: json.RawMessage(`{"query":"` + cometNewBlock + `"}`)})
 	if err != nil {
-		if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
-			return fmt.Errorf("dial %s: websocket handshake refused: http %s", redactURL(url), resp.Status)
-		}
-		return fmt.Errorf("dial %s: %w", redactURL(url), tidy(err, url))
+		panic(err) // a constant request: a failure is a bug here
 	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() }) // unblocks the read below
-	defer stop()
-	conn.SetReadLimit(MaxMessageBytes)
-	conn.SetPingHandler(func(data string) error {
-		_ = conn.SetReadDeadline(time.Now().Add(cometIdle))
-		err := conn.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(timeout))
-		if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
-			return err
-		}
-		return nil
-	})
+	return b
+}()
 
-	req := rpctypes.RPCRequest{JSONRPC: "2.0", ID: rpctypes.JSONRPCIntID(1), Method: "subscribe",
-		Params: json.RawMessage(`{"query":"` + cometNewBlock + `"}`)}
-	_ = conn.SetWriteDeadline(time.Now().Add(timeout))
-	if err := conn.WriteJSON(req); err != nil {
+// subscribeCometBFT subscribes to a CometBFT node's NewBlock events on its /websocket endpoint, speaking CometBFT's
+// JSON-RPC (its request and error types) over one gorilla/websocket connection. CometBFT's own WSClient is not used:
+// it reconnects on its own with time.Sleep (not the injected clock), and its read loop ends silently, without a
+// reconnect or an error, when the connection is reset, its read deadline passes or the node closes it normally —
+// the subscription would look alive while nothing arrives.
+func subscribeCometBFT(ctx context.Context, url string, timeout time.Duration, s Sink) error {
+	w, err := dialWS(ctx, url, timeout)
+	if err != nil {
+		return err
+	}
+	defer w.close()
+	if err := w.send(cometSubscribe); err != nil {
 		return fmt.Errorf("subscribe: %w", tidy(err, url))
 	}
-	_ = conn.SetReadDeadline(time.Now().Add(timeout)) // for the answer to subscribe
 	subscribed := false
 	for {
-		_, data, err := conn.ReadMessage()
+		data, err := w.next()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -111,7 +91,6 @@ func subscribeCometBFT(ctx context.Context, url string, timeout time.Duration, s
 			}
 			return fmt.Errorf("NewBlock subscription: %w", tidy(err, url))
 		}
-		_ = conn.SetReadDeadline(time.Now().Add(cometIdle))
 		var r cometResponse
 		if err := json.Unmarshal(data, &r); err != nil {
 			return fmt.Errorf("NewBlock subscription: an answer that is not JSON-RPC: %w", err)
@@ -127,10 +106,10 @@ func subscribeCometBFT(ctx context.Context, url string, timeout time.Duration, s
 			subscribed = true
 			s.Subscribed()
 		}
-		var ev cometEvent
 		if len(r.Result) == 0 || bytes.Equal(r.Result, []byte("null")) {
 			continue
 		}
+		var ev cometEvent
 		if err := json.Unmarshal(r.Result, &ev); err != nil {
 			return fmt.Errorf("NewBlock event: %w", err)
 		}

@@ -2,55 +2,88 @@ package push
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/common/hexutil"
-	"github.com/ethereum/go-ethereum/rpc"
-	"github.com/gorilla/websocket"
 )
 
-// ethHead is the part of a newHeads notification (a block header) a head needs.
+// ethSubscribe is the eth_subscribe call for new heads.
+var ethSubscribe = []byte(`{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}`)
+
+// ethMessage is a JSON-RPC message on an Ethereum node's WebSocket: the answer to eth_subscribe (id, result or
+// error), then notifications (method eth_subscription, params.subscription, params.result).
+type ethMessage struct {
+	ID     json.RawMessage `json:"id"`
+	Result json.RawMessage `json:"result"`
+	Error  *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+	Method string `json:"method"`
+	Params struct {
+		Subscription string          `json:"subscription"`
+		Result       json.RawMessage `json:"result"`
+	} `json:"params"`
+}
+
+// ethHead is the part of a newHeads notification (a block header) a head needs, in go-ethereum's own encodings.
 type ethHead struct {
 	Number    *hexutil.Uint64 `json:"number"`
 	Timestamp *hexutil.Uint64 `json:"timestamp"`
 	Hash      *common.Hash    `json:"hash"`
 }
 
-// ethDialer dials without HTTP(S)_PROXY (node RPC is never proxied, as for probes) and with small buffers: an
-// agent keeps one connection per node. Write buffers are shared between connections.
-var ethDialer = websocket.Dialer{ReadBufferSize: 1024, WriteBufferSize: 1024, WriteBufferPool: &sync.Pool{}}
-
-// subscribeEthereum subscribes to an Ethereum node's newHeads through go-ethereum's rpc client over WebSocket
-// (which pings an idle connection every 30 s and drops it when the pong is 30 s late).
+// subscribeEthereum subscribes to an Ethereum node's newHeads (eth_subscribe, the Ethereum JSON-RPC pub/sub API that
+// geth, Nethermind, Erigon, Besu and OpenEthereum serve over WebSocket). It speaks the wire format itself over one
+// gorilla/websocket connection rather than through go-ethereum's rpc client: that client runs four goroutines and
+// keeps a random source and buffers per connection, which at a thousand nodes cost the agent about 90 MiB (measured,
+// docs/BENCHMARKS.md); the messages are decoded with go-ethereum's types.
 func subscribeEthereum(ctx context.Context, url string, timeout time.Duration, s Sink) error {
-	dctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	c, err := rpc.DialOptions(dctx, url, rpc.WithWebsocketMessageSizeLimit(MaxMessageBytes), rpc.WithWebsocketDialer(ethDialer))
+	w, err := dialWS(ctx, url, timeout)
 	if err != nil {
-		return fmt.Errorf("dial %s: %w", redactURL(url), tidy(err, url))
+		return err
 	}
-	defer c.Close()
-	heads := make(chan ethHead, 16)
-	sub, err := c.EthSubscribe(dctx, heads, "newHeads")
-	if err != nil {
+	defer w.close()
+	if err := w.send(ethSubscribe); err != nil {
 		return fmt.Errorf("eth_subscribe newHeads: %w", tidy(err, url))
 	}
-	cancel()
-	s.Subscribed()
+	var sub string // the subscription id, once the node answered
 	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-sub.Err():
-			if err == nil {
-				err = errors.New("closed")
+		data, err := w.next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if sub == "" {
+				return fmt.Errorf("eth_subscribe newHeads: %w", tidy(err, url))
 			}
 			return fmt.Errorf("newHeads subscription: %w", tidy(err, url))
-		case h := <-heads:
+		}
+		var m ethMessage
+		if err := json.Unmarshal(data, &m); err != nil {
+			return fmt.Errorf("newHeads subscription: a message that is not JSON-RPC: %w", err)
+		}
+		switch {
+		case sub == "":
+			if m.Error != nil {
+				return tidy(fmt.Errorf("eth_subscribe newHeads: json-rpc error %d: %s", m.Error.Code, m.Error.Message), url)
+			}
+			if string(m.ID) != "1" {
+				continue // not the answer (a notification of no subscription of ours)
+			}
+			if err := json.Unmarshal(m.Result, &sub); err != nil || sub == "" {
+				return fmt.Errorf("eth_subscribe newHeads: no subscription id in the answer %.80q", m.Result)
+			}
+			s.Subscribed()
+		case m.Method == "eth_subscription" && m.Params.Subscription == sub:
+			var h ethHead
+			if err := json.Unmarshal(m.Params.Result, &h); err != nil {
+				return fmt.Errorf("newHeads: %w", err)
+			}
 			if h.Number == nil {
 				return errors.New("newHeads: a head without a number")
 			}
@@ -62,6 +95,8 @@ func subscribeEthereum(ctx context.Context, url string, timeout time.Duration, s
 				head.Hash = h.Hash.Hex()
 			}
 			s.Head(head)
+		case m.Error != nil: // e.g. the node ended the subscription
+			return tidy(fmt.Errorf("newHeads subscription: json-rpc error %d: %s", m.Error.Code, m.Error.Message), url)
 		}
 	}
 }
