@@ -428,3 +428,13 @@ func btoi(b bool) int {
 	}
 	return 0
 }
+
+// Key is the flag's reason without the figures that change every pass (how long ago a block was made, how far the
+// chain can be): what a check's output must change for at once.
+func (f Flag) Key() string {
+	if f.Kind == Uncorroborated {
+		k, _, _ := strings.Cut(f.Reason, ":")
+		return k
+	}
+	return f.Reason
+}
