@@ -438,3 +438,17 @@ func (f Flag) Key() string {
 	}
 	return f.Reason
 }
+
+// KindChain is the chain of a kind of node, before any min_block_time the node sets: Ethereum block timestamps are
+// whole seconds and must grow, so no Ethereum chain makes more than a block a second (L2s that do set
+// min_block_time), and a race for the newest block settles within two blocks; CometBFT chains make blocks in
+// about a second or more, and a committed block is final.
+func KindChain(kind probe.Kind) Chain {
+	switch kind {
+	case probe.Ethereum:
+		return Chain{MinBlockTime: time.Second, Confirmations: 2}
+	case probe.CometBFT:
+		return Chain{MinBlockTime: 250 * time.Millisecond}
+	}
+	return Chain{}
+}
