@@ -7,14 +7,14 @@
 //     head, then the name). A source whose block at a common height differs from the winning branch's is flagged
 //     "on a fork" and does not count.
 //   - Heights. Block times bound how fast a chain grows: after a block made at time T, the chain can have at most
-//     ⌊(now − T + ClockSkew) / MinBlockTime⌋ + Margin more blocks by now. A source's height is corroborated when
-//     another source (not on a fork) vouches for it that way — its own height plus what the chain can have made
-//     since its block. A height nobody vouches for is flagged "not corroborated" and does not move the head. Heights
-//     below another source's always are corroborated: a lagging node is judged by its lag, not flagged.
-//   - One source. With a single source there is nothing to corroborate against: the previous accepted head vouches
-//     instead (a source that jumps further than the chain can grow since then is flagged); with no previous head,
-//     the source is accepted as it is. A lone source that lies from the start cannot be caught: give the service a
-//     reference or a second node.
+//     ⌊(now − T + ClockSkew) / MinBlockTime⌋ + Margin more blocks by now. Another source at or below a height
+//     vouches for it when its own height plus what the chain can have made since its block reaches it. The head is
+//     the highest height some other source (not on a fork) vouches for; a source above it is flagged "not
+//     corroborated" and does not move the head. Sources below it count: a lagging node is judged by its lag.
+//   - Nothing vouched for. With a single source, or sources too far apart for any to vouch for another, the
+//     previous accepted head vouches instead (a source that jumps further than the chain can grow since then is
+//     flagged); with no previous head, the lowest claim is taken (a lone source is accepted as it is). A lone
+//     source that lies from the start cannot be caught: give the service a reference or a second node.
 //
 // The head is the highest corroborated height; the finalized block the highest finalized of the same sources, never
 // above the head. Decide is the rule, a pure function; Tracker keeps what it needs between passes.
@@ -23,6 +23,7 @@ package networkhead
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -140,12 +141,13 @@ type conflict struct {
 }
 
 type branch struct {
-	leader  int
-	members []int
-	hashes  map[uint64]branchEntry
-	rel     []relation // of every source to this branch
-	why     []conflict // for the sources that disagree
-	maxH    uint64
+	leader     int
+	members    []int
+	hashes     map[uint64]branchEntry
+	minH, maxH uint64     // the heights hashes spans
+	maxHead    uint64     // the highest head of its members
+	rel        []relation // of every source to this branch
+	why        []conflict // for the sources that disagree
 }
 
 // Decide is the rule: the head of a network from its sources, and the sources that don't count. now is the time
@@ -199,12 +201,13 @@ func Decide(sources []Source, chain Chain, prev Previous, now time.Time) Decisio
 		cands = append(cands, i)
 	}
 
-	// Heights: each candidate must be vouched for by another (or, alone, by the previous head).
+	// Heights: the head is the highest height another source vouches for; what is above it is flagged.
 	var accepted []int
+	top, why := ceiling(src, cands, chain, prev, now)
 	for _, i := range cands {
-		if reason, ok := corroborated(src, cands, i, chain, prev, now); !ok {
+		if src[i].Height > top {
 			d.Flags = append(d.Flags, Flag{Source: src[i].Name, Reference: src[i].Reference, Kind: Uncorroborated,
-				Reason: reason})
+				Reason: why(i)})
 			continue
 		}
 		accepted = append(accepted, i)
@@ -231,25 +234,30 @@ func Decide(sources []Source, chain Chain, prev Previous, now time.Time) Decisio
 // the branch is the branch's join it (adding their hashes), those whose hash differs are in conflict with it.
 func grow(src []Source, lead int, chain Chain) *branch {
 	b := &branch{leader: lead, hashes: map[uint64]branchEntry{}, rel: make([]relation, len(src)),
-		why: make([]conflict, len(src))}
+		why: make([]conflict, len(src)), minH: math.MaxUint64}
+	add := func(s *Source, h uint64, hash probe.Hash) {
+		if hash.IsZero() || h == 0 || h > confirmedTop(s, chain) || h+Window <= s.Height {
+			return
+		}
+		e, ok := b.hashes[h]
+		switch {
+		case !ok:
+			b.hashes[h] = branchEntry{hash: hash, sources: []string{s.Name}}
+			b.minH, b.maxH = min(b.minH, h), max(b.maxH, h)
+		case e.hash == hash:
+			e.sources = append(e.sources, s.Name)
+			b.hashes[h] = e
+		}
+	}
 	join := func(i int) {
 		b.rel[i] = agree
 		b.members = append(b.members, i)
-		b.maxH = max(b.maxH, src[i].Height)
 		s := &src[i]
-		top := confirmedTop(s, chain)
-		for h := top; h+Window > s.Height && h > 0; h-- {
-			hash := s.hashAt(h)
-			if hash.IsZero() {
-				continue
-			}
-			e, ok := b.hashes[h]
-			switch {
-			case !ok:
-				b.hashes[h] = branchEntry{hash: hash, sources: []string{s.Name}}
-			case e.hash == hash:
-				e.sources = append(e.sources, s.Name)
-				b.hashes[h] = e
+		b.maxHead = max(b.maxHead, s.Height)
+		add(s, s.Height, s.Hash)
+		for h, hash := range s.Hashes {
+			if h != s.Height || s.Hash.IsZero() {
+				add(s, h, hash)
 			}
 		}
 	}
@@ -284,8 +292,8 @@ func confirmedTop(s *Source, chain Chain) uint64 {
 
 // compare finds the most recent confirmed height at which both s and the branch know a hash, and compares them.
 func compare(s *Source, b *branch, chain Chain) (relation, conflict) {
-	top := confirmedTop(s, chain)
-	for h := top; h+Window > s.Height && h > 0; h-- {
+	top := min(confirmedTop(s, chain), b.maxH)
+	for h := top; h+Window > s.Height && h >= b.minH && h > 0; h-- {
 		hash := s.hashAt(h)
 		if hash.IsZero() {
 			continue
@@ -329,49 +337,82 @@ func pick(src []Source, branches []*branch, prev Previous) int {
 		a, b := branches[i], branches[best]
 		if c := cmp.Or(cmp.Compare(len(a.members), len(b.members)), cmp.Compare(btoi(informed(a)), btoi(informed(b))),
 			cmp.Compare(against(b), against(a)), cmp.Compare(btoi(holds(a)), btoi(holds(b))),
-			cmp.Compare(a.maxH, b.maxH)); c > 0 {
+			cmp.Compare(a.maxHead, b.maxHead)); c > 0 {
 			best = i
 		}
 	}
 	return best
 }
 
-// corroborated says whether another candidate (or, with none, the previous head) vouches for src[i]'s height.
-func corroborated(src []Source, cands []int, i int, chain Chain, prev Previous, now time.Time) (string, bool) {
-	s := src[i]
-	if chain.MinBlockTime <= 0 {
-		return "", true
+// ceiling is the highest height the rule accepts among the candidates: the highest that another candidate at or
+// below it vouches for (its height plus what the chain can have made since its block). When no candidate is
+// vouched for (one source, or sources too far apart), the previous head vouches instead; without one, the lowest
+// claim is taken. why says why a candidate above the ceiling is not corroborated.
+func ceiling(src []Source, cands []int, chain Chain, prev Previous, now time.Time) (uint64, func(int) string) {
+	if chain.MinBlockTime <= 0 || len(cands) == 0 {
+		return math.MaxUint64, nil
 	}
-	var best uint64
-	var by *Source
-	for _, j := range cands {
-		if j == i {
-			continue
+	reach := func(o *Source) uint64 { return o.Height + canMake(chain, blockTimeOf(o.BlockTime, o.Seen), now) }
+	// Lowest first: a candidate is vouched for by another at its own height (whose reach is at least the height
+	// plus Margin), or by the farthest reach of those below it.
+	asc := slices.Clone(cands)
+	slices.SortFunc(asc, func(a, b int) int { return cmp.Compare(src[a].Height, src[b].Height) })
+	var top, below uint64 // below: the farthest reach of the candidates under the current height
+	vouched := false
+	for k := 0; k < len(asc); {
+		h := src[asc[k]].Height
+		n := k
+		var here uint64
+		for ; n < len(asc) && src[asc[n]].Height == h; n++ {
+			here = max(here, reach(&src[asc[n]]))
 		}
-		o := &src[j]
-		reach := o.Height + canMake(chain, blockTimeOf(o.BlockTime, o.Seen), now)
-		if s.Height <= reach {
-			return "", true
+		if n-k > 1 || (k > 0 && below >= h) {
+			vouched, top = true, h
 		}
-		if by == nil || reach > best {
-			best, by = reach, o
+		below = max(below, here)
+		k = n
+	}
+	if vouched {
+		return top, func(i int) string {
+			var best uint64
+			var by *Source
+			for _, j := range cands {
+				if o := &src[j]; j != i && o.Height <= top && (by == nil || reach(o) > best) {
+					best, by = reach(o), o
+				}
+			}
+			return fmt.Sprintf("head %d not corroborated: the other sources put the chain at %d at most (%s is at %d, "+
+				"its block made %s ago; at most one block per %s)", src[i].Height, best, by.Name, by.Height,
+				ago(now, blockTimeOf(by.BlockTime, by.Seen)), chain.MinBlockTime)
 		}
 	}
-	if by != nil {
-		return fmt.Sprintf("head %d not corroborated: the other sources put the chain at %d at most (%s is at %d, "+
-			"its block made %s ago; at most one block per %s)", s.Height, best, by.Name, by.Height,
-			ago(now, blockTimeOf(by.BlockTime, by.Seen)), chain.MinBlockTime), false
+	alone := "no other source"
+	if len(cands) > 1 {
+		alone = "no other source vouches for it"
 	}
-	if prev.Height == 0 {
-		return "", true // nothing to compare with
+	if prev.Height > 0 {
+		limit := prev.Height + canMake(chain, blockTimeOf(prev.BlockTime, prev.Seen), now)
+		for _, i := range cands {
+			if src[i].Height <= limit {
+				top = max(top, src[i].Height)
+			}
+		}
+		return top, func(i int) string {
+			return fmt.Sprintf("head %d not corroborated: %s, and the chain can be at %d at most (the last accepted "+
+				"head was %d, %s ago; at most one block per %s)", src[i].Height, alone, limit, prev.Height,
+				ago(now, blockTimeOf(prev.BlockTime, prev.Seen)), chain.MinBlockTime)
+		}
 	}
-	reach := prev.Height + canMake(chain, blockTimeOf(prev.BlockTime, prev.Seen), now)
-	if s.Height <= reach {
-		return "", true
+	low := cands[0]
+	for _, i := range cands {
+		if src[i].Height < src[low].Height {
+			low = i
+		}
 	}
-	return fmt.Sprintf("head %d not corroborated: no other source, and the chain can be at %d at most (the last "+
-		"accepted head was %d, %s ago; at most one block per %s)", s.Height, reach, prev.Height,
-		ago(now, blockTimeOf(prev.BlockTime, prev.Seen)), chain.MinBlockTime), false
+	return src[low].Height, func(i int) string {
+		return fmt.Sprintf("head %d not corroborated: %s, and with no head accepted before, the lowest claim counts "+
+			"(%s at %d)", src[i].Height, alone, src[low].Name, src[low].Height)
+	}
 }
 
 // canMake is how many blocks the chain can have made since a block made at t.

@@ -3,6 +3,7 @@ package networkhead
 import (
 	"crypto/sha256"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -76,7 +77,23 @@ func TestDecide(t *testing.T) {
 		{name: "a node whose block timestamp is in the future vouches only from when it was seen", chain: eth, sources: []Source{
 			func() Source { s := on("geth-a", "x", 100, 0, 90); s.BlockTime = t0.Add(time.Hour); return s }(),
 			on("liar", "", 110, 0, 0)}, head: "geth-a@100",
-			flags: []string{"liar not_corroborated: head 110 not corroborated: the other sources put the chain at 103 at most"}},
+			flags: []string{"liar not_corroborated: head 110 not corroborated: no other source vouches for it, and with no " +
+				"head accepted before, the lowest claim counts (geth-a at 100)"}},
+		{name: "two liars far ahead, at different heights: the higher does not vouch for the lower", chain: eth,
+			sources: []Source{on("geth-a", "x", 100, 0, 90), on("geth-b", "x", 100, 0, 90),
+				on("liar-1", "", 100000000, 0, 0), on("liar-2", "", 200000000, 0, 0)}, head: "geth-a@100",
+			flags: []string{"liar-1 not_corroborated", "liar-2 not_corroborated"}},
+		{name: "one node and two liars, nothing before: the lowest claim", chain: eth,
+			sources: []Source{on("geth-a", "x", 100, 0, 90), on("liar-1", "", 100000000, 0, 0), on("liar-2", "", 200000000, 0, 0)},
+			head:    "geth-a@100", flags: []string{"liar-1 not_corroborated: head 100000000 not corroborated: no other source " +
+				"vouches for it, and with no head accepted before, the lowest claim counts (geth-a at 100)", "liar-2 not_corroborated"}},
+		{name: "one node and a liar, after a head was accepted", chain: eth, prev: Previous{Height: 99, Source: "geth-a", BlockTime: t0.Add(-time.Second)},
+			sources: []Source{on("geth-a", "x", 100, 0, 90), on("liar", "", 100000000, 0, 0)}, head: "geth-a@100",
+			flags: []string{"liar not_corroborated: head 100000000 not corroborated: no other source vouches for it, and the " +
+				"chain can be at 103 at most (the last accepted head was 99, 1s ago; at most one block per 1s)"}},
+		{name: "a node far below with a fresh block (another network) does not hold the head down", chain: eth,
+			sources: []Source{on("geth-a", "x", 100, 0, 90), on("geth-b", "x", 100, 0, 90), on("low", "", 5, 0, 0)},
+			head:    "geth-a@100"},
 		{name: "no minimum block time: heights are not bounded", chain: Chain{Confirmations: 2}, sources: []Source{
 			on("geth-a", "x", 100, 0, 90), on("far", "", 99999999, 0, 0)}, head: "far@99999999"},
 		{name: "a node on another branch at a common height", chain: eth, sources: []Source{
@@ -156,5 +173,53 @@ func TestDecideOrderDoesNotMatter(t *testing.T) {
 	}
 	if want.Head.Name != "d" || len(want.Flags) != 2 {
 		t.Fatalf("head %s flags %v", want.Head.Name, want.Flags)
+	}
+}
+
+// ceiling's sort-and-scan agrees with the rule as written: the highest candidate another at or below it reaches.
+func TestCeilingMatchesTheDefinition(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 2000 {
+		n := 1 + rng.IntN(6)
+		var src []Source
+		var cands []int
+		for i := range n {
+			src = append(src, Source{Name: fmt.Sprint(i), Height: 100 + uint64(rng.IntN(20)),
+				BlockTime: t0.Add(-time.Duration(rng.IntN(15)) * time.Second)})
+			cands = append(cands, i)
+		}
+		var want uint64
+		found := false
+		for _, i := range cands {
+			for _, j := range cands {
+				reach := src[j].Height + canMake(eth, src[j].BlockTime, t0)
+				if i != j && src[j].Height <= src[i].Height && reach >= src[i].Height {
+					found, want = true, max(want, src[i].Height)
+				}
+			}
+		}
+		got, _ := ceiling(src, cands, eth, Previous{}, t0)
+		if found && got != want {
+			t.Fatalf("round %d: %+v: ceiling %d, want %d", round, src, got, want)
+		}
+	}
+}
+
+// BenchmarkDecide is one decision for a service of 100 nodes in sync, one of them lying.
+func BenchmarkDecide(b *testing.B) {
+	for _, n := range []int{10, 100, 1000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			var src []Source
+			for i := range n {
+				src = append(src, on(fmt.Sprintf("geth-%d", i), "x", 100+uint64(i%3), time.Second, 90))
+			}
+			src[0] = on("liar", "", 99999999, 0, 0)
+			b.ReportAllocs()
+			for b.Loop() {
+				if d := Decide(src, eth, Previous{}, t0); len(d.Flags) != 1 {
+					b.Fatal(d.Flags)
+				}
+			}
+		})
 	}
 }
