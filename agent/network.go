@@ -42,6 +42,9 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 	nets := map[string]*network{}
 	for i, w := range nodes {
 		svc := w.cfg.Service
+		if w.cfg.Kind == probe.Chainlink {
+			continue // no heights
+		}
 		if nets[svc] == nil {
 			nets[svc] = &network{own: map[string]bool{}}
 			targets[svc] = map[string]probe.Target{}

@@ -141,23 +141,6 @@ func (s *Store) Forget() {
 	s.mu.Unlock()
 }
 
-// Network returns the highest head of service observed within maxAge of now, or false when there is none.
-func (s *Store) Network(service string, now time.Time, maxAge time.Duration) (Head, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var best Head
-	found := false
-	for _, h := range s.all[service] {
-		if now.Sub(h.Observed) > maxAge {
-			continue
-		}
-		if !found || h.Height > best.Height {
-			best, found = h, true
-		}
-	}
-	return best, found
-}
-
 // All returns every head of service in the latest view.
 func (s *Store) All(service string) []Head {
 	s.mu.Lock()
