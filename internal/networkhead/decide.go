@@ -3,9 +3,10 @@
 //
 //   - Branches. Sources are compared by block hash at a common height (far enough below both of their heads that a
 //     race for the newest block is not mistaken for a fork: Chain.Confirmations). Sources that agree form a branch;
-//     the branch the most sources do not contradict wins (ties: the branch of the previous head, then the highest
-//     head, then the name). A source whose block at a common height differs from the winning branch's is flagged
-//     "on a fork" and does not count.
+//     the branch with the most sources wins (ties: one that was compared with any source at all, then the one the
+//     fewest sources contradict, then the branch of the previous head, then the highest). A source whose block at a
+//     common height differs from the winning branch's is flagged "on a fork" and does not count; one not yet
+//     compared counts.
 //   - Heights. Block times bound how fast a chain grows: after a block made at time T, the chain can have at most
 //     ⌊(now − T + ClockSkew) / MinBlockTime⌋ + Margin more blocks by now. Another source at or below a height
 //     vouches for it when its own height plus what the chain can have made since its block reaches it. The head is
