@@ -22,6 +22,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/clock"
 	"github.com/chainwarden/chainwarden/internal/heads"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/networkhead"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/registry"
@@ -70,7 +71,11 @@ type Agent struct {
 	refs    []nodespec.Reference
 	gone    []string // service/node heads to delete from KV
 
-	slow bool // Step's own: the last pass took longer than the interval (logged once, and again when it ends)
+	// Step's own, used by one pass at a time.
+	slow     bool                            // the last pass took longer than the interval (logged once, and again when it ends)
+	trackers map[string]*networkhead.Tracker // by service: what the network head rule keeps between passes
+	refSeen  map[string]sourceSeen           // by reference: when its height was first seen
+	flagged  map[string]heads.Flag           // service/source -> this agent's sources flagged in the last pass
 }
 
 // nodeState is what the agent keeps of one node. The fields under "guarded" are read and written with Agent.mu
@@ -109,7 +114,8 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	}
 	clk := clock.OrReal(opts.Clock)
 	a := &Agent{cfg: cfg, log: log, id: opts.ID, clock: clk, client: opts.HTTPClient,
-		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics()}
+		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics(),
+		trackers: map[string]*networkhead.Tracker{}, refSeen: map[string]sourceSeen{}, flagged: map[string]heads.Flag{}}
 	a.reg = registry.New(opts.Consul.Agent, registry.Options{
 		AgentID: opts.ID, TTL: cfg.Consul.CheckTTL, DeregisterAfter: cfg.Consul.DeregisterAfter, Clock: clk,
 		Catalog: opts.Consul.Catalog,
@@ -283,13 +289,7 @@ func (a *Agent) Step(ctx context.Context) {
 	probed := time.Now()
 	now := a.clock.Now()
 
-	// Network heads: fresh heads from KV, this pass's own nodes, and references.
-	local := map[string]verdict.Head{}
-	consider := func(service string, h verdict.Head) {
-		if h.Height > local[service].Height {
-			local[service] = h
-		}
-	}
+	// Heads to publish, for the other agents: this pass's nodes on the right chain.
 	var pub []heads.Head
 	for i, w := range nodes {
 		r, st := results[i], w.st
@@ -300,39 +300,38 @@ func (a *Agent) Step(ctx context.Context) {
 		if r.Height != st.lastSeen {
 			st.lastSeen, st.since = r.Height, now
 		}
-		consider(w.cfg.Service, verdict.Head{Height: r.Height, Node: w.cfg.Name, Observed: now})
-		pub = append(pub, heads.Head{Service: w.cfg.Service, Node: w.cfg.Name, Height: r.Height, Peers: r.Peers,
-			BlockTime: r.BlockTime, Observed: st.since, Agent: a.id})
+		h := heads.Head{Service: w.cfg.Service, Node: w.cfg.Name, Height: r.Height, Peers: r.Peers,
+			BlockTime: r.BlockTime, Observed: st.since, Agent: a.id, Hash: r.Hash, ParentHash: r.ParentHash}
+		if r.HasFinalized {
+			h.Finalized = r.Finalized
+		}
+		pub = append(pub, h)
 	}
 	for i, ref := range refs {
 		r := refResults[i]
-		if r.Err != nil {
+		switch want := serviceChain(nodes, ref.Service); {
+		case r.Err != nil:
 			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
 			a.log.Debug("reference failed, ignored", "reference", ref.Name, "error", r.Err)
-			continue
-		}
-		if want := serviceChain(nodes, ref.Service); want != "" && r.ChainID != want {
+		case want != "" && r.ChainID != want:
 			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
 			a.log.Warn("reference is on another chain, ignored", "reference", ref.Name, "chain", r.ChainID, "want", want)
-			continue
+		default:
+			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(1)
 		}
-		a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(1)
-		consider(ref.Service, verdict.Head{Height: r.Height, Node: ref.Name, Observed: now})
 	}
-	networkHead := func(service string) verdict.Head {
-		best := local[service]
-		if h, ok := a.heads.Network(service, now, a.cfg.HeadMaxAge); ok && h.Height > best.Height {
-			best = verdict.Head{Height: h.Height, Node: h.Node, Observed: h.Observed}
-		}
-		return best
-	}
+	// The network head of each service: corroborated, from this pass's nodes, other agents' heads in KV and the
+	// references (see internal/networkhead).
+	nets := a.networks(ctx, nodes, results, refs, refResults, now)
 
 	services := make([]registry.Service, 0, len(nodes))
 	for i, w := range nodes {
 		r, st := results[i], w.st
-		head := networkHead(w.cfg.Service)
-		rep := verdict.Judge(verdict.Input{Kind: w.cfg.Kind, Result: r, Head: head, WantChain: w.cfg.WantChain(),
-			Standby: strings.Contains(w.cfg.Role, "standby"), Thresholds: w.cfg.Thresholds, Now: now})
+		net := nets[w.cfg.Service]
+		head, in := net.judgement(w.cfg.Name, r, now)
+		in.Kind, in.Result, in.Head, in.WantChain = w.cfg.Kind, r, head, w.cfg.WantChain()
+		in.Standby, in.Thresholds, in.Now = strings.Contains(w.cfg.Role, "standby"), w.cfg.Thresholds, now
+		rep := verdict.Judge(in)
 		a.mu.Lock()
 		if a.nodes[w.cfg.Name] != st { // removed or replaced while this pass probed: its result is void
 			a.mu.Unlock()
@@ -349,7 +348,7 @@ func (a *Agent) Step(ctx context.Context) {
 			st.client = r.Client
 		}
 		svc := a.service(st, rep)
-		a.metrics.observeVerdict(w.cfg, rep, head)
+		a.metrics.observeVerdict(w.cfg, rep, head, in.Finalized)
 		a.mu.Unlock()
 		if changed {
 			a.metrics.transitions.WithLabelValues(w.cfg.Name, w.cfg.Service, status.String()).Inc()
@@ -358,6 +357,7 @@ func (a *Agent) Step(ctx context.Context) {
 		services = append(services, svc)
 	}
 
+	a.publishFlags(ctx, nets, now)
 	if _, err := a.heads.Publish(ctx, pub, gone); err != nil {
 		a.mu.Lock()
 		a.gone = append(a.gone, gone...) // try the deletes again next pass
