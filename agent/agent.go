@@ -23,6 +23,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/clock"
 	"github.com/chainwarden/chainwarden/internal/heads"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/networkhead"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/push"
@@ -83,9 +84,13 @@ type Agent struct {
 	seq       uint64
 
 	// The passes' own (Step and pushPass run one at a time, from the loop or a test).
-	slow     bool           // the last pass took longer than the interval (logged once, and again when it ends)
-	refLast  []probe.Result // the references' last results, for passes that don't probe
+	slow     bool                            // the last pass took longer than the interval (logged once, and again when it ends)
+	trackers map[string]*networkhead.Tracker // by service: what the network head rule keeps between passes
+	refSeen  map[string]sourceSeen           // by reference: when its height was first seen
+	flagged  map[string]heads.Flag           // service/source -> this agent's sources flagged in the last pass
+	refLast  []probe.Result                  // the references' last results, for passes that don't probe
 	refsLast []nodespec.Reference
+	wakeAt   time.Time // when a node behind the head crosses warn_behind or max_behind: the loop judges then
 }
 
 // pushState is a node's push subscription as the agent last heard of it.
@@ -124,10 +129,17 @@ type nodeState struct {
 	judged     judgedOn  // what the last judgement saw
 	judgedPush uint64    // pushN when last judged
 	nextPoll   time.Time // while push is up: when the next probe is due (zero: push down, or not placed yet)
+	judgeAt    time.Time // when the node, behind the head, crosses warn_behind or max_behind (zero: not behind)
 }
 
-// judgedOn is what a node's judgement depends on that a push can change: its height and its network's head.
-type judgedOn struct{ height, head uint64 }
+// judgedOn is what a node's judgement depends on that a push can change: its height and block, its network's head
+// and the flag the head rule gives it.
+type judgedOn struct {
+	height, head uint64
+	hash         probe.Hash
+	headNode     string
+	flag         string
+}
 
 // New builds an agent from a validated configuration.
 func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
@@ -147,6 +159,7 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	clk := clock.OrReal(opts.Clock)
 	a := &Agent{cfg: cfg, log: log, id: opts.ID, clock: clk, client: opts.HTTPClient,
 		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics(),
+		trackers: map[string]*networkhead.Tracker{}, refSeen: map[string]sourceSeen{}, flagged: map[string]heads.Flag{},
 		kick: make(chan struct{}, 1), pushState: map[string]pushState{}}
 	a.push = push.New(push.Options{Clock: clk, Timeout: max(cfg.Timeout, 5*time.Second), Subscribers: opts.Subscribers,
 		OnHead: a.onPushHead, OnState: a.onPushState}, log.Named("push"))
@@ -327,13 +340,33 @@ func (a *Agent) Run(ctx context.Context) error {
 // reach the nodes of a host within milliseconds of each other, and one pass judges them all.
 const PushCoalesce = 50 * time.Millisecond
 
-// loop runs a pass every interval, and a push pass when heads arrived by push, until ctx ends or errc reports a
-// failure.
+// loop runs a pass every interval, and a push pass when heads arrived by push or a node behind the head crosses
+// warn_behind or max_behind, until ctx ends or errc reports a failure.
 func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	tick := a.clock.NewTicker(a.cfg.Interval)
 	defer tick.Stop()
+	var wake clock.Timer // when a node behind the head crosses a time threshold (a.wakeAt)
+	defer func() {
+		if wake != nil {
+			wake.Stop()
+		}
+	}()
+	arm := func() {
+		if wake != nil {
+			wake.Stop()
+			wake = nil
+		}
+		if !a.wakeAt.IsZero() {
+			wake = a.clock.NewTimer(max(a.wakeAt.Sub(a.clock.Now()), 0))
+		}
+	}
 	a.Step(ctx)
+	arm()
 	for {
+		var wakeC <-chan time.Time
+		if wake != nil {
+			wakeC = wake.C()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -341,6 +374,8 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 			return err
 		case <-tick.C():
 			a.Step(ctx)
+		case <-wakeC:
+			a.pushPass(ctx)
 		case <-a.kick:
 			if clock.Sleep(ctx, a.clock, PushCoalesce) != nil {
 				return nil
@@ -351,6 +386,7 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 			}
 			a.pushPass(ctx)
 		}
+		arm()
 	}
 }
 
@@ -381,8 +417,9 @@ type work struct {
 // first probe and after a failed one; while they do, every push_poll_interval: that probe is its liveness check.
 func (a *Agent) Step(ctx context.Context) { a.pass(ctx, true) }
 
-// pushPass judges, without probing, every node whose height or network head changed since it was last judged,
-// with the heads that came by push, and writes the status changes to Consul at once.
+// pushPass judges, without probing, every node whose height, block or network head changed since it was last
+// judged (with the heads that came by push) or that crossed warn_behind or max_behind since, and writes the status
+// changes to Consul at once.
 func (a *Agent) pushPass(ctx context.Context) { a.pass(ctx, false) }
 
 // due says whether a pass probes st; a.mu must be held. While a node's push is up, its probes are spread over
@@ -486,22 +523,17 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		}
 		w.r, w.polled = st.result, st.pollSeq > 0
 		if st.pushSeq > st.pollSeq && w.r.Err == nil && w.r.HasHeight {
-			w.r.Height = st.pushHead.Height
-			if !st.pushHead.Time.IsZero() {
-				w.r.BlockTime = st.pushHead.Time
+			ph := st.pushHead
+			w.r.Height, w.r.Hash, w.r.ParentHash = ph.Height, ph.Hash, ph.ParentHash
+			if !ph.Time.IsZero() {
+				w.r.BlockTime = ph.Time
 			}
 			w.pushN = st.pushN
 		}
 	}
 	a.mu.Unlock()
 
-	// Network heads: fresh heads from KV, this pass's own nodes, and references.
-	local := map[string]verdict.Head{}
-	consider := func(service string, h verdict.Head) {
-		if h.Height > local[service].Height {
-			local[service] = h
-		}
-	}
+	// Heads to publish, for the other agents: this pass's nodes on the right chain.
 	var pub []heads.Head
 	for i := range nodes {
 		w := &nodes[i]
@@ -515,46 +547,41 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		if r.Height != st.lastSeen {
 			st.lastSeen, st.since = r.Height, now
 		}
-		consider(w.cfg.Service, verdict.Head{Height: r.Height, Node: w.cfg.Name, Observed: now})
-		pub = append(pub, heads.Head{Service: w.cfg.Service, Node: w.cfg.Name, Height: r.Height, Peers: r.Peers,
-			BlockTime: r.BlockTime, Observed: st.since, Agent: a.id})
+		h := heads.Head{Service: w.cfg.Service, Node: w.cfg.Name, Height: r.Height, Peers: r.Peers,
+			BlockTime: r.BlockTime, Observed: st.since, Agent: a.id, Hash: r.Hash, ParentHash: r.ParentHash}
+		if r.HasFinalized {
+			h.Finalized = r.Finalized
+		}
+		pub = append(pub, h)
 	}
 	for i, ref := range refs {
 		if i >= len(refResults) {
 			break
 		}
 		r := refResults[i]
-		if r.Err != nil {
-			if poll {
-				a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
-				a.log.Debug("reference failed, ignored", "reference", ref.Name, "error", r.Err)
-			}
+		if !poll { // the references' last results: logged and counted when they were probed
 			continue
 		}
-		if want := serviceChain(nodes, ref.Service); want != "" && r.ChainID != want {
-			if poll {
-				a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
-				a.log.Warn("reference is on another chain, ignored", "reference", ref.Name, "chain", r.ChainID, "want", want)
-			}
-			continue
-		}
-		if poll {
+		switch want := serviceChain(nodes, ref.Service); {
+		case r.Err != nil:
+			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
+			a.log.Debug("reference failed, ignored", "reference", ref.Name, "error", r.Err)
+		case want != "" && r.ChainID != want:
+			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
+			a.log.Warn("reference is on another chain, ignored", "reference", ref.Name, "chain", r.ChainID, "want", want)
+		default:
 			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(1)
 		}
-		consider(ref.Service, verdict.Head{Height: r.Height, Node: ref.Name, Observed: now})
 	}
-	netHeads := map[string]verdict.Head{} // by service: computed once a pass
-	networkHead := func(service string) verdict.Head {
-		if h, ok := netHeads[service]; ok {
-			return h
+	// The network head of each service: corroborated, from this pass's nodes, other agents' heads in KV and the
+	// references (see internal/networkhead).
+	latest := make([]probe.Result, len(nodes)) // each node's latest (zero: void, or not probed yet)
+	for i := range nodes {
+		if !nodes[i].void && nodes[i].polled {
+			latest[i] = nodes[i].r
 		}
-		best := local[service]
-		if h, ok := a.heads.Network(service, now, a.cfg.HeadMaxAge); ok && h.Height > best.Height {
-			best = verdict.Head{Height: h.Height, Node: h.Node, Observed: h.Observed}
-		}
-		netHeads[service] = best
-		return best
 	}
+	nets := a.networks(ctx, nodes, latest, refs, refResults, now)
 
 	// A push pass writes to Consul only what must go at once: status changes. New heights and figures ride the next
 	// pass (every interval), which also publishes the heads to KV: a burst of heads costs one round of writes, as a
@@ -575,14 +602,16 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		if w.void || !w.polled { // a node not probed yet is judged by its first probe
 			continue
 		}
-		head := networkHead(w.cfg.Service)
-		on := judgedOn{height: r.Height, head: head.Height}
-		if !poll && on == st.judged { // nothing its judgement depends on changed
-			keep(st)
+		net := nets[w.cfg.Service]
+		head, in := net.judgement(w.cfg.Name, r, now)
+		on := judgedOn{height: r.Height, head: head.Height, hash: r.Hash, headNode: head.Node, flag: in.FlagKey}
+		if !poll && on == st.judged && (st.judgeAt.IsZero() || now.Before(st.judgeAt)) {
+			keep(st) // nothing its judgement depends on changed, and no time threshold was crossed
 			continue
 		}
-		rep := verdict.Judge(verdict.Input{Kind: w.cfg.Kind, Result: r, Head: head, WantChain: w.cfg.WantChain(),
-			Standby: strings.Contains(w.cfg.Role, "standby"), Thresholds: w.cfg.Thresholds, Now: now})
+		in.Kind, in.Result, in.Head, in.WantChain = w.cfg.Kind, r, head, w.cfg.WantChain()
+		in.Standby, in.Thresholds, in.Now = strings.Contains(w.cfg.Role, "standby"), w.cfg.Thresholds, now
+		rep := verdict.Judge(in)
 		a.mu.Lock()
 		if a.nodes[w.cfg.Name] != st { // removed or replaced meanwhile: its result is void
 			a.mu.Unlock()
@@ -607,9 +636,13 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		} else {
 			svc = *st.synced
 		}
-		a.metrics.observeVerdict(w.cfg, rep, head)
+		a.metrics.observeVerdict(w.cfg, rep, head, in.Finalized)
 		a.mu.Unlock()
 		st.judged = on
+		st.judgeAt = time.Time{}
+		if r.Err == nil && r.HasHeight && head.Height > r.Height {
+			st.judgeAt = crossing(in.BehindFor, w.cfg.Thresholds, now)
+		}
 		if w.pushN != 0 && w.pushN != st.judgedPush {
 			st.judgedPush = w.pushN
 			if !poll {
@@ -623,6 +656,14 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		services = append(services, svc)
 	}
 
+	// The loop judges again when the first node behind the head crosses a time threshold, not at the next tick.
+	a.wakeAt = time.Time{}
+	for i := range nodes {
+		if at := nodes[i].st.judgeAt; !nodes[i].void && !at.IsZero() && (a.wakeAt.IsZero() || at.Before(a.wakeAt)) {
+			a.wakeAt = at
+		}
+	}
+	a.publishFlags(ctx, nets, now)
 	if !poll {
 		if statusChanged {
 			before := a.reg.Writes()
@@ -662,6 +703,22 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		a.log.Info("passes are within the interval again", "took", took, "interval", a.cfg.Interval)
 	}
 	a.slow = took > a.cfg.Interval
+}
+
+// crossing is when a node that has been behind the head for behind crosses the next of its warn_behind and
+// max_behind; zero when none is ahead.
+func crossing(behind time.Duration, t verdict.Thresholds, now time.Time) time.Time {
+	var at time.Time
+	for _, limit := range []time.Duration{t.WarnBehind, t.MaxBehind} {
+		if limit <= 0 || behind > limit {
+			continue
+		}
+		// Judge counts a node as over a limit when strictly longer behind: a millisecond past it.
+		if c := now.Add(limit - behind + time.Millisecond); at.IsZero() || c.Before(at) {
+			at = c
+		}
+	}
+	return at
 }
 
 // slowest names the n nodes whose probes took longest, with their times, e.g. "geth-a 2s (timeout), geth-b 800ms".

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -101,11 +102,23 @@ func TestAgentCliqueLagAcrossAgents(t *testing.T) {
 	c := testenv.StartConsul(t)
 	net := testenv.StartCliqueNetwork(t, 3)
 	lag := "  warn_lag = 2\n  max_lag = 8\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n"
+	// A node that lies about its height (a proxy adding 10^8 in front of clique-1) is in the service too: its head
+	// reaches host-b through KV, and must not move the head there either.
+	liar := testenv.RPCProxy(t, net.Nodes[1].RPC, testenv.InflateEthereumHeights(100_000_000))
 	startAgent(t, c, "host-a", gethBlock("clique-0", net.Nodes[0], testenv.CliqueChainID, lag)+
-		gethBlock("clique-1", net.Nodes[1], testenv.CliqueChainID, lag))
+		gethBlock("clique-1", net.Nodes[1], testenv.CliqueChainID, lag)+
+		fmt.Sprintf("node \"clique-liar\" {\n  kind = \"ethereum\"\n  rpc = %q\n  service = \"eth-devnet\"\n  chain_id = %d\n}\n",
+			liar, testenv.CliqueChainID))
 	startAgent(t, c, "host-b", gethBlock("clique-2", net.Nodes[2], testenv.CliqueChainID, lag))
 	for _, n := range []string{"clique-0", "clique-1", "clique-2"} {
-		c.WaitCheck(t, n, 60*time.Second, "passing")
+		out := c.WaitCheck(t, n, 60*time.Second, "passing")
+		if strings.Contains(out, "finalized") { // Clique has no finality: geth v1.13 answers the tag with an error
+			t.Fatalf("%s: %q", n, out)
+		}
+	}
+	if out := c.WaitCheck(t, "clique-liar", 30*time.Second, "critical"); !strings.HasPrefix(out, "head 1000000") ||
+		!strings.Contains(out, "not corroborated: the other sources put the chain at") {
+		t.Fatalf("liar: %q", out)
 	}
 
 	if err := net.Isolate(net.Nodes[2]); err != nil {
@@ -116,7 +129,8 @@ func TestAgentCliqueLagAcrossAgents(t *testing.T) {
 		t.Fatalf("warning output does not name the head from the other agent: %q", out)
 	}
 	out = c.WaitCheck(t, "clique-2", 30*time.Second, "critical")
-	if !strings.Contains(out, "more than max_lag 8") {
+	// Lag in time too: how long it has been behind the head.
+	if !strings.Contains(out, "more than max_lag 8") || !regexp.MustCompile(`behind head \d+ \(clique-[01]\) for \d`).MatchString(out) {
 		t.Fatalf("critical output %q", out)
 	}
 	if err := net.Connect(net.Nodes[2]); err != nil {

@@ -106,17 +106,17 @@ func TestStepDampingAndLag(t *testing.T) {
 		}
 		if i == 0 { // held critical by damping: the catalog says why, never a bare "healthy" figure line
 			st, out := a.check(t, "geth-a")
-			if want := "recovering: 1 of 3 good probes; last probe: height 100, at head 100, 5 peers, last block 1s ago"; st != "critical" || out != want {
+			if want := "recovering: 1 of 3 good probes; last probe: height 100, at head 100, 5 peers, last block 1s ago, finalized 96"; st != "critical" || out != want {
 				t.Fatalf("consul after the first pass: %s %q, want critical %q", st, out, want)
 			}
 		}
 		clk.Advance(time.Second)
 	}
-	if st, out := a.check(t, "geth-a"); st != "passing" || out != "height 100, at head 100, 5 peers, last block 1s ago" {
+	if st, out := a.check(t, "geth-a"); st != "passing" || out != "height 100, at head 100, 5 peers, last block 1s ago, finalized 96" {
 		t.Fatalf("consul: %s %q", st, out)
 	}
 
-	a1.Height.Store(95) // 5 behind geth-b: warning after 2 passes
+	a1.SetHead(95, clk.Now().Add(-5*time.Second)) // 5 behind geth-b: warning after 2 passes
 	a.Step(ctx)
 	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || h.Lag != 5 {
 		t.Fatalf("one bad pass is damped: %+v", h)
@@ -175,13 +175,25 @@ func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
 		t.Fatalf("fresh KV head: %+v", h)
 	}
 
-	// The reference runs ahead at 120: critical (16 > max_lag 10), named as the head.
-	ref.Height.Store(120)
+	// The reference runs ahead at 112, as far as the chain can have grown since geth-near's head was first seen
+	// (5 s ago at a block a second, and 2 blocks of margin): critical (12 > max_lag 10), named as the head.
+	ref.Height.Store(112)
 	a.Step(ctx)
 	a.Step(ctx)
-	if h := health(t, a.Agent, "geth-a"); h.Head != 120 || h.HeadNode != "provider" || h.Status != "critical" {
+	if h := health(t, a.Agent, "geth-a"); h.Head != 112 || h.HeadNode != "provider" || h.Status != "critical" {
 		t.Fatalf("reference head: %+v", h)
 	}
+	// Far beyond that, it is not corroborated: it does not move the head, and it is flagged (log, metric, KV).
+	ref.Height.Store(5000)
+	a.Step(ctx)
+	if h := health(t, a.Agent, "geth-a"); h.Head != 104 || h.HeadNode != "geth-near" {
+		t.Fatalf("a reference far ahead moved the head: %+v", h)
+	}
+	flag := a.consul.Key(kvlayout.New("").Flag("eth-mainnet", "host-a", "provider"))
+	if !strings.Contains(string(flag), `"reason":"head 5000 not corroborated`) || !strings.Contains(string(flag), `"reference":true`) {
+		t.Fatalf("flag in KV: %s", flag)
+	}
+	ref.Height.Store(100)
 	// A failing reference is ignored; so is one on another chain.
 	ref.Down.Store(true)
 	a.Step(ctx)

@@ -23,6 +23,12 @@ type metrics struct {
 	probeSeconds *prometheus.HistogramVec
 	transitions  *prometheus.CounterVec
 	referenceUp  *prometheus.GaugeVec
+	behind       *prometheus.GaugeVec
+	finalized    *prometheus.GaugeVec
+	netFinalized *prometheus.GaugeVec
+	flagged      *prometheus.GaugeVec
+	flagsTotal   *prometheus.CounterVec
+	lookups      prometheus.Counter
 	stepSeconds  prometheus.Histogram
 	consulUp     prometheus.Gauge
 	consulWrites prometheus.Counter
@@ -50,7 +56,18 @@ func newMetrics() *metrics {
 			Help: "Changes of a node's damped verdict, by the status it went to."}, []string{"node", "service", "to"}),
 		stepSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "chainwarden", Name: "pass_duration_seconds",
 			Help: "How long one pass over all nodes takes (probe, judge, publish).", Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30}}),
-		referenceUp:  g("reference_up", "1 when the external reference answered on the right chain, else 0.", "reference", "service"),
+		referenceUp: g("reference_up", "1 when the external reference answered on the right chain, else 0.", "reference", "service"),
+		behind: g("node_behind_seconds", "How long the node has been behind its network's head: since the network first had a height the node has not reached (0 at the head).",
+			nodeLabels...),
+		finalized:    g("node_finalized_height", "The node's finalized block (Ethereum's \"finalized\" tag).", nodeLabels...),
+		netFinalized: g("network_finalized_height", "The network's finalized block: the highest of the sources that count toward its head.", "service"),
+		flagged: g("head_source_flagged", "1 while a node or reference of this agent does not count toward its network's head: kind not_corroborated or fork.",
+			"service", "source", "kind"),
+		flagsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "chainwarden", Name: "head_flags_total",
+			Help: "Times a node or reference of this agent was found not to count toward its network's head, by kind (not_corroborated, fork)."},
+			[]string{"service", "source", "kind"}),
+		lookups: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "block_hash_lookups_total",
+			Help: "Calls made to ask a node or reference for block hashes by height, to compare branches."}),
 		consulUp:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
 		consulWrites: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "consul_writes_total", Help: "State-changing calls made to the Consul agent (registrations, check updates, deregistrations)."}),
 		pushJudged: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "push_heads_judged_total",
@@ -58,6 +75,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
 		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites, m.pushJudged,
+		m.behind, m.finalized, m.netFinalized, m.flagged, m.flagsTotal, m.lookups,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -78,7 +96,7 @@ func (m *metrics) observeProbe(n nodespec.Node, r probe.Result) {
 	m.probeUp.With(labels(n)).Set(boolGauge(r.Err == nil))
 }
 
-func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdict.Head) {
+func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdict.Head, netFinalized uint64) {
 	l := labels(n)
 	m.status.With(l).Set(float64(rep.Status))
 	if rep.Err != "" || n.Kind == probe.Chainlink {
@@ -88,15 +106,22 @@ func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdi
 	m.peers.With(l).Set(float64(rep.Peers))
 	m.lag.With(l).Set(float64(rep.Lag))
 	m.blockAge.With(l).Set(rep.BlockAge.Seconds())
+	m.behind.With(l).Set(rep.Behind.Seconds())
+	if rep.HasFinalized {
+		m.finalized.With(l).Set(float64(rep.Finalized))
+	}
 	if head.Height > 0 {
 		m.head.WithLabelValues(n.Service).Set(float64(head.Height))
+	}
+	if netFinalized > 0 {
+		m.netFinalized.WithLabelValues(n.Service).Set(float64(netFinalized))
 	}
 }
 
 // forget drops a removed node's series.
 func (m *metrics) forget(n nodespec.Node) {
 	l := labels(n)
-	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp} {
+	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.behind, m.finalized} {
 		v.Delete(l)
 	}
 	m.transitions.DeletePartialMatch(prometheus.Labels{"node": n.Name, "service": n.Service})

@@ -20,6 +20,7 @@ import (
 // pushNode is an ethfake node that answers HTTP probes (counting them) and newHeads subscriptions on /ws.
 type pushNode struct {
 	*ethfake.Node
+	clk    *fakes.Clock
 	pusher *ethfake.Pusher
 	probes atomic.Int64
 	rpc    string
@@ -28,7 +29,7 @@ type pushNode struct {
 
 func newPushNode(t *testing.T, height uint64, clk *fakes.Clock) *pushNode {
 	t.Helper()
-	n := &pushNode{Node: ethfake.New(height, 1, clk.Now)}
+	n := &pushNode{Node: ethfake.New(height, 1, clk.Now), clk: clk}
 	n.pusher = ethfake.NewPusher(n.Node)
 	mux := http.NewServeMux()
 	mux.Handle("/ws", n.pusher)
@@ -45,9 +46,9 @@ func newPushNode(t *testing.T, height uint64, clk *fakes.Clock) *pushNode {
 	return n
 }
 
-// push announces a new head at height by push only (the HTTP answer follows it, as a real node's would).
+// push announces a new head at height, made now, by push (the HTTP answer follows it, as a real node's would).
 func (n *pushNode) push(height uint64) {
-	n.Height.Store(height)
+	n.SetHead(height, n.clk.Now())
 	n.pusher.Publish()
 }
 
@@ -232,7 +233,8 @@ func TestPushPassesDampOnNews(t *testing.T) {
 	a.Step(ctx)
 	waitSubscribed(t, a.Agent, 2)
 
-	nb.push(105) // geth-a is 5 behind: one bad judgement
+	clk.Advance(5 * time.Second) // five blocks' time: a head 5 blocks up is plausible
+	nb.push(105)                 // geth-a is 5 behind: one bad judgement
 	waitPushed(t, a.Agent, "geth-b", 1)
 	a.pushPass(ctx)
 	a.pushPass(ctx)
@@ -240,6 +242,7 @@ func TestPushPassesDampOnNews(t *testing.T) {
 	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || h.Lag != 5 {
 		t.Fatalf("repeated push passes without news counted as bad probes: %+v", h)
 	}
+	clk.Advance(time.Second)
 	nb.push(106) // news: a second bad judgement
 	waitPushed(t, a.Agent, "geth-b", 2)
 	a.pushPass(ctx)
@@ -328,5 +331,46 @@ func TestPushPollsSpreadOverTheInterval(t *testing.T) {
 		if n > 150 {
 			t.Fatalf("%d of 1000 nodes probed in the second at %s: %v", n, s, buckets)
 		}
+	}
+}
+
+// A node left behind by a pushed head is judged again when it crosses warn_behind, not at the next tick: with a 1 h
+// interval, only that wake-up can turn it warning.
+func TestLoopJudgesWhenBehindCrossesWarnBehind(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	behind := "  warn_behind = \"500ms\"\n"
+	a := newUnitEvery(t, clk, "1h", strings.Replace(wsNode("geth-a", na.rpc, na.ws, 1), "}\n", behind+"}\n", 1)+
+		strings.Replace(wsNode("geth-b", nb.rpc, nb.ws, 1), "}\n", behind+"}\n", 1))
+	runPush(t, a.Agent)
+	testenv.Background(t, "loop", func(ctx context.Context) error { return a.loop(ctx, nil) })
+	waitSubscribed(t, a.Agent, 2)
+	testenv.Eventually(t, 10*time.Second, "the first pass", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Status != "passing" {
+			return fmt.Errorf("geth-a %s", h.Status)
+		}
+		return nil
+	})
+
+	clk.Advance(time.Second)
+	nb.push(101)      // geth-a stays at 100
+	clk.BlockUntil(2) // the ticker and the coalescing wait
+	clk.Advance(PushCoalesce)
+	testenv.Eventually(t, 10*time.Second, "geth-a behind", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Head != 101 || h.Status != "passing" {
+			return fmt.Errorf("geth-a %s, head %d", h.Status, h.Head)
+		}
+		return nil
+	})
+	clk.BlockUntil(2)                   // the ticker and the wake-up at warn_behind
+	clk.Advance(600 * time.Millisecond) // just past warn_behind
+	testenv.Eventually(t, 10*time.Second, "geth-a warning", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Status != "warning" || !strings.Contains(h.Output, "more than warn_behind 500ms") {
+			return fmt.Errorf("geth-a %s: %s", h.Status, h.Output)
+		}
+		return nil
+	})
+	if st, out := a.check(t, "geth-a"); st != "warning" {
+		t.Fatalf("consul: %s %q", st, out)
 	}
 }

@@ -53,8 +53,8 @@ func TestGoodFull(t *testing.T) {
 	if c.Interval != time.Second || c.Timeout != time.Second || c.HeadMaxAge != 30*time.Second {
 		t.Fatalf("durations: %v %v %v", c.Interval, c.Timeout, c.HeadMaxAge)
 	}
-	if c.PushPollInterval != 15*time.Second || c.Nodes[0].WS != "ws://127.0.0.1:8546" || c.Nodes[1].WS != "ws://10.0.1.5:26657/websocket" {
-		t.Fatalf("push: %v %q %q", c.PushPollInterval, c.Nodes[0].WS, c.Nodes[1].WS)
+	if c.PushPollInterval != 15*time.Second || c.Nodes[0].WS != "ws://127.0.0.1:8546" || c.Nodes[2].WS != "ws://10.0.1.5:26657/websocket" {
+		t.Fatalf("push: %v %q %q", c.PushPollInterval, c.Nodes[0].WS, c.Nodes[2].WS)
 	}
 	if c.Consul.DeregisterAfter != 5*time.Minute {
 		t.Fatalf("deregister_after %v", c.Consul.DeregisterAfter)
@@ -63,14 +63,28 @@ func TestGoodFull(t *testing.T) {
 	if geth.Address != "127.0.0.1" || geth.Port != 8545 || *geth.ChainID != 4242 {
 		t.Fatalf("geth: %+v", geth)
 	}
-	if th := geth.Thresholds; th.WarnLag != 2 || th.MaxLag != 10 || th.MinPeers != 1 || th.FailAfter != 2 || th.PassAfter != 3 {
+	if th := geth.Thresholds; th.WarnLag != 2 || th.MaxLag != 10 || th.MinPeers != 1 || th.FailAfter != 2 || th.PassAfter != 3 ||
+		th.WarnBehind != 30*time.Second || th.MaxBehind != 2*time.Minute || th.TimeOnly || th.MaxFinalizedBehind != 5*time.Minute {
 		t.Fatalf("geth thresholds: %+v", th)
 	}
-	irita := c.Nodes[1]
+	if geth.Chain.MinBlockTime != time.Second || geth.Chain.Confirmations != 2 || !geth.Target().Finality {
+		t.Fatalf("geth chain %+v, finality %v", geth.Chain, geth.Target().Finality)
+	}
+	// Time thresholds without block ones: judged by time alone, on its own chain's pace; no finality asked for.
+	arb := c.Nodes[1]
+	if th := arb.Thresholds; !th.TimeOnly || th.WarnBehind != 10*time.Second || th.MaxBehind != time.Minute ||
+		th.MaxFinalizedBehind != 0 || arb.Chain.MinBlockTime != 100*time.Millisecond || arb.Target().Finality {
+		t.Fatalf("arb: %+v %+v", th, arb.Chain)
+	}
+	irita := c.Nodes[2]
 	if irita.Thresholds.MaxBlockAge != 30*time.Second || irita.Thresholds.MinPeers != 3 || irita.Port != 26657 {
 		t.Fatalf("irita: %+v", irita)
 	}
-	cl := c.Nodes[2]
+	if irita.Chain.MinBlockTime != 250*time.Millisecond || irita.Chain.Confirmations != 0 || irita.Target().Finality ||
+		irita.Thresholds.WarnBehind != 0 || irita.Thresholds.TimeOnly {
+		t.Fatalf("irita chain %+v thresholds %+v", irita.Chain, irita.Thresholds)
+	}
+	cl := c.Nodes[3]
 	if cl.APIKey != "k" || cl.Thresholds.MinBalanceWei != "250000000000000000" {
 		t.Fatalf("chainlink: %+v", cl.Thresholds)
 	}

@@ -96,7 +96,14 @@ func printStatus(ctx context.Context, c *consulapi.Client, f statusFlags, style 
 		_, err := fmt.Fprintln(w, "no chainwarden nodes registered in Consul")
 		return err
 	}
-	return style.WriteTable(w, rows)
+	if err := style.WriteTable(w, rows); err != nil {
+		return err
+	}
+	flags, err := fleet.Flags(rctx, c, f.prefix)
+	if err != nil {
+		return err
+	}
+	return fleet.WriteFlags(w, flags, time.Now())
 }
 
 // isTerminal reports whether f is a terminal (colours only there).

@@ -37,6 +37,12 @@ type CometNet struct {
 
 // StartComet starts a network of n validators under dir and waits until every node has made blocks.
 func StartComet(ctx context.Context, dir string, n int) (*CometNet, error) {
+	return StartCometChain(ctx, dir, n, "")
+}
+
+// StartCometChain is StartComet with the chain id given ("": the random one `cometbft testnet` makes): two networks
+// with one chain id are two chains that a node would report alike.
+func StartCometChain(ctx context.Context, dir string, n int, chainID string) (*CometNet, error) {
 	bin, err := Bin("cometbft")
 	if err != nil {
 		return nil, err
@@ -44,6 +50,13 @@ func StartComet(ctx context.Context, dir string, n int) (*CometNet, error) {
 	out := filepath.Join(dir, "cometbft")
 	if _, err := Output(bin, "testnet", "--v", strconv.Itoa(n), "--o", out); err != nil {
 		return nil, err
+	}
+	if chainID != "" {
+		for i := 0; i < n; i++ {
+			if err := setGenesisChainID(filepath.Join(out, fmt.Sprintf("node%d", i), "config", "genesis.json"), chainID); err != nil {
+				return nil, err
+			}
+		}
 	}
 	net := &CometNet{}
 	for i := 0; i < n; i++ {
@@ -188,6 +201,24 @@ func CometStatus(ctx context.Context, rpc string) (CometNodeStatus, error) {
 		return CometNodeStatus{}, fmt.Errorf("decode %s/status: %w", rpc, err)
 	}
 	return CometNodeStatus{Height: st.Result.SyncInfo.Height, Network: st.Result.NodeInfo.Network}, nil
+}
+
+// setGenesisChainID rewrites the chain_id of a genesis file, keeping the rest as it is.
+func setGenesisChainID(path, chainID string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var g map[string]json.RawMessage
+	if err := json.Unmarshal(b, &g); err != nil {
+		return fmt.Errorf("read genesis %s: %w", path, err)
+	}
+	id, _ := json.Marshal(chainID)
+	g["chain_id"] = id
+	if b, err = json.MarshalIndent(g, "", "  "); err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }
 
 var tomlHeader = regexp.MustCompile(`^\[([a-z0-9_.]+)\]\s*$`)

@@ -44,6 +44,11 @@ const (
 	// MetaMinPeers and MetaMaxBlockAge override the agent's per-kind defaults (a one-node dev chain has 0 peers).
 	MetaMinPeers    = "chainwarden_min_peers"
 	MetaMaxBlockAge = "chainwarden_max_block_age"
+	// Lag in time, finality and the chain's pace (durations, as in the agent's node blocks).
+	MetaWarnBehind         = "chainwarden_warn_behind"
+	MetaMaxBehind          = "chainwarden_max_behind"
+	MetaMaxFinalizedBehind = "chainwarden_max_finalized_behind"
+	MetaMinBlockTime       = "chainwarden_min_block_time"
 )
 
 // DefaultRPCPortLabel is used when a task sets no chainwarden_rpc_port.
@@ -303,8 +308,12 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		Role:    meta[MetaRole],
 		Network: meta[MetaNetwork],
 
-		MaxBlockAge: meta[MetaMaxBlockAge],
-		Source:      nodespec.SourceNomad,
+		MaxBlockAge:        meta[MetaMaxBlockAge],
+		WarnBehind:         meta[MetaWarnBehind],
+		MaxBehind:          meta[MetaMaxBehind],
+		MaxFinalizedBehind: meta[MetaMaxFinalizedBehind],
+		MinBlockTime:       meta[MetaMinBlockTime],
+		Source:             nodespec.SourceNomad,
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
 		if wsIP, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {

@@ -35,6 +35,7 @@ func gethMeta() map[string]string {
 	return map[string]string{
 		MetaKind: "ethereum", MetaService: "eth-dev", MetaChainID: "1337", MetaNetwork: "dev",
 		MetaRPCPort: "rpc", MetaWSPort: "ws", MetaClient: "geth", MetaWarnLag: "3", MetaMaxLag: "20",
+		MetaMaxBehind: "1m", MetaMaxFinalizedBehind: "0s", MetaMinBlockTime: "500ms",
 	}
 }
 
@@ -56,8 +57,9 @@ func TestNodesFromAllocations(t *testing.T) {
 	if n.ChainID == nil || *n.ChainID != 1337 {
 		t.Errorf("chain id %v", n.ChainID)
 	}
-	if n.Thresholds.WarnLag != 3 || n.Thresholds.MaxLag != 20 {
-		t.Errorf("thresholds %+v", n.Thresholds)
+	if th := n.Thresholds; th.WarnLag != 3 || th.MaxLag != 20 || th.MaxBehind != time.Minute || th.TimeOnly ||
+		th.MaxFinalizedBehind != 0 || n.Chain.MinBlockTime != 500*time.Millisecond {
+		t.Errorf("thresholds %+v, chain %+v", th, n.Chain)
 	}
 	if n.Source != "nomad" {
 		t.Errorf("source %q", n.Source)

@@ -2,32 +2,31 @@ package ethfake
 
 import (
 	"context"
-	"math/big"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
-	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/common/hexutil"
-	"github.com/ethereum/go-ethereum/core/types"
 	"github.com/ethereum/go-ethereum/rpc"
 )
 
 // Pusher serves a Node's new heads over WebSocket as geth does: eth_subscribe("newHeads") through go-ethereum's own
-// rpc server, so subscribers meet the real wire format (a full header with its hash per notification).
+// rpc server, so subscribers meet the real wire format: a header with every field geth sends (its size included),
+// and the same number, hash, parent hash and timestamp the node answers over HTTP.
 type Pusher struct {
 	node *Node
 	srv  *rpc.Server
 	ws   http.Handler
 
 	mu   sync.Mutex
-	subs map[chan *types.Header]struct{}
+	subs map[chan map[string]string]struct{}
 	last uint64
 }
 
 // NewPusher returns the WebSocket endpoint of n. Publish (or Follow) sends heads to its subscribers.
 func NewPusher(n *Node) *Pusher {
-	p := &Pusher{node: n, srv: rpc.NewServer(), subs: map[chan *types.Header]struct{}{}}
+	p := &Pusher{node: n, srv: rpc.NewServer(), subs: map[chan map[string]string]struct{}{}}
 	if err := p.srv.RegisterName("eth", &ethAPI{p}); err != nil {
 		panic(err) // the service's methods are fixed: a failure is a bug here
 	}
@@ -54,7 +53,7 @@ func (p *Pusher) Subscribers() int {
 // Publish sends the node's current head to every subscriber.
 func (p *Pusher) Publish() {
 	height, at := p.node.head()
-	h := Header(height, at)
+	h := p.node.Header(height, at)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.last = height
@@ -89,16 +88,21 @@ func (p *Pusher) Follow(ctx context.Context, every time.Duration) {
 // Close ends every subscription and connection.
 func (p *Pusher) Close() { p.srv.Stop() }
 
-// Header is the block header the fake chain has at height: stable fields, a hash that follows from them.
-func Header(height uint64, at time.Time) *types.Header {
-	return &types.Header{
-		ParentHash: common.BigToHash(new(big.Int).SetUint64(height - 1)),
-		Number:     new(big.Int).SetUint64(height),
-		Time:       uint64(at.Unix()),
-		Difficulty: big.NewInt(0),
-		GasLimit:   30_000_000,
-		BaseFee:    big.NewInt(7),
+// Header is the head block's header as geth's newHeads sends it: number, hash, parent hash and timestamp as the
+// node answers them over HTTP, the other fields of a real header with fixed values.
+func (n *Node) Header(height uint64, blockTime time.Time) map[string]string {
+	h := n.block(height, height, blockTime)
+	zero := "0x" + strings.Repeat("0", 64)
+	for k, v := range map[string]string{
+		"sha3Uncles": "0x1dcc4de8dec75d7aab85b567b6ccd41ad312451b948a7413f0a142fd40d49347", "miner": "0x" + strings.Repeat("0", 40),
+		"stateRoot": zero, "transactionsRoot": zero, "receiptsRoot": zero, "logsBloom": "0x" + strings.Repeat("0", 512),
+		"difficulty": "0x0", "gasLimit": "0x1c9c380", "gasUsed": "0x0", "extraData": "0x", "mixHash": zero,
+		"nonce": "0x0000000000000000", "baseFeePerGas": "0x7", "withdrawalsRoot": zero, "blobGasUsed": "0x0",
+		"excessBlobGas": "0x0", "parentBeaconBlockRoot": zero, "requestsHash": zero,
+	} {
+		h[k] = v
 	}
+	return h
 }
 
 // ethAPI is the "eth" namespace of the WebSocket endpoint.
@@ -111,7 +115,7 @@ func (a *ethAPI) NewHeads(ctx context.Context) (*rpc.Subscription, error) {
 		return nil, rpc.ErrNotificationsUnsupported
 	}
 	sub := notifier.CreateSubscription()
-	c := make(chan *types.Header, 16)
+	c := make(chan map[string]string, 16)
 	a.p.mu.Lock()
 	a.p.subs[c] = struct{}{}
 	a.p.mu.Unlock()

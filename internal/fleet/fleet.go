@@ -17,6 +17,8 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/heads"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/networkhead"
+	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/registry"
 )
 
@@ -38,23 +40,34 @@ type Row struct {
 	Output string  `json:"output"`
 	// Reason is why the node is not passing, shortened for a table; "" when passing.
 	Reason string `json:"reason,omitempty"`
+	// Flag is why the node does not count toward its network's head (not_corroborated, fork), as its agent decided;
+	// "" when it counts.
+	Flag string `json:"flag,omitempty"`
 }
 
 // Read lists every chainwarden node known to Consul. Heights come from the heads in KV under kvPrefix (see
-// kvlayout); heads older
-// than maxAge don't count toward a network's head.
+// kvlayout). A network's head is decided as the agents decide it (internal/networkhead) from the heads that count:
+// fresh (no older than maxAge) and not flagged by their agent.
 func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time.Duration, now time.Time) ([]Row, error) {
 	q := (&consulapi.QueryOptions{}).WithContext(ctx)
 	svcs, _, err := c.Catalog().Services(q)
 	if err != nil {
 		return nil, fmt.Errorf("list services from consul: %w", err)
 	}
-	prefix := kvlayout.New(kvPrefix).Heads()
-	pairs, _, err := c.KV().List(prefix, q)
+	layout := kvlayout.New(kvPrefix)
+	pairs, _, err := c.KV().List(layout.Heads(), q)
 	if err != nil {
 		return nil, fmt.Errorf("read heads from consul kv: %w", err)
 	}
-	all := heads.Decode(prefix, pairs, nil)
+	all := heads.Decode(layout.Heads(), pairs, nil)
+	flags, err := Flags(ctx, c, kvPrefix)
+	if err != nil {
+		return nil, err
+	}
+	flagged := map[string]string{} // service/source -> kind
+	for _, f := range flags {
+		flagged[f.Service+"/"+f.Source] = f.Kind
+	}
 
 	var rows []Row
 	for name, tags := range svcs {
@@ -65,10 +78,25 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 		if err != nil {
 			return nil, fmt.Errorf("health of %s: %w", name, err)
 		}
-		var head uint64
-		for _, h := range all[name] {
-			if now.Sub(h.Observed) <= maxAge && h.Height > head {
-				head = h.Height
+		counted := map[string]heads.Head{}
+		var sources []networkhead.Source
+		for node, h := range all[name] {
+			if now.Sub(h.Observed) > maxAge || flagged[name+"/"+node] != "" {
+				continue
+			}
+			counted[node] = h
+			sources = append(sources, networkhead.Source{Name: node, Height: h.Height, Hash: h.Hash,
+				BlockTime: h.BlockTime, Seen: h.Observed, Hashes: map[uint64]probe.Hash{h.Height - 1: h.ParentHash}})
+		}
+		var kind probe.Kind
+		if len(entries) > 0 {
+			kind = probe.Kind(entries[0].Service.Meta["kind"])
+		}
+		d := networkhead.Decide(sources, networkhead.KindChain(kind), networkhead.Previous{}, now)
+		head := d.Head.Height
+		for node, h := range counted {
+			if _, bad := d.Flagged(node); bad || h.Height > head {
+				delete(counted, node)
 			}
 		}
 		for _, e := range entries {
@@ -85,11 +113,12 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 			if row.Status != "passing" {
 				row.Reason = Reason(row.Output, 60)
 			}
+			row.Flag = flagged[name+"/"+e.Service.ID]
 			if h, ok := all[name][e.Service.ID]; ok {
 				row.Height, row.Peers = h.Height, h.Peers
 				if head > h.Height {
 					row.Lag = head - h.Height
-					row.LagSec = behindSince(all[name], h.Height, now, maxAge)
+					row.LagSec = behindSince(counted, h.Height, now, maxAge)
 				}
 				if !h.BlockTime.IsZero() {
 					row.AgeSec = now.Sub(h.BlockTime).Seconds()
@@ -107,7 +136,36 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 	return rows, nil
 }
 
-// behindSince is how long ago the network first saw a height above height, among the fresh heads of a service.
+// Flags lists the sources agents flagged as not counting toward their network's head (nodes and references).
+func Flags(ctx context.Context, c *consulapi.Client, kvPrefix string) ([]heads.Flag, error) {
+	prefix := kvlayout.New(kvPrefix).Flags()
+	pairs, _, err := c.KV().List(prefix, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("read flags from consul kv: %w", err)
+	}
+	return heads.DecodeFlags(prefix, pairs, nil), nil
+}
+
+// WriteFlags prints the flagged sources under the table: which agent flagged which node or reference, since when,
+// and why.
+func WriteFlags(w io.Writer, flags []heads.Flag, now time.Time) error {
+	if len(flags) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nNOT COUNTED\tSERVICE\tSOURCE\tBY\tFOR\tREASON")
+	for _, f := range flags {
+		what := "node"
+		if f.Reference {
+			what = "reference"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", what, f.Service, f.Source, f.Agent, seconds(now.Sub(f.Since).Seconds()),
+			f.Reason)
+	}
+	return tw.Flush()
+}
+
+// behindSince is how long ago the network first saw a height above height, among the heads that count.
 func behindSince(hs map[string]heads.Head, height uint64, now time.Time, maxAge time.Duration) float64 {
 	var first time.Time
 	for _, h := range hs {

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,7 +22,7 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 	reg := registry.New(c.Client.Agent(), registry.Options{AgentID: "host-a", TTL: time.Minute, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
 	svc := func(id, status, out string) registry.Service {
 		return registry.Service{ID: id, Name: "eth-devnet", Address: "127.0.0.1", Port: 8545, Status: status, Output: out,
-			Meta: map[string]string{"client": "geth"}}
+			Meta: map[string]string{"client": "geth", "kind": "ethereum"}}
 	}
 	if err := reg.Sync(ctx, []registry.Service{svc("geth-a", "passing", "height 110"),
 		svc("geth-b", "warning", "10 blocks behind, more than warn_lag 2 — height 100, 10 behind head 110 (geth-a)")}); err != nil {
@@ -31,7 +32,18 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 	if _, err := hs.Publish(ctx, []heads.Head{
 		{Service: "eth-devnet", Node: "geth-a", Height: 110, Observed: now.Add(-8 * time.Second)},
 		{Service: "eth-devnet", Node: "geth-b", Height: 100, Observed: now.Add(-20 * time.Second)},
+		// Far ahead and not corroborated (an older agent that flags nothing): not the head.
+		{Service: "eth-devnet", Node: "geth-old-liar", Height: 99999999, Observed: now.Add(-time.Second)},
+		// Flagged by its agent (on a fork): not the head either.
+		{Service: "eth-devnet", Node: "geth-fork", Height: 120, Observed: now.Add(-time.Second)},
 	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	fork := heads.Flag{Service: "eth-devnet", Source: "geth-fork", Kind: "fork", Since: now.Add(-time.Minute),
+		Reason: "on a fork: block 118 is 0x0102030405 here, 0x0a0b0c0d0e on geth-a"}
+	infura := heads.Flag{Service: "eth-devnet", Source: "infura", Reference: true, Kind: "not_corroborated",
+		Since: now.Add(-2 * time.Minute), Reason: "head 5000 not corroborated: the other sources put the chain at 113 at most"}
+	if err := hs.PublishFlags(ctx, "host-a", []heads.Flag{fork, infura}); err != nil {
 		t.Fatal(err)
 	}
 	var rows []Row
@@ -49,8 +61,23 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 	if b.Node != "geth-b" || b.Status != "warning" || b.Lag != 10 || b.LagSec != 8 || b.Reason != Reason(b.Output, 60) || b.Client != "geth" {
 		t.Fatalf("geth-b: %+v", b)
 	}
-	if a := rows[0]; a.Status != "passing" || a.Reason != "" || a.Lag != 0 {
+	if a := rows[0]; a.Status != "passing" || a.Reason != "" || a.Lag != 0 || a.Head != 110 {
 		t.Fatalf("geth-a: %+v", a)
+	}
+	flags, err := Flags(ctx, c.Client, "")
+	if err != nil || len(flags) != 2 {
+		t.Fatalf("flags %+v %v", flags, err)
+	}
+	var out strings.Builder
+	if err := WriteFlags(&out, flags, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"NOT COUNTED  SERVICE     SOURCE     BY      FOR   REASON",
+		"node         eth-devnet  geth-fork  host-a  1m0s  on a fork: block 118",
+		"reference    eth-devnet  infura     host-a  2m0s  head 5000 not corroborated"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("flags table lacks %q:\n%s", want, out.String())
+		}
 	}
 
 	index, err := Wait(ctx, c.Client, 0, time.Second)

@@ -18,9 +18,12 @@ import (
 	"github.com/chainwarden/chainwarden/internal/backoff"
 	"github.com/chainwarden/chainwarden/internal/clock"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/probe"
 )
 
-// Head is one node's head as stored in KV at PREFIX/heads/SERVICE/NODE.
+// Head is one node's head as stored in KV at PREFIX/heads/SERVICE/NODE. The value is JSON; fields were only ever
+// added (hash, parent_hash, finalized), so values of older agents still read, with the new fields zero, and older
+// agents ignore the new fields.
 type Head struct {
 	Service   string    `json:"-"`
 	Node      string    `json:"-"`
@@ -29,6 +32,11 @@ type Head struct {
 	BlockTime time.Time `json:"block_time,omitzero"`
 	Observed  time.Time `json:"observed"` // when this height was first seen
 	Agent     string    `json:"agent"`
+	// Hash is the hash of the block at Height and ParentHash its parent's (zero: unknown): how agents compare the
+	// branches their nodes are on.
+	Hash       probe.Hash `json:"hash,omitzero"`
+	ParentHash probe.Hash `json:"parent_hash,omitzero"`
+	Finalized  uint64     `json:"finalized,omitempty"` // the node's finalized block; 0: none
 }
 
 // KV is the part of Consul's API the store uses.
@@ -56,16 +64,18 @@ type Store struct {
 	mu        sync.Mutex
 	all       map[string]map[string]Head // service -> node -> head, from the watch
 	published map[string]Head            // service/node -> last written
+	flagged   map[string]Flag            // KV key -> flag last written by this agent
+	flagsRead bool                       // this agent's flags left in KV by an earlier run were cleared
 	index     uint64
 }
 
 // New returns a store of the heads in layout; a nil clock is the wall clock.
 func New(kv KV, txn Txn, layout kvlayout.Layout, log hclog.Logger, clk clock.Clock) *Store {
 	return &Store{kv: kv, txn: txn, layout: layout, prefix: layout.Heads(), log: log, clock: clock.OrReal(clk),
-		all: map[string]map[string]Head{}, published: map[string]Head{}}
+		all: map[string]map[string]Head{}, published: map[string]Head{}, flagged: map[string]Flag{}}
 }
 
-// Publish writes the heads whose height changed since they were last written, and deletes the keys of gone, a list
+// Publish writes the heads whose height, hash or finalized block changed since they were last written, and deletes the keys of gone, a list
 // of "service/node" names no longer watched by this agent. It returns how many keys it wrote.
 func (s *Store) Publish(ctx context.Context, heads []Head, gone []string) (int, error) {
 	var ops consulapi.TxnOps
@@ -73,7 +83,7 @@ func (s *Store) Publish(ctx context.Context, heads []Head, gone []string) (int, 
 	s.mu.Lock()
 	for _, h := range heads {
 		k := h.Service + "/" + h.Node
-		if last, ok := s.published[k]; ok && last.Height == h.Height {
+		if last, ok := s.published[k]; ok && last.Height == h.Height && last.Hash == h.Hash && last.Finalized == h.Finalized {
 			continue
 		}
 		b, err := json.Marshal(h)
@@ -88,21 +98,8 @@ func (s *Store) Publish(ctx context.Context, heads []Head, gone []string) (int, 
 		ops = append(ops, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: s.prefix + k}})
 	}
 	s.mu.Unlock()
-	for len(ops) > 0 {
-		n := min(len(ops), maxTxnOps)
-		q := (&consulapi.QueryOptions{}).WithContext(ctx)
-		ok, resp, _, err := s.txn.Txn(ops[:n], q)
-		if err != nil {
-			return 0, fmt.Errorf("write heads to consul kv: %w", err)
-		}
-		if !ok {
-			var msgs []string
-			for _, e := range resp.Errors {
-				msgs = append(msgs, e.What)
-			}
-			return 0, fmt.Errorf("write heads to consul kv: transaction rolled back: %s", strings.Join(msgs, "; "))
-		}
-		ops = ops[n:]
+	if err := s.apply(ctx, ops); err != nil {
+		return 0, fmt.Errorf("heads: %w", err)
 	}
 	s.mu.Lock()
 	for _, h := range written {
@@ -115,28 +112,33 @@ func (s *Store) Publish(ctx context.Context, heads []Head, gone []string) (int, 
 	return len(written), nil
 }
 
-// Forget makes the next Publish write every head again (after Consul lost its state).
+// apply runs ops in transactions of at most maxTxnOps.
+func (s *Store) apply(ctx context.Context, ops consulapi.TxnOps) error {
+	for len(ops) > 0 {
+		n := min(len(ops), maxTxnOps)
+		q := (&consulapi.QueryOptions{}).WithContext(ctx)
+		ok, resp, _, err := s.txn.Txn(ops[:n], q)
+		if err != nil {
+			return fmt.Errorf("write to consul kv: %w", err)
+		}
+		if !ok {
+			var msgs []string
+			for _, e := range resp.Errors {
+				msgs = append(msgs, e.What)
+			}
+			return fmt.Errorf("write to consul kv: transaction rolled back: %s", strings.Join(msgs, "; "))
+		}
+		ops = ops[n:]
+	}
+	return nil
+}
+
+// Forget makes the next Publish and PublishFlags write everything again (after Consul lost its state).
 func (s *Store) Forget() {
 	s.mu.Lock()
 	s.published = map[string]Head{}
+	s.flagged = map[string]Flag{}
 	s.mu.Unlock()
-}
-
-// Network returns the highest head of service observed within maxAge of now, or false when there is none.
-func (s *Store) Network(service string, now time.Time, maxAge time.Duration) (Head, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var best Head
-	found := false
-	for _, h := range s.all[service] {
-		if now.Sub(h.Observed) > maxAge {
-			continue
-		}
-		if !found || h.Height > best.Height {
-			best, found = h, true
-		}
-	}
-	return best, found
 }
 
 // All returns every head of service in the latest view.

@@ -34,6 +34,15 @@ func (l Layout) ServiceHeads(service string) string { return l.Heads() + service
 // Head is the key of one node's head: PREFIX/heads/SERVICE/NODE.
 func (l Layout) Head(service, node string) string { return l.ServiceHeads(service) + node }
 
+// Flags is the folder of the sources agents flagged as not counting toward a network's head, with its trailing
+// slash: PREFIX/flags/.
+func (l Layout) Flags() string { return l.prefix + "/flags/" }
+
+// Flag is the key of a source one agent flagged: PREFIX/flags/SERVICE/AGENT/SOURCE.
+func (l Layout) Flag(service, agent, source string) string {
+	return l.Flags() + service + "/" + agent + "/" + source
+}
+
 // Fallback is the key of a service's external fallback URL: PREFIX/fallback/SERVICE.
 func (l Layout) Fallback(service string) string { return l.prefix + "/fallback/" + service }
 

@@ -14,9 +14,11 @@ func TestKeys(t *testing.T) {
 		l.Heads():                  "cw/heads/",
 		l.Head("eth-mainnet", "a"): "cw/heads/eth-mainnet/a",
 		l.Fallback("eth-mainnet"):  "cw/fallback/eth-mainnet",
-		l.DenyMethods():            "cw/proxy/deny_methods",
-		l.DefaultService():         "cw/proxy/default_service",
-		New("").Prefix():           DefaultPrefix,
+		l.Flags():                  "cw/flags/",
+		l.Flag("eth-mainnet", "host-a", "infura"): "cw/flags/eth-mainnet/host-a/infura",
+		l.DenyMethods():    "cw/proxy/deny_methods",
+		l.DefaultService(): "cw/proxy/default_service",
+		New("").Prefix():   DefaultPrefix,
 	} {
 		if got != want {
 			t.Errorf("got %q, want %q", got, want)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/chainwarden/chainwarden/internal/fielderr"
+	"github.com/chainwarden/chainwarden/internal/networkhead"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
@@ -50,6 +51,16 @@ type Node struct {
 	MinPeers    *uint64 `hcl:"min_peers,optional"`
 	FailAfter   *int    `hcl:"fail_after,optional"`
 	PassAfter   *int    `hcl:"pass_after,optional"`
+	// Lag in time: how long the node has been behind the network head. Given without warn_lag and max_lag, the node
+	// is judged by time alone.
+	WarnBehind string `hcl:"warn_behind,optional"`
+	MaxBehind  string `hcl:"max_behind,optional"`
+	// MaxFinalizedBehind (ethereum): how long the node's finalized block may stay below the network's; "0s": not
+	// judged, and not asked for.
+	MaxFinalizedBehind string `hcl:"max_finalized_behind,optional"`
+	// MinBlockTime is the fastest the chain makes blocks: what bounds how far ahead a source may be (see
+	// networkhead). Default per kind: ethereum 1s, cometbft 250ms.
+	MinBlockTime string `hcl:"min_block_time,optional"`
 
 	// Chainlink: API credentials (from env() or file(), never inline) — a user token (api_key, api_secret), the
 	// operator's email and password, or the node's .api file (email and password, one a line) — the wallet and
@@ -65,8 +76,9 @@ type Node struct {
 
 	// Filled by Normalize.
 	Thresholds verdict.Thresholds
-	AuthEvery  time.Duration // from auth_checks_interval
-	Source     string        // SourceConfig or SourceNomad
+	Chain      networkhead.Chain // of the node's network
+	AuthEvery  time.Duration     // from auth_checks_interval
+	Source     string            // SourceConfig or SourceNomad
 }
 
 // Name follows Consul's DNS-safe naming; a dot would break consul-template's tag syntax.
@@ -152,6 +164,40 @@ func (n *Node) Normalize() fielderr.List {
 	if n.Kind != probe.Chainlink && t.WarnLag > t.MaxLag {
 		bad("warn_lag", "warn_lag %d is above max_lag %d", t.WarnLag, t.MaxLag)
 	}
+	n.Chain = networkhead.KindChain(n.Kind)
+	timed := map[string]*time.Duration{"warn_behind": &t.WarnBehind, "max_behind": &t.MaxBehind,
+		"max_finalized_behind": &t.MaxFinalizedBehind, "min_block_time": &n.Chain.MinBlockTime}
+	for _, f := range []struct {
+		field, value string
+		zeroOK       bool
+	}{{"warn_behind", n.WarnBehind, false}, {"max_behind", n.MaxBehind, false},
+		{"max_finalized_behind", n.MaxFinalizedBehind, true}, {"min_block_time", n.MinBlockTime, false}} {
+		if f.value == "" {
+			continue
+		}
+		if n.Kind == probe.Chainlink {
+			bad(f.field, "%s is for ethereum and cometbft nodes", f.field)
+			continue
+		}
+		d, err := time.ParseDuration(f.value)
+		switch {
+		case err != nil || d < 0 || d == 0 && !f.zeroOK:
+			hint := `like "30s" or "2m"`
+			if f.zeroOK {
+				hint += `; "0s": off`
+			}
+			bad(f.field, "%s: %q is not a positive duration (%s)", f.field, f.value, hint)
+		default:
+			*timed[f.field] = d
+		}
+	}
+	if n.MaxFinalizedBehind != "" && n.Kind == probe.CometBFT {
+		bad("max_finalized_behind", "max_finalized_behind is for ethereum nodes (a CometBFT block is final once committed)")
+	}
+	if t.WarnBehind > 0 && t.MaxBehind > 0 && t.WarnBehind > t.MaxBehind {
+		bad("warn_behind", "warn_behind %s is above max_behind %s", t.WarnBehind, t.MaxBehind)
+	}
+	t.TimeOnly = (n.WarnBehind != "" || n.MaxBehind != "") && n.WarnLag == nil && n.MaxLag == nil
 	if t.FailAfter < 1 || t.PassAfter < 1 {
 		bad("", "fail_after and pass_after must be at least 1")
 	}
@@ -213,7 +259,8 @@ func (n *Node) WantChain() string {
 // Target is what the prober needs to probe the node.
 func (n *Node) Target() probe.Target {
 	return probe.Target{Name: n.Name, Kind: n.Kind, URL: n.RPC, APIKey: n.APIKey, APISecret: n.APISecret,
-		APIEmail: n.APIEmail, APIPassword: n.APIPassword, APICredentialsFile: n.APICredentialsFile, AuthEvery: n.AuthEvery}
+		APIEmail: n.APIEmail, APIPassword: n.APIPassword, APICredentialsFile: n.APICredentialsFile, AuthEvery: n.AuthEvery,
+		Finality: n.Kind == probe.Ethereum && n.Thresholds.MaxFinalizedBehind > 0}
 }
 
 // DefaultAuthChecksInterval is how often a Chainlink node's authenticated checks (keys and balances, job runs)

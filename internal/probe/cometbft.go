@@ -37,6 +37,7 @@ type cometStatus struct {
 		Version string `json:"version"`
 	} `json:"node_info"`
 	SyncInfo struct {
+		LatestBlockHash   string     `json:"latest_block_hash"`
 		LatestBlockHeight *int64     `json:"latest_block_height"`
 		LatestBlockTime   *time.Time `json:"latest_block_time"`
 		CatchingUp        *bool      `json:"catching_up"`
@@ -92,6 +93,7 @@ func probeCometBFT(ctx context.Context, hc *http.Client, t Target) Result {
 	r.Height = uint64(*si.LatestBlockHeight)
 	r.HasHeight = true
 	r.BlockTime = *si.LatestBlockTime
+	r.Hash = ParseHash(si.LatestBlockHash)
 	r.Syncing = *si.CatchingUp
 	r.ChainID = clip(st.NodeInfo.Network, 128)
 	r.Version = clip(st.NodeInfo.Version, 128)
@@ -126,4 +128,57 @@ func cometCallError(method string, err error) error {
 		return fmt.Errorf("%s: json-rpc error %d: %s", method, re.Code, clip(msg, 256))
 	}
 	return fmt.Errorf("%s: %w", method, tidy(err))
+}
+
+// cometBlockchain is the part of /blockchain a hash lookup needs.
+type cometBlockchain struct {
+	BlockMetas []struct {
+		BlockID struct {
+			Hash string `json:"hash"`
+		} `json:"block_id"`
+		Header struct {
+			Height *int64 `json:"height"`
+		} `json:"header"`
+	} `json:"block_metas"`
+}
+
+// cometBlockHashes asks a CometBFT node for the hashes of blocks by height: one /blockchain call for the range the
+// heights span when it is short (the node answers at most 20 block metas), else one call per height.
+func cometBlockHashes(ctx context.Context, hc *http.Client, t Target, heights []uint64) ([]Hash, error) {
+	c, err := cometClient(hc, t.URL)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Hash, len(heights))
+	if len(heights) == 0 {
+		return out, nil
+	}
+	lo, hi := heights[0], heights[0]
+	for _, h := range heights {
+		lo, hi = min(lo, h), max(hi, h)
+	}
+	ranges := [][2]uint64{{lo, hi}}
+	if hi-lo >= 20 {
+		ranges = ranges[:0]
+		for _, h := range heights {
+			ranges = append(ranges, [2]uint64{h, h})
+		}
+	}
+	found := map[uint64]Hash{}
+	for _, r := range ranges {
+		var bc cometBlockchain
+		params := map[string]any{"minHeight": int64(r[0]), "maxHeight": int64(r[1])}
+		if _, err := c.Call(ctx, "blockchain", params, &bc); err != nil {
+			return nil, cometCallError("blockchain", err)
+		}
+		for _, m := range bc.BlockMetas {
+			if m.Header.Height != nil && *m.Header.Height > 0 {
+				found[uint64(*m.Header.Height)] = ParseHash(m.BlockID.Hash)
+			}
+		}
+	}
+	for i, h := range heights {
+		out[i] = found[h]
+	}
+	return out, nil
 }

@@ -110,7 +110,17 @@ func TestCometBFTProbe(t *testing.T) {
 			if !equalResult(r, want) {
 				t.Errorf("got  %+v\nwant %+v", r, want)
 			}
+			if r.Hash.String() != "0x9f4e1b2c3d4e5f60718293a4b5c6d7e8f9011121314151617181920212223242" {
+				t.Errorf("hash %s", r.Hash)
+			}
 		}},
+		{name: "odd hash leaves it unknown", edit: replace(`"9F4E1B2C3D4E5F60718293A4B5C6D7E8F9011121314151617181920212223242"`, `"9F4E"`),
+			check: func(t *testing.T, r Result) {
+				noErr(t, r)
+				if !r.Hash.IsZero() {
+					t.Errorf("hash %s", r.Hash)
+				}
+			}},
 		{name: "catching up", edit: replace(`"catching_up": false`, `"catching_up": true`),
 			check: func(t *testing.T, r Result) {
 				noErr(t, r)
@@ -213,5 +223,39 @@ func BenchmarkCometBFTProbe(b *testing.B) {
 		if r.Err != nil {
 			b.Fatal(r.Err)
 		}
+	}
+}
+
+// BlockHashes reads /blockchain: one call for a short span of heights.
+func TestCometBFTBlockHashes(t *testing.T) {
+	var calls []string
+	srv := newServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var q struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params struct {
+				Min string `json:"minHeight"`
+				Max string `json:"maxHeight"`
+			} `json:"params"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&q); err != nil || q.Method != "blockchain" {
+			t.Errorf("request %+v: %v", q, err)
+		}
+		calls = append(calls, q.Params.Min+"-"+q.Params.Max)
+		io.WriteString(w, `{"jsonrpc":"2.0","id":`+string(q.ID)+`,"result":{"last_height":"12","block_metas":[`+
+			`{"block_id":{"hash":"AA`+strings.Repeat("01", 31)+`","parts":{"total":1,"hash":"00"}},"block_size":"500","header":{"height":"11"},"num_txs":"0"},`+
+			`{"block_id":{"hash":"BB`+strings.Repeat("01", 31)+`","parts":{"total":1,"hash":"00"}},"block_size":"500","header":{"height":"10"},"num_txs":"0"}]}}`)
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	hs, err := BlockHashes(ctx, NewHTTPClient(), Target{Name: "c", Kind: CometBFT, URL: srv.URL}, []uint64{11, 10, 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs[0].String() != "0xaa"+strings.Repeat("01", 31) || hs[1].String() != "0xbb"+strings.Repeat("01", 31) || !hs[2].IsZero() {
+		t.Fatalf("hashes %v", hs)
+	}
+	if len(calls) != 1 || calls[0] != "9-11" {
+		t.Fatalf("calls %v", calls)
 	}
 }

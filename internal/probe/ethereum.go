@@ -54,8 +54,10 @@ func ethClient(ctx context.Context, hc *http.Client, rawURL string) (*rpc.Client
 
 // ethBlock is the part of eth_getBlockByNumber's answer a probe needs.
 type ethBlock struct {
-	Number    *quantity `json:"number"`
-	Timestamp *quantity `json:"timestamp"`
+	Number     *quantity `json:"number"`
+	Timestamp  *quantity `json:"timestamp"`
+	Hash       Hash      `json:"hash"`
+	ParentHash Hash      `json:"parentHash"`
 }
 
 // quantity is a JSON-RPC quantity as real clients send it: a hex string ("0x1", the spec, geth) or a JSON number
@@ -102,8 +104,12 @@ func unmarshalQuantity(b []byte, n *big.Int) error {
 	return nil
 }
 
-// latestBlockArgs are the (read-only) arguments of eth_getBlockByNumber: the latest block, without transactions.
-var latestBlockArgs = []any{"latest", false}
+// latestBlockArgs and finalizedBlockArgs are the (read-only) arguments of eth_getBlockByNumber: the latest and the
+// finalized block, without transactions.
+var (
+	latestBlockArgs    = []any{"latest", false}
+	finalizedBlockArgs = []any{"finalized", false}
+)
 
 // ethCalls is the batch a probe sends, with the values its answers decode into. Probes reuse them through a pool:
 // at one probe a second for up to a thousand nodes, the allocations add up.
@@ -113,10 +119,12 @@ type ethCalls struct {
 	chainID       bigQuantity
 	block         ethBlock
 	version       string
-	batch         [6]rpc.BatchElem
+	finalized     json.RawMessage // null before the chain finalized anything
+	batch         [7]rpc.BatchElem
 }
 
-// Positions in ethCalls.batch. web3_clientVersion is last: it is the only optional call.
+// Positions in ethCalls.batch. The optional calls come last: web3_clientVersion (some providers disable it) and
+// the finalized block (only on chains with finality; left out of the batch unless the target asks for it).
 const (
 	callHeight = iota
 	callSyncing
@@ -124,24 +132,26 @@ const (
 	callChainID
 	callBlock
 	callVersion
+	callFinalized
 )
 
 var ethCallsPool = sync.Pool{New: func() any {
 	c := new(ethCalls)
 	c.batch = [...]rpc.BatchElem{
-		callHeight:  {Method: "eth_blockNumber", Result: &c.height},
-		callSyncing: {Method: "eth_syncing", Result: &c.syncing},
-		callPeers:   {Method: "net_peerCount", Result: &c.peers},
-		callChainID: {Method: "eth_chainId", Result: &c.chainID},
-		callBlock:   {Method: "eth_getBlockByNumber", Args: latestBlockArgs, Result: &c.block},
-		callVersion: {Method: "web3_clientVersion", Result: &c.version},
+		callHeight:    {Method: "eth_blockNumber", Result: &c.height},
+		callSyncing:   {Method: "eth_syncing", Result: &c.syncing},
+		callPeers:     {Method: "net_peerCount", Result: &c.peers},
+		callChainID:   {Method: "eth_chainId", Result: &c.chainID},
+		callBlock:     {Method: "eth_getBlockByNumber", Args: latestBlockArgs, Result: &c.block},
+		callVersion:   {Method: "web3_clientVersion", Result: &c.version},
+		callFinalized: {Method: "eth_getBlockByNumber", Args: finalizedBlockArgs, Result: &c.finalized},
 	}
 	return c
 }}
 
 func getEthCalls() *ethCalls {
 	c := ethCallsPool.Get().(*ethCalls)
-	c.height, c.peers, c.syncing, c.block, c.version = 0, 0, c.syncing[:0], ethBlock{}, ""
+	c.height, c.peers, c.syncing, c.block, c.version, c.finalized = 0, 0, c.syncing[:0], ethBlock{}, "", c.finalized[:0]
 	(*big.Int)(&c.chainID).SetUint64(0)
 	for i := range c.batch {
 		c.batch[i].Error = nil
@@ -152,6 +162,9 @@ func getEthCalls() *ethCalls {
 func putEthCalls(c *ethCalls) {
 	if cap(c.syncing) > 4<<10 { // don't keep a large answer alive in the pool
 		c.syncing = nil
+	}
+	if cap(c.finalized) > 64<<10 {
+		c.finalized = nil
 	}
 	ethCallsPool.Put(c)
 }
@@ -168,7 +181,11 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 
 	c := getEthCalls()
 	defer putEthCalls(c)
-	if err := client.BatchCallContext(ctx, c.batch[:]); err != nil {
+	batch := c.batch[:callFinalized]
+	if t.Finality {
+		batch = c.batch[:]
+	}
+	if err := client.BatchCallContext(ctx, batch); err != nil {
 		r.Err = fmt.Errorf("json-rpc batch: %w", batchError(err))
 		return r
 	}
@@ -198,6 +215,10 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 	r.Peers = uint64(c.peers)
 	r.ChainID = (*big.Int)(&c.chainID).String()
 	r.BlockTime = time.Unix(int64(*c.block.Timestamp), 0).UTC()
+	r.Hash, r.ParentHash = c.block.Hash, c.block.ParentHash
+	if t.Finality && c.batch[callFinalized].Error == nil {
+		r.Finalized, r.FinalizedHash, r.HasFinalized = decodeFinalized(c.finalized)
+	}
 	// Some providers disable web3_clientVersion: then the node simply has no version to show.
 	if c.batch[callVersion].Error == nil {
 		r.Client, r.Version = parseClientVersion(c.version)
@@ -251,6 +272,16 @@ func decodeSyncing(raw json.RawMessage) (bool, error) {
 		return true, nil
 	}
 	return false, fmt.Errorf("eth_syncing: want false or an object, got %s", clip(string(v), 64))
+}
+
+// decodeFinalized reads the finalized block. A chain without finality (Clique, pre-merge, Ethermint) answers an
+// error or null; an answer without a number is the same: no finalized block, not a failed probe.
+func decodeFinalized(raw json.RawMessage) (uint64, Hash, bool) {
+	var b ethBlock
+	if len(raw) == 0 || json.Unmarshal(raw, &b) != nil || b.Number == nil {
+		return 0, Hash{}, false
+	}
+	return uint64(*b.Number), b.Hash, true
 }
 
 func checkBlock(b *ethBlock) error {

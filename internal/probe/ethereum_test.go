@@ -32,10 +32,23 @@ var gethMembers = map[string]string{
 		`"0x2222222222222222222222222222222222222222222222222222222222222222"],` +
 		`"transactionsRoot":"0x0","uncles":[],"withdrawals":[],"withdrawalsRoot":"0x0"}`,
 	"web3_clientVersion": `"result":"Geth/v1.13.15-stable-c5ba367e/linux-amd64/go1.21.6"`,
+	// eth_getBlockByNumber("finalized", false): answered under this key (the method and its tag).
+	"eth_getBlockByNumber/finalized": `"result":{"baseFeePerGas":"0x4a817c800","difficulty":"0x0",` +
+		`"hash":"0x9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9","number":"0x12a05b1",` +
+		`"parentHash":"0x1111111111111111111111111111111111111111111111111111111111111111","timestamp":"0x65f2a2d7",` +
+		`"transactions":["0x3333333333333333333333333333333333333333333333333333333333333333"]}`,
 }
 
+// Hashes of the latest and finalized blocks in gethMembers.
+const (
+	gethLatestHash    = "0x4cbaa9d3b12ea9a2b8f1c7e5c5d1e6a1f0a3d2c9b8e7f6a5d4c3b2a1f0e9d8c7"
+	gethParentHash    = "0x1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff001"
+	gethFinalizedHash = "0x9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9"
+)
+
 // ethNode is a fake execution client speaking JSON-RPC 2.0 over HTTP: it decodes the batch the client sends and
-// answers each call, by id, with members[method] (a "result" or an "error" member).
+// answers each call, by id, with members[method] (a "result" or an "error" member); eth_getBlockByNumber for a
+// tag or number other than "latest" with members["eth_getBlockByNumber/TAG"] (null when there is none).
 type ethNode struct {
 	t       testing.TB
 	members map[string]string
@@ -69,13 +82,22 @@ func (n *ethNode) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if q.JSONRPC != "2.0" {
 			n.t.Errorf("request %d: jsonrpc %q", i, q.JSONRPC)
 		}
-		if q.Method == "eth_getBlockByNumber" && string(q.Params) != `["latest",false]` {
-			n.t.Errorf("eth_getBlockByNumber params %s, want [\"latest\",false]", q.Params)
+		method := q.Method
+		if method == "eth_getBlockByNumber" && string(q.Params) != `["latest",false]` {
+			var args []any
+			if err := json.Unmarshal(q.Params, &args); err != nil || len(args) != 2 || args[1] != false {
+				n.t.Errorf("eth_getBlockByNumber params %s, want [tag or number, false]", q.Params)
+			}
+			tag, _ := args[0].(string)
+			method += "/" + tag
 		}
-		if q.Method == n.drop {
+		if method == n.drop {
 			continue
 		}
-		member, ok := n.members[q.Method]
+		member, ok := n.members[method]
+		if !ok && strings.HasPrefix(method, "eth_getBlockByNumber/") {
+			member, ok = `"result":null`, true
+		}
 		if !ok {
 			member = `"error":{"code":-32601,"message":"the method ` + q.Method + ` does not exist/is not available"}`
 		}
@@ -109,6 +131,12 @@ func TestEthereumProbe(t *testing.T) {
 			r.BlockTime = want.BlockTime
 			if !equalResult(r, want) {
 				t.Errorf("got  %+v\nwant %+v", r, want)
+			}
+			if r.Hash.String() != gethLatestHash || r.ParentHash.String() != gethParentHash {
+				t.Errorf("hash %s parent %s", r.Hash, r.ParentHash)
+			}
+			if r.HasFinalized {
+				t.Error("finalized block reported though the target did not ask for it")
 			}
 		}},
 		{name: "nethermind client name", override: map[string]string{
@@ -293,11 +321,17 @@ func equalResult(a, b Result) bool {
 		a.FailedRuns == b.FailedRuns && a.RunsChecked == b.RunsChecked && errors.Is(a.Err, b.Err)
 }
 
-// BenchmarkEthereumProbe is one probe of a synced geth (canned batch answer) over a keep-alive connection.
-func BenchmarkEthereumProbe(b *testing.B) {
-	srv := newServer(b, cannedBatch(b))
+// BenchmarkEthereumProbe is one probe of a synced geth (canned batch answer) over a keep-alive connection, with the
+// finalized block as the agent asks for it by default.
+func BenchmarkEthereumProbe(b *testing.B) { benchmarkEthereumProbe(b, true) }
+
+// BenchmarkEthereumProbeNoFinality is the same probe without the finalized block (max_finalized_behind = "0s").
+func BenchmarkEthereumProbeNoFinality(b *testing.B) { benchmarkEthereumProbe(b, false) }
+
+func benchmarkEthereumProbe(b *testing.B, finality bool) {
+	srv := newServer(b, cannedBatch(b, finality))
 	client := NewHTTPClient()
-	tg := Target{Name: "geth-a", Kind: "ethereum", URL: srv.URL}
+	tg := Target{Name: "geth-a", Kind: "ethereum", URL: srv.URL, Finality: finality}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -312,9 +346,12 @@ func BenchmarkEthereumProbe(b *testing.B) {
 
 // cannedBatch answers the prober's batch with gethMembers, doing as little work as it can (it runs in the
 // benchmark's process, so its allocations count too): it copies the ids out of the request by scanning, in order.
-func cannedBatch(tb testing.TB) http.HandlerFunc {
+func cannedBatch(tb testing.TB, finality bool) http.HandlerFunc {
 	order := []string{"eth_blockNumber", "eth_syncing", "net_peerCount", "eth_chainId", "eth_getBlockByNumber",
 		"web3_clientVersion"}
+	if finality {
+		order = append(order, "eth_getBlockByNumber/finalized")
+	}
 	var parts [][]byte
 	for i, m := range order {
 		sep := ","
@@ -430,5 +467,97 @@ func TestParseClientVersion(t *testing.T) {
 		if client != tc.client || version != tc.version {
 			t.Errorf("%q: got client %q version %q, want %q %q", tc.in, client, version, tc.client, tc.version)
 		}
+	}
+}
+
+// The finalized block is asked for only when the target wants it, and is optional: a chain without finality
+// answers an error (geth's Clique) or null, and the probe goes on without one.
+func TestEthereumProbeFinality(t *testing.T) {
+	cases := []struct {
+		name     string
+		override map[string]string
+		want     uint64
+		has      bool
+	}{
+		{name: "finalized block", want: 0x12a05b1, has: true},
+		{name: "no finality (clique)", override: map[string]string{
+			"eth_getBlockByNumber/finalized": `"error":{"code":-39001,"message":"unknown block"}`}},
+		{name: "null before anything was finalized", override: map[string]string{
+			"eth_getBlockByNumber/finalized": `"result":null`}},
+		{name: "a finalized answer without a number", override: map[string]string{
+			"eth_getBlockByNumber/finalized": `"result":{"hash":"0x01"}`}},
+		{name: "garbage", override: map[string]string{"eth_getBlockByNumber/finalized": `"result":"finalized"`}},
+	}
+	client := NewHTTPClient()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t, newEthNode(t, tc.override))
+			r := runProbe(t, client, Target{Name: "geth-a", Kind: "ethereum", URL: srv.URL, Finality: true})
+			noErr(t, r)
+			if r.HasFinalized != tc.has || r.Finalized != tc.want {
+				t.Fatalf("finalized %d (%v), want %d (%v)", r.Finalized, r.HasFinalized, tc.want, tc.has)
+			}
+			if tc.has && r.FinalizedHash.String() != gethFinalizedHash {
+				t.Errorf("finalized hash %s", r.FinalizedHash)
+			}
+			if r.Height != 19531251 || r.Hash.String() != gethLatestHash {
+				t.Errorf("height %d hash %s", r.Height, r.Hash)
+			}
+		})
+	}
+}
+
+// BlockHashes asks for blocks by number in one batch; a block the node doesn't have is the zero hash.
+func TestEthereumBlockHashes(t *testing.T) {
+	srv := newServer(t, newEthNode(t, map[string]string{
+		"eth_getBlockByNumber/0x64": `"result":{"number":"0x64","hash":"` + gethParentHash + `","timestamp":"0x1"}`,
+		// A node answering another block than asked is not believed.
+		"eth_getBlockByNumber/0x65": `"result":{"number":"0x66","hash":"` + gethLatestHash + `","timestamp":"0x1"}`,
+		"eth_getBlockByNumber/0x67": `"error":{"code":-32000,"message":"header not found"}`,
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout)
+	defer cancel()
+	tg := Target{Name: "geth-a", Kind: "ethereum", URL: srv.URL}
+	hs, err := BlockHashes(ctx, NewHTTPClient(), tg, []uint64{100, 101, 102})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hs[0].String() != gethParentHash || !hs[1].IsZero() || !hs[2].IsZero() {
+		t.Fatalf("hashes %v", hs)
+	}
+	_, err = BlockHashes(ctx, NewHTTPClient(), tg, []uint64{100, 103})
+	wantErr(t, err, "eth_getBlockByNumber(103): json-rpc error -32000: header not found")
+}
+
+func TestParseHash(t *testing.T) {
+	const hex64 = "9f4e1b2c3d4e5f60718293a4b5c6d7e8f9011121314151617181920212223242"
+	for in, want := range map[string]string{
+		"0x" + hex64:                  "0x" + hex64,
+		strings.ToUpper(hex64):        "0x" + hex64, // CometBFT
+		"0x01":                        "",
+		"0x" + hex64 + "00":           "",
+		"0x" + hex64[:62] + "zz":      "",
+		"":                            "",
+		"0X" + strings.ToUpper(hex64): "0x" + hex64,
+	} {
+		if got := ParseHash(in).String(); got != want {
+			t.Errorf("ParseHash(%q) = %q, want %q", in, got, want)
+		}
+		var h Hash
+		if err := json.Unmarshal([]byte(`"`+in+`"`), &h); err != nil || h.String() != want {
+			t.Errorf("json %q: %q, %v; want %q", in, h, err, want)
+		}
+	}
+	var h Hash
+	for _, in := range []string{`null`, `12`, `{}`, `"`} {
+		if err := json.Unmarshal([]byte(in), &h); err != nil && in != `"` {
+			t.Errorf("json %s: %v", in, err)
+		}
+	}
+	b, _ := json.Marshal(struct {
+		H Hash `json:"h,omitzero"`
+	}{ParseHash("0x" + hex64)})
+	if string(b) != `{"h":"0x`+hex64+`"}` {
+		t.Errorf("marshal %s", b)
 	}
 }

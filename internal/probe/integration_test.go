@@ -55,9 +55,13 @@ func TestIntegrationGeth(t *testing.T) {
 	testenv.WaitHTTP(t, p, url, 60*time.Second)
 
 	client := probe.NewHTTPClient()
-	tg := probe.Target{Name: "geth-dev", Kind: "ethereum", URL: url}
+	tg := probe.Target{Name: "geth-dev", Kind: "ethereum", URL: url, Finality: true}
 	check := func(r probe.Result) error {
 		switch {
+		case r.Hash.IsZero() || r.ParentHash.IsZero():
+			return fmt.Errorf("hash %s parent %s", r.Hash, r.ParentHash)
+		case !r.HasFinalized || r.Finalized > r.Height: // geth --dev finalizes every 32nd block, block 0 at first
+			return fmt.Errorf("finalized %d (%v) at height %d", r.Finalized, r.HasFinalized, r.Height)
 		case r.ChainID != "1337":
 			return fmt.Errorf("chain id %q, want 1337", r.ChainID)
 		case r.Client != "geth" || !strings.HasPrefix(r.Version, "Geth/v1.16.7"):
@@ -83,8 +87,15 @@ func TestIntegrationGeth(t *testing.T) {
 		t.Fatalf("first probe: %v (%+v)", err, first)
 	}
 	last := waitAdvance(t, client, tg, first, check)
-	t.Logf("geth: height %d -> %d, peers %d, %s, probe took %s", first.Height, last.Height, last.Peers, last.Version,
-		last.Duration)
+	// Blocks by number: the parent of the last head, and the first head, are the blocks the probes saw.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	hs, err := probe.BlockHashes(ctx, client, tg, []uint64{last.Height - 1, first.Height, last.Height + 1000})
+	if err != nil || hs[0] != last.ParentHash || hs[1] != first.Hash || !hs[2].IsZero() {
+		t.Fatalf("block hashes %v (%v), want %s %s and none", hs, err, last.ParentHash, first.Hash)
+	}
+	t.Logf("geth: height %d -> %d, peers %d, %s, finalized %d, probe took %s", first.Height, last.Height, last.Peers,
+		last.Version, last.Finalized, last.Duration)
 }
 
 // TestIntegrationCometBFT probes a real single-validator CometBFT v0.38 running the kvstore app.
@@ -121,6 +132,8 @@ func TestIntegrationCometBFT(t *testing.T) {
 			return fmt.Errorf("HasHeight %v Syncing %v", r.HasHeight, r.Syncing)
 		case r.Peers != 0:
 			return fmt.Errorf("peers %d, a lone validator has none", r.Peers)
+		case r.Hash.IsZero():
+			return errors.New("no block hash")
 		case r.Height > 0 && time.Since(r.BlockTime) > time.Minute:
 			return fmt.Errorf("latest block time %v is old", r.BlockTime)
 		}
@@ -138,5 +151,11 @@ func TestIntegrationCometBFT(t *testing.T) {
 		t.Fatalf("first probe: %v (%+v)", err, first)
 	}
 	last := waitAdvance(t, client, tg, first, check)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	hs, err := probe.BlockHashes(ctx, client, tg, []uint64{first.Height, last.Height})
+	if err != nil || hs[0] != first.Hash || hs[1] != last.Hash {
+		t.Fatalf("block hashes %v (%v), want %s %s", hs, err, first.Hash, last.Hash)
+	}
 	t.Logf("cometbft: chain %s height %d -> %d, probe took %s", last.ChainID, first.Height, last.Height, last.Duration)
 }

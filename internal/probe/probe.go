@@ -42,6 +42,10 @@ type Target struct {
 	// version); in between it reuses their last results from Session. 0, or no Session: every probe.
 	AuthEvery time.Duration
 	Session   *ChainlinkSession
+
+	// Finality asks an Ethereum node for its finalized block too (one more call in the batch; optional: a node
+	// without finality answers an error and the probe goes on).
+	Finality bool
 }
 
 // Result is what one probe learned. Fields a kind does not have stay zero; Err says why the probe failed.
@@ -54,6 +58,13 @@ type Result struct {
 	Client    string // client name, e.g. "geth", "cometbft", "chainlink"
 	Version   string // client version string as the node reports it
 	HasHeight bool   // the kind reports heights (ethereum, cometbft)
+	// Hash is the latest block's hash and ParentHash its parent's (ethereum; CometBFT's /status has no parent):
+	// what fork detection compares. Zero: unknown.
+	Hash, ParentHash Hash
+	// Finalized is the node's latest finalized block (Ethereum's "finalized" tag) when HasFinalized.
+	Finalized     uint64
+	FinalizedHash Hash
+	HasFinalized  bool
 
 	// Chainlink.
 	FailingChecks []Check       // /health checks that are failing, with their output

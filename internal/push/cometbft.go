@@ -10,6 +10,8 @@ import (
 	"time"
 
 	rpctypes "github.com/cometbft/cometbft/rpc/jsonrpc/types"
+
+	"github.com/chainwarden/chainwarden/internal/probe"
 )
 
 // cometNewBlock is the query of the event a CometBFT node sends for every block it commits.
@@ -31,12 +33,15 @@ type cometEvent struct {
 		Value struct {
 			Block *struct {
 				Header struct {
-					Height cometInt  `json:"height"`
-					Time   time.Time `json:"time"`
+					Height      cometInt  `json:"height"`
+					Time        time.Time `json:"time"`
+					LastBlockID struct {
+						Hash probe.Hash `json:"hash"`
+					} `json:"last_block_id"`
 				} `json:"header"`
 			} `json:"block"`
 			BlockID struct {
-				Hash string `json:"hash"`
+				Hash probe.Hash `json:"hash"`
 			} `json:"block_id"`
 		} `json:"value"`
 	} `json:"data"`
@@ -120,6 +125,7 @@ func subscribeCometBFT(ctx context.Context, url string, timeout time.Duration, s
 		if b == nil || b.Header.Height == 0 {
 			return errors.New("NewBlock event: no block height")
 		}
-		s.Head(Head{Height: uint64(b.Header.Height), Time: b.Header.Time.UTC(), Hash: ev.Data.Value.BlockID.Hash})
+		s.Head(Head{Height: uint64(b.Header.Height), Time: b.Header.Time.UTC(), Hash: ev.Data.Value.BlockID.Hash,
+			ParentHash: b.Header.LastBlockID.Hash})
 	}
 }

@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/common/hexutil"
+
+	"github.com/chainwarden/chainwarden/internal/probe"
 )
 
 // ethSubscribe is the eth_subscribe call for new heads.
@@ -32,16 +33,17 @@ type ethMessage struct {
 
 // ethHead is the part of a newHeads notification (a block header) a head needs, in go-ethereum's own encodings.
 type ethHead struct {
-	Number    *hexutil.Uint64 `json:"number"`
-	Timestamp *hexutil.Uint64 `json:"timestamp"`
-	Hash      *common.Hash    `json:"hash"`
+	Number     *hexutil.Uint64 `json:"number"`
+	Timestamp  *hexutil.Uint64 `json:"timestamp"`
+	Hash       probe.Hash      `json:"hash"`
+	ParentHash probe.Hash      `json:"parentHash"`
 }
 
 // subscribeEthereum subscribes to an Ethereum node's newHeads (eth_subscribe, the Ethereum JSON-RPC pub/sub API that
 // geth, Nethermind, Erigon, Besu and OpenEthereum serve over WebSocket). It speaks the wire format itself over one
 // gorilla/websocket connection rather than through go-ethereum's rpc client: that client runs four goroutines and
 // keeps a random source and buffers per connection, which at a thousand nodes cost the agent about 90 MiB (measured,
-// docs/BENCHMARKS.md); the messages are decoded with go-ethereum's types.
+// docs/BENCHMARKS.md); the messages are decoded with go-ethereum's quantity type and our block hash.
 func subscribeEthereum(ctx context.Context, url string, timeout time.Duration, s Sink) error {
 	w, err := dialWS(ctx, url, timeout)
 	if err != nil {
@@ -87,12 +89,9 @@ func subscribeEthereum(ctx context.Context, url string, timeout time.Duration, s
 			if h.Number == nil {
 				return errors.New("newHeads: a head without a number")
 			}
-			head := Head{Height: uint64(*h.Number)}
+			head := Head{Height: uint64(*h.Number), Hash: h.Hash, ParentHash: h.ParentHash}
 			if h.Timestamp != nil {
 				head.Time = time.Unix(int64(*h.Timestamp), 0).UTC()
-			}
-			if h.Hash != nil {
-				head.Hash = h.Hash.Hex()
 			}
 			s.Head(head)
 		case m.Error != nil: // e.g. the node ended the subscription

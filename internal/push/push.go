@@ -28,7 +28,9 @@ const MaxMessageBytes = 8 << 20
 type Head struct {
 	Height uint64
 	Time   time.Time // the block's timestamp; zero when the node did not say
-	Hash   string    // the block hash as the node wrote it (0x-hex for Ethereum, hex for CometBFT); "" when absent
+	// Hash is the block's hash and ParentHash its parent's; zero when the node did not say (IRITA's v0.34 NewBlock
+	// event has no block id).
+	Hash, ParentHash probe.Hash
 }
 
 // Sink receives what one subscription learns, from the subscription's goroutine.

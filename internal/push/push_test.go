@@ -131,8 +131,9 @@ func TestManagerSubscribesResubscribesAndStops(t *testing.T) {
 	if n := h.m.Subscribed(); n != 1 {
 		t.Fatalf("subscribed = %d, want 1 (chainlink has no subscriber)", n)
 	}
-	a1.sink.Head(push.Head{Height: 7, Hash: "0x07"})
-	if e := h.event(t); e.head.Height != 7 || e.head.Hash != "0x07" {
+	hash := probe.ParseHash(strings.Repeat("07", 32))
+	a1.sink.Head(push.Head{Height: 7, Hash: hash})
+	if e := h.event(t); e.head.Height != 7 || e.head.Hash != hash {
 		t.Fatalf("head: %+v", e)
 	}
 

@@ -74,8 +74,8 @@ func TestEthereumNewHeads(t *testing.T) {
 	node.HeightFunc = func() (uint64, time.Time) { return 101, at }
 	p.Publish()
 	h := wait(t, s.heads, "a head")
-	if want := ethfake.Header(101, at).Hash().Hex(); h.Height != 101 || !h.Time.Equal(at) || h.Hash != want {
-		t.Fatalf("head %+v, want 101 at %s hash %s", h, at, want)
+	if h.Height != 101 || !h.Time.Equal(at) || h.Hash.String() != ethfake.Hash(0, 101) || h.ParentHash.String() != ethfake.Hash(0, 100) {
+		t.Fatalf("head %+v, want 101 at %s hash %s parent %s", h, at, ethfake.Hash(0, 101), ethfake.Hash(0, 100))
 	}
 
 	// The node drops the connection: the subscriber ends with an error.
@@ -150,16 +150,16 @@ func newCometServer(t *testing.T) *cometServer {
 
 // newBlockEvent is a NewBlock event as CometBFT v0.38.19 writes it (the shape of one read from a real node,
 // abridged: one transaction, the commit's signatures left out).
-func newBlockEvent(height int64, at time.Time, hash string) []byte {
+func newBlockEvent(height int64, at time.Time, parent, hash string) []byte {
 	return []byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"result":{"query":"tm.event='NewBlock'","data":{"type":"tendermint/event/NewBlock",`+
 		`"value":{"block":{"header":{"version":{"block":"11"},"chain_id":"test-chain","height":"%d","time":%q,`+
-		`"last_block_id":{"hash":"0F1E","parts":{"total":1,"hash":"AA"}},"last_commit_hash":"","data_hash":"","validators_hash":"",`+
+		`"last_block_id":{"hash":"%s","parts":{"total":1,"hash":"AA"}},"last_commit_hash":"","data_hash":"","validators_hash":"",`+
 		`"next_validators_hash":"","consensus_hash":"","app_hash":"0000000000000000","last_results_hash":"","evidence_hash":"",`+
 		`"proposer_address":"C0FFEE"},"data":{"txs":["az12"]},"evidence":{"evidence":[]},"last_commit":{"height":"%d",`+
 		`"round":0,"block_id":{"hash":"0F1E","parts":{"total":1,"hash":"AA"}},"signatures":[]}},`+
 		`"block_id":{"hash":%q,"parts":{"total":1,"hash":"BB"}},"result_finalize_block":{"events":[],"tx_results":[{"code":0}],`+
 		`"validator_updates":[],"consensus_param_updates":null,"app_hash":"AAAA"}}},"events":{"tm.event":["NewBlock"]}}}`,
-		height, at.Format(time.RFC3339Nano), height-1, hash))
+		height, at.Format(time.RFC3339Nano), parent, height-1, hash))
 }
 
 func TestCometBFTNewBlock(t *testing.T) {
@@ -172,9 +172,10 @@ func TestCometBFTNewBlock(t *testing.T) {
 
 	at := time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC)
 	c.send <- []byte(`null`) // ignored
-	c.send <- newBlockEvent(42, at, "ABCDEF01")
+	hash, parent := strings.Repeat("AB", 32), strings.Repeat("0F", 32)
+	c.send <- newBlockEvent(42, at, parent, hash)
 	h := wait(t, s.heads, "a head")
-	if h.Height != 42 || !h.Time.Equal(at) || h.Hash != "ABCDEF01" {
+	if h.Height != 42 || !h.Time.Equal(at) || h.Hash != probe.ParseHash(hash) || h.ParentHash != probe.ParseHash(parent) {
 		t.Fatalf("head %+v", h)
 	}
 
@@ -184,7 +185,7 @@ func TestCometBFTNewBlock(t *testing.T) {
 		`"data":{"txs":[]},"evidence":{"evidence":[]},"last_commit":null},"result_begin_block":{},"result_end_block":{}}},` +
 		`"events":{"tm.event":["NewBlock"]}}}`)
 	h = wait(t, s.heads, "a v0.34 head")
-	if h.Height != 43 || h.Hash != "" || !h.Time.Equal(time.Date(2026, 1, 2, 3, 4, 10, 5e8, time.UTC)) {
+	if h.Height != 43 || !h.Hash.IsZero() || !h.Time.Equal(time.Date(2026, 1, 2, 3, 4, 10, 5e8, time.UTC)) {
 		t.Fatalf("v0.34 head %+v", h)
 	}
 

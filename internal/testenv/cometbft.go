@@ -31,8 +31,14 @@ type CometNet struct {
 // StartCometNetwork starts a network of n validators (as IRITA's `irita testnet --v 4` does) and waits for blocks.
 func StartCometNetwork(t testing.TB, n int) *CometNet {
 	t.Helper()
+	return StartCometChain(t, n, "")
+}
+
+// StartCometChain starts a network of n validators on the given chain id ("": a random one).
+func StartCometChain(t testing.TB, n int, chainID string) *CometNet {
+	t.Helper()
 	Bin(t, "cometbft")
-	net, err := devnet.StartComet(context.Background(), t.TempDir(), n)
+	net, err := devnet.StartCometChain(context.Background(), t.TempDir(), n, chainID)
 	out := &CometNet{}
 	if net != nil {
 		out.ChainID = net.ChainID

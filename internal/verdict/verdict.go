@@ -4,6 +4,7 @@
 package verdict
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math/big"
@@ -16,19 +17,30 @@ import (
 
 // Thresholds are a node's verdict limits, after the per-kind defaults were applied.
 type Thresholds struct {
-	WarnLag       uint64
-	MaxLag        uint64
-	MaxBlockAge   time.Duration
-	MinPeers      uint64
-	FailAfter     int
-	PassAfter     int
-	MinBalanceWei string // decimal wei; "" = no wallet check
-	MaxFailedRuns int    // failed Chainlink job runs among the recent ones; -1 = no check
+	WarnLag uint64
+	MaxLag  uint64
+	// WarnBehind and MaxBehind judge lag in time: how long the node has been behind the network head (since the
+	// network first had a height the node has not reached). 0: not judged.
+	WarnBehind time.Duration
+	MaxBehind  time.Duration
+	// TimeOnly turns off WarnLag and MaxLag: a node that gives only time thresholds is judged the same on a 1 s and
+	// a 12 s chain.
+	TimeOnly bool
+	// MaxFinalizedBehind: a node whose finalized block has been behind the network's for longer is warning. 0: not
+	// judged (and not asked for).
+	MaxFinalizedBehind time.Duration
+	MaxBlockAge        time.Duration
+	MinPeers           uint64
+	FailAfter          int
+	PassAfter          int
+	MinBalanceWei      string // decimal wei; "" = no wallet check
+	MaxFailedRuns      int    // failed Chainlink job runs among the recent ones; -1 = no check
 }
 
 // KindDefaults are the thresholds of each kind where a node sets none.
 var KindDefaults = map[probe.Kind]Thresholds{
-	probe.Ethereum:  {WarnLag: 2, MaxLag: 10, MaxBlockAge: 2 * time.Minute, MinPeers: 1, FailAfter: 2, PassAfter: 3, MaxFailedRuns: -1},
+	probe.Ethereum: {WarnLag: 2, MaxLag: 10, MaxBlockAge: 2 * time.Minute, MinPeers: 1, FailAfter: 2, PassAfter: 3,
+		MaxFinalizedBehind: 2 * time.Minute, MaxFailedRuns: -1},
 	probe.CometBFT:  {WarnLag: 2, MaxLag: 10, MaxBlockAge: 2 * time.Minute, MinPeers: 1, FailAfter: 2, PassAfter: 3, MaxFailedRuns: -1},
 	probe.Chainlink: {FailAfter: 2, PassAfter: 3, MaxFailedRuns: -1},
 }
@@ -78,8 +90,17 @@ type Head struct {
 type Input struct {
 	Kind      probe.Kind
 	Result    probe.Result
-	Head      Head   // zero Height: unknown
-	WantChain string // expected chain id (decimal) or CometBFT network; "" = any
+	Head      Head          // zero Height: unknown
+	BehindFor time.Duration // how long the node has been behind Head (0: at or above it)
+	// Flag says why the network head does not count this node (not corroborated, on a fork); "": it counts.
+	// FlagKey is Flag without figures that change every probe ("": Flag has none).
+	Flag, FlagKey string
+	// Finalized is the network's finalized block (0: unknown), from FinalizedNode; FinalizedBehindFor how long the
+	// node's finalized block has been below it.
+	Finalized          uint64
+	FinalizedNode      string
+	FinalizedBehindFor time.Duration
+	WantChain          string // expected chain id (decimal) or CometBFT network; "" = any
 	// Standby marks a Chainlink node of an active/standby pair: while the active one holds the database lock the
 	// standby does not serve its API, and that is its normal state, not a failure.
 	Standby    bool
@@ -96,26 +117,36 @@ type Report struct {
 	Head     uint64
 	HeadNode string
 	Lag      uint64
-	Peers    uint64
-	BlockAge time.Duration // zero when unknown
-	Err      string
+	// Behind is how long the node has been behind the head (0 at the head); it ticks, like BlockAge.
+	Behind time.Duration
+	// Finalized is the node's finalized block when HasFinalized.
+	Finalized    uint64
+	HasFinalized bool
+	Peers        uint64
+	BlockAge     time.Duration // zero when unknown
+	Err          string
 	// Summary holds the figures of a node without heights (Chainlink: version, wallets, job runs).
 	Summary string
 	// Holding says why Status is not this probe's own verdict while a Damper holds it, e.g. "recovering: 1 of 3
 	// good probes"; "" when the status is the probe's.
 	Holding string
+	// keys are the Reasons without their ticking figures (for Key); "" where a reason has none.
+	keys []string
 }
 
 // Judge decides a node's undamped status from one probe.
 func Judge(in Input) Report {
 	r := in.Result
-	rep := Report{Probed: true, Height: r.Height, Peers: r.Peers}
-	bad := func(s Status, format string, args ...any) {
+	rep := Report{Probed: true, Height: r.Height, Peers: r.Peers, Finalized: r.Finalized, HasFinalized: r.HasFinalized}
+	// ticking records a reason whose figures change every probe, with key, its form without them.
+	ticking := func(s Status, key, format string, args ...any) {
 		if s > rep.Status {
 			rep.Status = s
 		}
 		rep.Reasons = append(rep.Reasons, fmt.Sprintf(format, args...))
+		rep.keys = append(rep.keys, key)
 	}
+	bad := func(s Status, format string, args ...any) { ticking(s, "", format, args...) }
 	if r.Err != nil {
 		rep.Err = r.Err.Error()
 		if in.Standby && in.Kind == probe.Chainlink && errors.Is(r.Err, syscall.ECONNREFUSED) {
@@ -153,17 +184,35 @@ func Judge(in Input) Report {
 	if r.Peers < t.MinPeers {
 		bad(Critical, "%d peers, want at least %d", r.Peers, t.MinPeers)
 	}
+	if in.Flag != "" {
+		ticking(Critical, in.FlagKey, "%s", in.Flag)
+	}
 	if in.Head.Height > 0 {
 		rep.Head, rep.HeadNode = in.Head.Height, in.Head.Node
 		if in.Head.Height > r.Height {
 			rep.Lag = in.Head.Height - r.Height
+			rep.Behind = max(in.BehindFor, 0)
 		}
 		switch {
+		case t.TimeOnly:
 		case rep.Lag > t.MaxLag:
 			bad(Critical, "%d blocks behind, more than max_lag %d", rep.Lag, t.MaxLag)
 		case rep.Lag > t.WarnLag:
 			bad(Warning, "%d blocks behind, more than warn_lag %d", rep.Lag, t.WarnLag)
 		}
+		switch {
+		case t.MaxBehind > 0 && rep.Behind > t.MaxBehind:
+			ticking(Critical, "behind the head for more than max_behind "+t.MaxBehind.String(),
+				"behind the head for %s, more than max_behind %s", roundAge(rep.Behind), t.MaxBehind)
+		case t.WarnBehind > 0 && rep.Behind > t.WarnBehind:
+			ticking(Warning, "behind the head for more than warn_behind "+t.WarnBehind.String(),
+				"behind the head for %s, more than warn_behind %s", roundAge(rep.Behind), t.WarnBehind)
+		}
+	}
+	if t.MaxFinalizedBehind > 0 && r.HasFinalized && in.Finalized > r.Finalized && in.FinalizedBehindFor > t.MaxFinalizedBehind {
+		ticking(Warning, fmt.Sprintf("finalized block %d behind the network's %d (%s)", r.Finalized, in.Finalized, in.FinalizedNode),
+			"finalized block %d behind the network's %d (%s) for %s, more than max_finalized_behind %s",
+			r.Finalized, in.Finalized, in.FinalizedNode, roundAge(in.FinalizedBehindFor), t.MaxFinalizedBehind)
 	}
 	return rep
 }
@@ -268,12 +317,17 @@ func (r Report) probeOutput() string {
 			parts = append(parts, "head unknown")
 		case r.Lag == 0:
 			parts = append(parts, fmt.Sprintf("at head %d", r.Head))
+		case r.Behind > 0:
+			parts = append(parts, fmt.Sprintf("%d behind head %d (%s) for %s", r.Lag, r.Head, r.HeadNode, roundAge(r.Behind)))
 		default:
 			parts = append(parts, fmt.Sprintf("%d behind head %d (%s)", r.Lag, r.Head, r.HeadNode))
 		}
 		parts = append(parts, fmt.Sprintf("%d peers", r.Peers))
 		if r.BlockAge > 0 {
 			parts = append(parts, fmt.Sprintf("last block %s ago", roundAge(r.BlockAge)))
+		}
+		if r.HasFinalized {
+			parts = append(parts, fmt.Sprintf("finalized %d", r.Finalized))
 		}
 	}
 	stats := strings.Join(parts, ", ")
@@ -293,9 +347,17 @@ func (r Report) probeOutput() string {
 	return out
 }
 
-// Key is Output without the age of the last block, which ticks every probe: what must reach Consul at once.
+// Key is Output without the figures that tick every probe (the age of the last block, how long the node has been
+// behind): what must reach Consul at once. The reasons stay whole, time included.
 func (r Report) Key() string {
-	r.BlockAge = 0
+	r.BlockAge, r.Behind = 0, 0
+	if len(r.keys) == len(r.Reasons) {
+		reasons := make([]string, len(r.Reasons))
+		for i, k := range r.keys {
+			reasons[i] = cmp.Or(k, r.Reasons[i])
+		}
+		r.Reasons = reasons
+	}
 	return r.Output()
 }
 

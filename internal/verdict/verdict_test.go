@@ -66,6 +66,84 @@ func TestJudge(t *testing.T) {
 	}
 }
 
+// Lag in time, the network head's flag and finality, judged beside lag in blocks.
+func TestJudgeTimeFlagsAndFinality(t *testing.T) {
+	head := Head{Height: 1236, Node: "geth-b"}
+	timed := eth()
+	timed.WarnBehind, timed.MaxBehind = 30*time.Second, 2*time.Minute
+	timeOnly := timed
+	timeOnly.TimeOnly = true
+	final := func(f uint64) probe.Result { r := healthy(1236); r.Finalized, r.HasFinalized = f, true; return r }
+	cases := []struct {
+		name   string
+		in     Input
+		want   Status
+		output string // the whole line
+		key    string // Key(), when it differs from the output
+	}{
+		{name: "behind for a little while: shown, passing",
+			in:     Input{Result: healthy(1235), Head: head, BehindFor: 1500 * time.Millisecond, Thresholds: timed},
+			output: "height 1235, 1 behind head 1236 (geth-b) for 1.5s, 5 peers, last block 1s ago",
+			key:    "height 1235, 1 behind head 1236 (geth-b), 5 peers"},
+		{name: "behind for longer than warn_behind", want: Warning,
+			in: Input{Result: healthy(1235), Head: head, BehindFor: 45 * time.Second, Thresholds: timed},
+			output: "behind the head for 45s, more than warn_behind 30s — height 1235, 1 behind head 1236 (geth-b) for 45s, " +
+				"5 peers, last block 1s ago",
+			key: "behind the head for more than warn_behind 30s — height 1235, 1 behind head 1236 (geth-b), 5 peers"},
+		{name: "behind for longer than max_behind", want: Critical,
+			in:     Input{Result: healthy(1235), Head: head, BehindFor: 3 * time.Minute, Thresholds: timed},
+			output: "behind the head for 3m0s, more than max_behind 2m0s — height 1235, 1 behind head 1236 (geth-b) for 3m0s, 5 peers, last block 1s ago"},
+		{name: "time only: 20 blocks behind for 10s passes", in: Input{Result: healthy(1216), Head: head,
+			BehindFor: 10 * time.Second, Thresholds: timeOnly},
+			output: "height 1216, 20 behind head 1236 (geth-b) for 10s, 5 peers, last block 1s ago"},
+		{name: "blocks and time: the worse wins", want: Critical, in: Input{Result: healthy(1216), Head: head,
+			BehindFor: 10 * time.Second, Thresholds: timed},
+			output: "20 blocks behind, more than max_lag 10 — height 1216, 20 behind head 1236 (geth-b) for 10s, 5 peers, last block 1s ago"},
+		{name: "not corroborated", want: Critical, in: Input{Result: healthy(99999999), Head: head, Thresholds: timed,
+			FlagKey: "head 99999999 not corroborated",
+			Flag:    "head 99999999 not corroborated: the other sources put the chain at 1239 at most (geth-b is at 1236, its block made 1s ago; at most one block per 1s)"},
+			output: "head 99999999 not corroborated: the other sources put the chain at 1239 at most (geth-b is at 1236, its block " +
+				"made 1s ago; at most one block per 1s) — height 99999999, at head 1236, 5 peers, last block 1s ago",
+			key: "head 99999999 not corroborated — height 99999999, at head 1236, 5 peers"},
+		{name: "on a fork", want: Critical, in: Input{Result: healthy(1236), Head: head, Thresholds: timed,
+			Flag: "on a fork: block 1234 is 0x0102030405 here, 0x0a0b0c0d0e on geth-b, geth-c"},
+			output: "on a fork: block 1234 is 0x0102030405 here, 0x0a0b0c0d0e on geth-b, geth-c — height 1236, at head 1236, 5 peers, last block 1s ago"},
+		{name: "finalized shown", in: Input{Result: final(1200), Head: head, Finalized: 1200, FinalizedNode: "geth-b",
+			Thresholds: timed}, output: "height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1200"},
+		{name: "finalized behind, within max_finalized_behind", in: Input{Result: final(1168), Head: head, Finalized: 1200,
+			FinalizedNode: "geth-b", FinalizedBehindFor: time.Minute, Thresholds: timed},
+			output: "height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1168"},
+		{name: "finalized behind for longer", want: Warning, in: Input{Result: final(1168), Head: head, Finalized: 1200,
+			FinalizedNode: "geth-b", FinalizedBehindFor: 3 * time.Minute, Thresholds: timed},
+			output: "finalized block 1168 behind the network's 1200 (geth-b) for 3m0s, more than max_finalized_behind 2m0s — " +
+				"height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1168",
+			key: "finalized block 1168 behind the network's 1200 (geth-b) — height 1236, at head 1236, 5 peers, finalized 1168"},
+		{name: "finality not judged when off", in: Input{Result: final(1168), Head: head, Finalized: 1200,
+			FinalizedNode: "geth-b", FinalizedBehindFor: 3 * time.Minute, Thresholds: func() Thresholds {
+				th := timed
+				th.MaxFinalizedBehind = 0
+				return th
+			}()}, output: "height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1168"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			c.in.Kind, c.in.WantChain, c.in.Now = probe.Ethereum, "4242", now
+			rep := Judge(c.in)
+			if rep.Status != c.want || rep.Output() != c.output {
+				t.Fatalf("got  %s %q\nwant %s %q", rep.Status, rep.Output(), c.want, c.output)
+			}
+			key := c.key
+			if key == "" {
+				key = strings.ReplaceAll(strings.ReplaceAll(c.output, ", last block 1s ago", ""), " for 3m0s, 5 peers", ", 5 peers")
+				key = strings.ReplaceAll(strings.ReplaceAll(key, " for 10s, 5 peers", ", 5 peers"), "behind the head for 3m0s, more", "behind the head for more")
+			}
+			if rep.Key() != key {
+				t.Fatalf("key %q\nwant %q", rep.Key(), key)
+			}
+		})
+	}
+}
+
 func TestChainlinkStandby(t *testing.T) {
 	refused := fmt.Errorf("GET /health: %w", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)})
 	th := KindDefaults[probe.Chainlink]

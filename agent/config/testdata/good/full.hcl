@@ -17,6 +17,20 @@ node "geth-a" {
   chain_id = 4242
   warn_lag = 2
   max_lag  = 10
+  warn_behind = "30s"
+  max_behind  = "2m"
+  max_finalized_behind = "5m"
+}
+
+node "arb-a" {
+  kind           = "ethereum"
+  rpc            = "http://127.0.0.1:8547"
+  service        = "arb-one"
+  chain_id       = 42161
+  warn_behind    = "10s"
+  max_behind     = "1m"
+  min_block_time = "100ms"
+  max_finalized_behind = "0s"
 }
 
 node "irita-val0" {
