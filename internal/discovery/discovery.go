@@ -305,6 +305,8 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 
 		MaxBlockAge: meta[MetaMaxBlockAge],
 		Source:      nodespec.SourceNomad,
+		AllocID:     a.ID,
+		Task:        t.Name,
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
 		if _, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {

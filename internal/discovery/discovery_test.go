@@ -59,8 +59,8 @@ func TestNodesFromAllocations(t *testing.T) {
 	if n.Thresholds.WarnLag != 3 || n.Thresholds.MaxLag != 20 {
 		t.Errorf("thresholds %+v", n.Thresholds)
 	}
-	if n.Source != "nomad" {
-		t.Errorf("source %q", n.Source)
+	if n.Source != "nomad" || n.AllocID != "a1" || n.Task != "node" {
+		t.Errorf("source %q, allocation %q, task %q", n.Source, n.AllocID, n.Task)
 	}
 	if len(n.Tags) != 1 || n.Tags[0] != "ws_port=21002" {
 		t.Errorf("tags %v", n.Tags)

@@ -16,6 +16,7 @@ func TestKeys(t *testing.T) {
 		l.Fallback("eth-mainnet"):  "cw/fallback/eth-mainnet",
 		l.DenyMethods():            "cw/proxy/deny_methods",
 		l.DefaultService():         "cw/proxy/default_service",
+		l.RestartLock("eth-a"):     "cw/restart/eth-a",
 		New("").Prefix():           DefaultPrefix,
 	} {
 		if got != want {

@@ -63,6 +63,11 @@ type Node struct {
 	Thresholds verdict.Thresholds
 	AuthEvery  time.Duration // from auth_checks_interval
 	Source     string        // SourceConfig or SourceNomad
+
+	// AllocID and Task name the Nomad allocation and task a discovered node runs as ("" for a node block): the
+	// health endpoint answers Nomad's deployment check by allocation, and the restarter restarts that task.
+	AllocID string
+	Task    string
 }
 
 // Name follows Consul's DNS-safe naming; a dot would break consul-template's tag syntax.

@@ -104,6 +104,9 @@ type Report struct {
 	// Holding says why Status is not this probe's own verdict while a Damper holds it, e.g. "recovering: 1 of 3
 	// good probes"; "" when the status is the probe's.
 	Holding string
+	// Note is what was done about the node, at the end of the output, e.g. "restarted 2m ago, 1 of 3 this hour";
+	// NoteKey is the same without the figures that tick (Key uses it).
+	Note, NoteKey string
 }
 
 // Judge decides a node's undamped status from one probe.
@@ -252,6 +255,9 @@ func (r Report) Output() string {
 	if r.Holding != "" {
 		out = r.Holding + "; last probe: " + out
 	}
+	if r.Note != "" {
+		out += "; " + r.Note
+	}
 	if len(out) > 4000 { // Consul keeps 4 KB of check output
 		out = out[:4000] + "…"
 	}
@@ -296,6 +302,7 @@ func (r Report) probeOutput() string {
 // Key is Output without the age of the last block, which ticks every probe: what must reach Consul at once.
 func (r Report) Key() string {
 	r.BlockAge = 0
+	r.Note = r.NoteKey
 	return r.Output()
 }
 
