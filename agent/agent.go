@@ -384,7 +384,7 @@ func (a *Agent) Step(ctx context.Context) {
 		if a.restarter != nil {
 			ok := r.Err == nil && r.HasHeight && r.Height > 0 && chainMatches(w.cfg, r)
 			seen = append(seen, restart.Node{Name: w.cfg.Name, Service: w.cfg.Service, AllocID: w.cfg.AllocID,
-				Task: w.cfg.Task, Status: status, Height: r.Height, HasHeight: ok, Head: head.Height})
+				Task: w.cfg.Task, Deploying: w.cfg.Deploying, Status: status, Height: r.Height, HasHeight: ok, Head: head.Height})
 		}
 	}
 	if a.restarter != nil {

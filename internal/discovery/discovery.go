@@ -307,6 +307,7 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		Source:      nodespec.SourceNomad,
 		AllocID:     a.ID,
 		Task:        t.Name,
+		Deploying:   a.DeploymentID != "" && (a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil),
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
 		if _, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {

@@ -68,6 +68,9 @@ type Node struct {
 	// health endpoint answers Nomad's deployment check by allocation, and the restarter restarts that task.
 	AllocID string
 	Task    string
+	// Deploying says Nomad is still judging the allocation in a deployment (its health not yet decided): the
+	// deployment's healthy_deadline and auto_revert deal with it, not the restarter.
+	Deploying bool
 }
 
 // Name follows Consul's DNS-safe naming; a dot would break consul-template's tag syntax.

@@ -127,7 +127,9 @@ type Node struct {
 	// file) is never restarted.
 	AllocID string
 	Task    string
-	Status  verdict.Status // the damped status
+	// Deploying: Nomad is judging the allocation in a deployment (healthy_deadline, auto_revert decide).
+	Deploying bool
+	Status    verdict.Status // the damped status
 	// Height is the node's height when this pass's probe answered on the right chain (HasHeight).
 	Height    uint64
 	HasHeight bool
@@ -141,12 +143,13 @@ type Event struct {
 	// Kind is "restarted" (Nomad restarted the task), "failed" (Nomad refused or the call failed) or "withheld"
 	// (a restart is due but a limit holds it; counted once each time the reason changes).
 	Kind string
-	// Reason says why a restart is withheld: backoff, limit, lock, no_passing_node, consul.
+	// Reason says why a restart is withheld: deploying, backoff, limit, lock, no_passing_node, consul.
 	Reason string
 }
 
 // Withheld reasons.
 const (
+	ReasonDeploying     = "deploying"
 	ReasonBackoff       = "backoff"
 	ReasonLimit         = "limit"
 	ReasonLock          = "lock"
@@ -350,6 +353,9 @@ func (r *Restarter) due(n Node, st *nodeState, now time.Time) bool {
 // decide checks the limits of a due restart, cheapest first, and takes the service's lock when they allow it.
 // It returns "" when the restart may go ahead, else the reason it is withheld and the same in words.
 func (r *Restarter) decide(ctx context.Context, n Node, st *nodeState, now time.Time) (string, string) {
+	if n.Deploying {
+		return ReasonDeploying, "Nomad is judging it in a deployment (healthy_deadline and auto_revert decide)"
+	}
 	if st.unhelped > 0 {
 		gap := r.p.Backoff << min(st.unhelped-1, 20)
 		if gap > r.p.MaxBackoff || gap <= 0 {

@@ -343,3 +343,27 @@ func TestRoundDuration(t *testing.T) {
 		}
 	}
 }
+
+// An allocation Nomad is still judging in a deployment is left to the deployment (healthy_deadline, auto_revert);
+// once its health is decided it is restarted like any other.
+func TestNoRestartDuringADeployment(t *testing.T) {
+	c := fakes.NewConsul()
+	register(t, c, "geth-b", "passing")
+	h := newHost(t, c, "host-a", policy(), "a1")
+	var ev []Event
+	for i := 0; i <= 60; i++ {
+		n := stalled(100 + uint64(i))
+		n.Deploying = true
+		ev = append(ev, h.pass(t, t0.Add(time.Duration(i)*time.Second), n)...)
+	}
+	if r := h.nomad.Restarts(); len(r) != 0 || len(ev) != 1 || ev[0].Reason != ReasonDeploying {
+		t.Fatalf("restarts %v, events %+v", r, ev)
+	}
+	if out, _ := h.r.Note("geth-a"); out != "restart withheld: Nomad is judging it in a deployment (healthy_deadline and auto_revert decide)" {
+		t.Fatalf("note %q", out)
+	}
+	h.pass(t, t0.Add(61*time.Second), stalled(161))
+	if r := h.nomad.Restarts(); len(r) != 1 {
+		t.Fatalf("restarts %v once the deployment decided", r)
+	}
+}
