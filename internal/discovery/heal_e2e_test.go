@@ -154,7 +154,7 @@ func (h *heal) upgrade(t *testing.T) {
 			return err
 		}
 		out = o
-		if !strings.Contains(o, "restart withheld: Nomad is judging it in a deployment") {
+		if !strings.Contains(o, "restart withheld: its Nomad deployment has not found it healthy") {
 			return fmt.Errorf("check output %q", o)
 		}
 		return nil

@@ -68,8 +68,8 @@ type Node struct {
 	// health endpoint answers Nomad's deployment check by allocation, and the restarter restarts that task.
 	AllocID string
 	Task    string
-	// Deploying says Nomad is still judging the allocation in a deployment (its health not yet decided): the
-	// deployment's healthy_deadline and auto_revert deal with it, not the restarter.
+	// Deploying says the allocation is part of a Nomad deployment that has not found it healthy (still judging it,
+	// or failed it): the deployment's healthy_deadline and auto_revert deal with it, not the restarter.
 	Deploying bool
 }
 

@@ -127,7 +127,8 @@ type Node struct {
 	// file) is never restarted.
 	AllocID string
 	Task    string
-	// Deploying: Nomad is judging the allocation in a deployment (healthy_deadline, auto_revert decide).
+	// Deploying: a Nomad deployment has not found the allocation healthy (it is judging it, or failed it):
+	// healthy_deadline and auto_revert decide, a restart would not.
 	Deploying bool
 	Status    verdict.Status // the damped status
 	// Height is the node's height when this pass's probe answered on the right chain (HasHeight).
@@ -354,7 +355,7 @@ func (r *Restarter) due(n Node, st *nodeState, now time.Time) bool {
 // It returns "" when the restart may go ahead, else the reason it is withheld and the same in words.
 func (r *Restarter) decide(ctx context.Context, n Node, st *nodeState, now time.Time) (string, string) {
 	if n.Deploying {
-		return ReasonDeploying, "Nomad is judging it in a deployment (healthy_deadline and auto_revert decide)"
+		return ReasonDeploying, "its Nomad deployment has not found it healthy (healthy_deadline and auto_revert decide)"
 	}
 	if st.unhelped > 0 {
 		gap := r.p.Backoff << min(st.unhelped-1, 20)

@@ -344,8 +344,8 @@ func TestRoundDuration(t *testing.T) {
 	}
 }
 
-// An allocation Nomad is still judging in a deployment is left to the deployment (healthy_deadline, auto_revert);
-// once its health is decided it is restarted like any other.
+// An allocation a Nomad deployment has not found healthy is left to the deployment (healthy_deadline, auto_revert);
+// once the deployment found it healthy it is restarted like any other.
 func TestNoRestartDuringADeployment(t *testing.T) {
 	c := fakes.NewConsul()
 	register(t, c, "geth-b", "passing")
@@ -359,7 +359,7 @@ func TestNoRestartDuringADeployment(t *testing.T) {
 	if r := h.nomad.Restarts(); len(r) != 0 || len(ev) != 1 || ev[0].Reason != ReasonDeploying {
 		t.Fatalf("restarts %v, events %+v", r, ev)
 	}
-	if out, _ := h.r.Note("geth-a"); out != "restart withheld: Nomad is judging it in a deployment (healthy_deadline and auto_revert decide)" {
+	if out, _ := h.r.Note("geth-a"); out != "restart withheld: its Nomad deployment has not found it healthy (healthy_deadline and auto_revert decide)" {
 		t.Fatalf("note %q", out)
 	}
 	h.pass(t, t0.Add(61*time.Second), stalled(161))
