@@ -198,7 +198,7 @@ func (h *heal) restart(t *testing.T) {
 	c := h.c
 	a := h.runningAlloc(t)
 	ctr := strings.TrimSpace(c.Docker.Run(t, "ps", "-q", "--filter", "label=com.hashicorp.nomad.alloc_id="+a.ID,
-		"--filter", "label=com.hashicorp.nomad.task_name=cometbft"))
+		"--filter", "name=cometbft-"+a.ID)) // Nomad names a task's container <task>-<alloc id>
 	if ctr == "" || strings.Contains(ctr, "\n") {
 		t.Fatalf("container of %s: %q", a.ID, ctr)
 	}
