@@ -115,8 +115,8 @@ func (h *heal) upgrade(t *testing.T) {
 	good["extra_args"] = `["--moniker=upgraded"]`
 	start = time.Now()
 	c.Run(t, "cometbft", good)
-	t.Logf("good upgrade promoted in %s (stop, start, catch up, %s of passing)", since(start), good["min_healthy_time"])
 	upgraded := h.runningAlloc(t)
+	t.Logf("good upgrade promoted in %s (%s)", since(start), timeline(upgraded, start))
 	if upgraded.ID == first.ID || !hasArg(upgraded, "--moniker=upgraded") {
 		t.Fatalf("the upgrade did not replace the allocation: %s -> %s %v", first.ID, upgraded.ID, args(upgraded))
 	}
@@ -191,6 +191,7 @@ func (h *heal) upgrade(t *testing.T) {
 	if !hasArg(back, "--p2p.persistent_peers="+h.peers) || !hasArg(back, "--moniker=upgraded") {
 		t.Fatalf("the rollback runs %v", args(back))
 	}
+	t.Logf("rollback: %s", timeline(back, start))
 	waitHealthyIn(t, c, fullNode)
 }
 
@@ -225,14 +226,15 @@ func (h *heal) restart(t *testing.T) {
 		return fmt.Errorf("no restart signal yet (%d restarts)", ts.Restarts)
 	})
 	out := c.Consul.WaitCheck(t, fullNode, 3*time.Minute, "passing")
-	t.Logf("hung node: critical after %s, restart signaled after %s, passing again after %s: %q",
-		critical, restarted, since(start), out)
-	if !strings.Contains(out, "; restarted ") || !strings.HasSuffix(out, ", 1 of 3 this hour") {
-		t.Fatalf("the check output does not say the node was restarted: %q", out)
-	}
+	passing := since(start)
 	info, _, err := c.Nomad.Client.Allocations().Info(a.ID, nil)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Logf("hung node: critical after %s, restart signaled after %s, task started again after %s, passing again after %s: %q",
+		critical, restarted, info.TaskStates["cometbft"].StartedAt.Sub(start).Round(100*time.Millisecond), passing, out)
+	if !strings.Contains(out, "; restarted ") || !strings.HasSuffix(out, ", 1 of 3 this hour") {
+		t.Fatalf("the check output does not say the node was restarted: %q", out)
 	}
 	if info.TaskStates["cometbft"].Restarts != restarts+1 {
 		t.Fatalf("restarts %d, was %d", info.TaskStates["cometbft"].Restarts, restarts)
@@ -318,6 +320,15 @@ func hasArg(a *nomadapi.Allocation, arg string) bool {
 		}
 	}
 	return false
+}
+
+// timeline says when, counted from start, the allocation's chain task started and its deployment found it healthy.
+func timeline(a *nomadapi.Allocation, start time.Time) string {
+	out := "task started " + a.TaskStates["cometbft"].StartedAt.Sub(start).Round(100*time.Millisecond).String()
+	if d := a.DeploymentStatus; d != nil && d.Healthy != nil && *d.Healthy {
+		out += ", healthy for the deployment " + d.Timestamp.Sub(start).Round(100*time.Millisecond).String()
+	}
+	return out + " after the job was submitted"
 }
 
 // waitHealthyIn waits for the node to pass in Consul.
