@@ -84,7 +84,7 @@ variable "min_healthy_time" {
 }
 
 variable "healthy_deadline" {
-  description = "how long a new allocation has to become healthy (start, find peers, catch up) before the deployment fails"
+  description = "how long a new allocation has to become healthy (start, migrate the database, pass /health) before the deployment fails"
   type        = string
   default     = "10m"
 }
