@@ -26,6 +26,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/registry"
+	"github.com/chainwarden/chainwarden/internal/restart"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
@@ -36,11 +37,13 @@ type Consul struct {
 	KV      heads.KV
 	Txn     heads.Txn
 	Catalog registry.CatalogAPI // nil: outputs reach the servers only as the local agent sends them
+	// Restart is the sessions, locks and health reads of the restarter (needed only with a restart block).
+	Restart restart.Consul
 }
 
 // ConsulAPI is Consul from a real API client.
 func ConsulAPI(c *consulapi.Client) Consul {
-	return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn(), Catalog: registry.Catalog(c)}
+	return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn(), Catalog: registry.Catalog(c), Restart: restart.ConsulAPI(c)}
 }
 
 // Options are the parts of an agent that the command, tests and the benchmark choose.
@@ -49,6 +52,8 @@ type Options struct {
 	Clock      clock.Clock  // default: the wall clock
 	HTTPClient *http.Client // for probes; default probe.NewHTTPClient()
 	Consul     Consul       // required
+	// Nomad restarts allocations for the restart block: (*nomadapi.Client).Allocations(). Needed only with one.
+	Nomad restart.Nomad
 }
 
 // Agent watches this host's chain nodes.
@@ -59,9 +64,10 @@ type Agent struct {
 	clock  clock.Clock
 	client *http.Client
 
-	reg     *registry.Registry
-	heads   *heads.Store
-	metrics *metrics
+	reg       *registry.Registry
+	heads     *heads.Store
+	metrics   *metrics
+	restarter *restart.Restarter // nil: restarts are off
 
 	// mu guards what SetNodes, SetReferences and the HTTP handlers share with Step: the node set, each node's
 	// spec, verdict and damper. Step probes without it and takes it to record what it found.
@@ -122,6 +128,13 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
 	a.reg.OnStateLost = a.heads.Forget
+	if cfg.Restart != nil {
+		rc := opts.Consul.Restart
+		if opts.Nomad == nil || rc.Sessions == nil || rc.KV == nil || rc.Health == nil {
+			return nil, fmt.Errorf("agent: the restart block needs a Nomad client and Consul sessions")
+		}
+		a.restarter = restart.New(*cfg.Restart, rc, opts.Nomad, kvlayout.New(cfg.Consul.KVPrefix), opts.ID, log.Named("restart"))
+	}
 	a.SetNodes(nodespec.SourceConfig, cfg.Nodes)
 	a.SetReferences(cfg.References)
 	return a, nil
@@ -162,7 +175,9 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 			a.log.Info("node removed", "node", name)
 			continue
 		}
-		if n.Service != st.cfg.Service || n.Kind != st.cfg.Kind {
+		// Another service or kind, or another Nomad allocation under the same name (a replacement that started while
+		// the old one was still stopping): a new node, judged from scratch, never on its predecessor's verdict.
+		if n.Service != st.cfg.Service || n.Kind != st.cfg.Kind || n.AllocID != st.cfg.AllocID {
 			a.gone = append(a.gone, st.cfg.Service+"/"+name)
 			a.metrics.forget(st.cfg)
 			a.nodes[name] = a.newNodeState(n)
@@ -209,6 +224,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	go a.heads.Watch(ctx, 5*time.Minute)
+	if a.restarter != nil {
+		defer func() { // let go of restart locks at once rather than when their session expires
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			a.restarter.Close(cctx)
+		}()
+	}
 	a.log.Info("agent started", "id", a.id, "nodes", a.NodeCount(), "interval", a.cfg.Interval, "listen", a.cfg.Listen)
 	return a.loop(ctx, errc)
 }
@@ -325,6 +347,8 @@ func (a *Agent) Step(ctx context.Context) {
 	nets := a.networks(ctx, nodes, results, refs, refResults, now)
 
 	services := make([]registry.Service, 0, len(nodes))
+	judged := make([]*nodeState, 0, len(nodes))
+	var seen []restart.Node
 	for i, w := range nodes {
 		r, st := results[i], w.st
 		net := nets[w.cfg.Service]
@@ -355,6 +379,15 @@ func (a *Agent) Step(ctx context.Context) {
 			a.log.Info("node status changed", "node", w.cfg.Name, "from", prev, "to", status, "output", rep.Output())
 		}
 		services = append(services, svc)
+		judged = append(judged, st)
+		if a.restarter != nil {
+			ok := r.Err == nil && r.HasHeight && r.Height > 0 && chainMatches(w.cfg, r)
+			seen = append(seen, restart.Node{Name: w.cfg.Name, Service: w.cfg.Service, AllocID: w.cfg.AllocID,
+				Task: w.cfg.Task, Deploying: w.cfg.Deploying, Status: status, Height: r.Height, HasHeight: ok, Head: head.Height})
+		}
+	}
+	if a.restarter != nil {
+		a.restart(ctx, now, seen, services, judged)
 	}
 
 	a.publishFlags(ctx, nets, now)
@@ -383,6 +416,20 @@ func (a *Agent) Step(ctx context.Context) {
 		a.log.Info("passes are within the interval again", "took", took, "interval", a.cfg.Interval)
 	}
 	a.slow = took > a.cfg.Interval
+}
+
+// restart hands the pass's verdicts to the restarter, counts what it did, and adds what it says of each node
+// ("restarted 2m ago, 1 of 3 this hour") to the node's check output and health.
+func (a *Agent) restart(ctx context.Context, now time.Time, seen []restart.Node, services []registry.Service, judged []*nodeState) {
+	for _, e := range a.restarter.Pass(ctx, now, seen) {
+		a.metrics.observeRestart(e)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i, st := range judged {
+		st.report.Note, st.report.NoteKey = a.restarter.Note(st.cfg.Name)
+		services[i].Output, services[i].Key = st.report.Output(), st.report.Key()
+	}
 }
 
 // slowest names the n nodes whose probes took longest, with their times, e.g. "geth-a 2s (timeout), geth-b 800ms".

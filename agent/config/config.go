@@ -22,6 +22,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/fielderr"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
+	"github.com/chainwarden/chainwarden/internal/restart"
 )
 
 // Config is the agent's configuration, validated, with defaults applied.
@@ -36,6 +37,8 @@ type Config struct {
 	Nodes      []nodespec.Node
 	References []nodespec.Reference
 	Volumes    []ebs.Volume
+	// Restart turns on the restarts of stalled nodes through Nomad; nil: off (the default).
+	Restart *restart.Policy
 
 	// File is the path the configuration came from ("" for one built in code).
 	File string
@@ -69,6 +72,7 @@ type raw struct {
 	Nodes      []nodespec.Node      `hcl:"node,block"`
 	References []nodespec.Reference `hcl:"reference,block"`
 	Volumes    []VolumeBlock        `hcl:"volume,block"`
+	Restart    *RestartBlock        `hcl:"restart,block"`
 }
 
 type rawConsul struct {
@@ -215,6 +219,7 @@ func (v *validator) config(r *raw) *Config {
 		v.fieldErrs("reference", r.Name, r.Normalize(c.Nodes))
 	}
 	c.Volumes = v.volumes(r.Volumes)
+	c.Restart = v.restart(r.Restart, c)
 	return c
 }
 

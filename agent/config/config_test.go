@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/restart"
 )
 
 // Bad files and the exact error each must give: the .err file beside each .hcl.
@@ -126,5 +127,21 @@ reference "p" {
 	_, err = Parse([]byte(strings.Replace(src, secret, filepath.Join(dir, "missing"), 1)), "x.hcl")
 	if err == nil || !strings.HasPrefix(err.Error(), "x.hcl:4,13:") {
 		t.Fatalf("missing file error: %v", err)
+	}
+}
+
+// The restart block turns restarts on: what it says, with the defaults for the rest; without it they are off.
+func TestRestartBlock(t *testing.T) {
+	c, err := Load("testdata/good/restart.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Restart
+	if p == nil || p.After != 3*time.Minute || p.MaxPerHour != 2 || p.Hold != 20*time.Minute ||
+		p.Backoff != restart.DefaultBackoff || p.MaxBackoff != restart.DefaultMaxBackoff || p.LockTTL != restart.DefaultLockTTL {
+		t.Fatalf("policy %+v", p)
+	}
+	if c, err := Load("testdata/good/minimal.hcl"); err != nil || c.Restart != nil {
+		t.Fatalf("restarts are on without a restart block: %+v %v", c.Restart, err)
 	}
 }

@@ -314,6 +314,9 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		MaxFinalizedBehind: meta[MetaMaxFinalizedBehind],
 		MinBlockTime:       meta[MetaMinBlockTime],
 		Source:             nodespec.SourceNomad,
+		AllocID:            a.ID,
+		Task:               t.Name,
+		Deploying:          a.DeploymentID != "" && (a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil || !*a.DeploymentStatus.Healthy),
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
 		if _, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {

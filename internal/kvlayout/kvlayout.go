@@ -51,3 +51,7 @@ func (l Layout) DenyMethods() string { return l.prefix + "/proxy/deny_methods" }
 
 // DefaultService is the key of the service the proxy serves at "/".
 func (l Layout) DefaultService() string { return l.prefix + "/proxy/default_service" }
+
+// RestartLock is the key of a service's restart lock, held (with a Consul session) by the agent restarting one of
+// its nodes, so that only one node of a service is restarted at a time across all agents: PREFIX/restart/SERVICE.
+func (l Layout) RestartLock(service string) string { return l.prefix + "/restart/" + service }

@@ -132,6 +132,9 @@ type Report struct {
 	Holding string
 	// keys are the Reasons without their ticking figures (for Key); "" where a reason has none.
 	keys []string
+	// Note is what was done about the node, at the end of the output, e.g. "restarted 2m ago, 1 of 3 this hour";
+	// NoteKey is the same without the figures that tick (Key uses it).
+	Note, NoteKey string
 }
 
 // Judge decides a node's undamped status from one probe.
@@ -301,6 +304,9 @@ func (r Report) Output() string {
 	if r.Holding != "" {
 		out = r.Holding + "; last probe: " + out
 	}
+	if r.Note != "" {
+		out += "; " + r.Note
+	}
 	if len(out) > 4000 { // Consul keeps 4 KB of check output
 		out = out[:4000] + "…"
 	}
@@ -358,6 +364,7 @@ func (r Report) Key() string {
 		}
 		r.Reasons = reasons
 	}
+	r.Note = r.NoteKey
 	return r.Output()
 }
 
