@@ -90,3 +90,6 @@ func (m *metrics) forget(n nodespec.Node) {
 	}
 	m.transitions.DeletePartialMatch(prometheus.Labels{"node": n.Name, "service": n.Service})
 }
+
+// Metrics is the registry /metrics serves, for the series of work that runs beside the agent (volume growth).
+func (a *Agent) Metrics() prometheus.Registerer { return a.metrics.reg }

@@ -5,30 +5,41 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
 )
 
-// startSnapshots runs the scheduled EBS snapshots of volumes that have a snapshot_interval, beside the agent.
-// Without AWS (no instance metadata, no credentials) the agent keeps running and says scheduled snapshots are off.
-func startSnapshots(ctx context.Context, cfg *config.Config, consul *consulapi.Client, log hclog.Logger) {
-	var vols []ebs.Volume
+// startVolumes runs the agent's EBS volume work beside it: scheduled snapshots of volumes with a
+// snapshot_interval, and growing volumes with a grow block (its metrics registered with reg). Without AWS (no
+// instance metadata, no credentials) the agent keeps running and says the volume work is off.
+func startVolumes(ctx context.Context, cfg *config.Config, consul *consulapi.Client, log hclog.Logger, reg prometheus.Registerer) {
+	var scheduled, growing []ebs.Volume
 	for _, v := range cfg.Volumes {
 		if v.SnapshotInterval > 0 {
-			vols = append(vols, v)
+			scheduled = append(scheduled, v)
+		}
+		if v.Grow != nil {
+			growing = append(growing, v)
 		}
 	}
-	if len(vols) == 0 {
+	if len(scheduled) == 0 && len(growing) == 0 {
 		return
 	}
 	client, host, err := ebs.Connect(ctx, ebs.AWSOptions{})
 	if err != nil {
-		log.Error("scheduled volume snapshots are off: cannot reach AWS", "error", err)
+		log.Error("scheduled volume snapshots and volume growth are off: cannot reach AWS", "error", err)
 		return
 	}
 	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent(), KV: consul.KV(),
 		KVLayout: kvlayout.New(cfg.Consul.KVPrefix)}
-	go (&ebs.Scheduler{Manager: m, Volumes: vols, Log: log.Named("snapshots")}).Run(ctx)
+	m.Init() // shared by the goroutines below
+	if len(scheduled) > 0 {
+		go (&ebs.Scheduler{Manager: m, Volumes: scheduled, Log: log.Named("snapshots")}).Run(ctx)
+	}
+	if len(growing) > 0 {
+		go (&ebs.Grower{Manager: m, Volumes: growing, Log: log.Named("grow"), Metrics: ebs.NewGrowMetrics(reg)}).Run(ctx)
+	}
 }

@@ -179,18 +179,11 @@ func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *Sna
 	} else {
 		log.Warn("no head of the node in Consul KV: the snapshot's height is unknown", "key", m.KVLayout.Head(service, vol.Node))
 	}
-	vols, err := m.describeVolumes(ctx, []types.Filter{
-		filter("tag:"+TagVolume, vol.Name), filter("tag:"+TagFamily, Family(vol)),
-		filter("attachment.instance-id", m.Host.InstanceID),
-	})
+	v, err := m.attachedVolume(ctx, vol)
 	if err != nil {
 		return nil, err
 	}
-	if len(vols) != 1 {
-		return nil, fmt.Errorf("volume %s: %d volumes with its tags are attached to %s, want 1: %w",
-			vol.Name, len(vols), m.Host.InstanceID, ErrNotFound)
-	}
-	res.VolumeID = aws.ToString(vols[0].VolumeId)
+	res.VolumeID = aws.ToString(v.VolumeId)
 
 	// Drain. Everything from here on is undone by resume, which runs exactly once, also on failure or panic.
 	reason := fmt.Sprintf("chainwarden: snapshot of volume %s (%s)", vol.Name, res.VolumeID)
