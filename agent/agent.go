@@ -25,6 +25,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/registry"
+	"github.com/chainwarden/chainwarden/internal/restored"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
@@ -71,6 +72,8 @@ type Agent struct {
 	gone    []string // service/node heads to delete from KV
 
 	slow bool // Step's own: the last pass took longer than the interval (logged once, and again when it ends)
+	// markErr is Step's own: the last error reading the restore marks (logged when it changes).
+	markErr string
 }
 
 // nodeState is what the agent keeps of one node. The fields under "guarded" are read and written with Agent.mu
@@ -90,6 +93,8 @@ type nodeState struct {
 	// Step's own
 	since    time.Time // when result.Height was first seen
 	lastSeen uint64
+	// catchUp follows a node whose volume was restored from a snapshot (a restore mark), until it has caught up.
+	catchUp *verdict.CatchUp
 }
 
 // New builds an agent from a validated configuration.
@@ -327,12 +332,17 @@ func (a *Agent) Step(ctx context.Context) {
 		return best
 	}
 
+	marks := a.restoreMarks()
 	services := make([]registry.Service, 0, len(nodes))
 	for i, w := range nodes {
 		r, st := results[i], w.st
 		head := networkHead(w.cfg.Service)
+		a.followCatchUp(w.cfg, st, marks, r, head, now)
 		rep := verdict.Judge(verdict.Input{Kind: w.cfg.Kind, Result: r, Head: head, WantChain: w.cfg.WantChain(),
-			Standby: strings.Contains(w.cfg.Role, "standby"), Thresholds: w.cfg.Thresholds, Now: now})
+			Standby: strings.Contains(w.cfg.Role, "standby"), Thresholds: w.cfg.Thresholds, Now: now, CatchUp: st.catchUp})
+		if rep.CaughtUp {
+			a.caughtUp(w.cfg, st, marks[w.cfg.Name], now)
+		}
 		a.mu.Lock()
 		if a.nodes[w.cfg.Name] != st { // removed or replaced while this pass probed: its result is void
 			a.mu.Unlock()
@@ -455,4 +465,49 @@ func boolGauge(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// restoreMarks reads the marks of volumes restored from a snapshot (internal/restored), by node.
+func (a *Agent) restoreMarks() map[string]restored.Mark {
+	ms, err := restored.List(a.cfg.StateDir)
+	if msg := fmt.Sprint(err); err != nil && msg != a.markErr {
+		a.log.Warn("cannot read every restore mark", "dir", a.cfg.StateDir, "error", err)
+		a.markErr = msg
+	} else if err == nil {
+		a.markErr = ""
+	}
+	out := make(map[string]restored.Mark, len(ms))
+	for _, m := range ms {
+		out[m.Node] = m
+	}
+	return out
+}
+
+// followCatchUp starts following a node once its volume is marked restored, stops when the mark is gone, and
+// records this probe.
+func (a *Agent) followCatchUp(n nodespec.Node, st *nodeState, marks map[string]restored.Mark, r probe.Result,
+	head verdict.Head, now time.Time) {
+	mark, ok := marks[n.Name]
+	switch {
+	case !ok:
+		st.catchUp = nil
+		return
+	case st.catchUp == nil || st.catchUp.Snapshot != mark.Snapshot:
+		st.catchUp = verdict.NewCatchUp(mark.Snapshot)
+		a.log.Info("node restored from a snapshot: following it until it has caught up", "node", n.Name,
+			"snapshot", mark.Snapshot, "snapshot_height", mark.Height, "volume", mark.Volume)
+	}
+	if r.Err == nil && r.HasHeight {
+		st.catchUp.Observe(now, r.Height, head.Height)
+	}
+}
+
+// caughtUp ends following a restored node: its mark goes, it is judged as any node from now on.
+func (a *Agent) caughtUp(n nodespec.Node, st *nodeState, mark restored.Mark, now time.Time) {
+	st.catchUp = nil
+	if err := restored.Remove(a.cfg.StateDir, n.Name); err != nil {
+		a.log.Warn("cannot remove the restore mark", "node", n.Name, "error", err)
+	}
+	a.log.Info("node restored from a snapshot has caught up", "node", n.Name, "snapshot", mark.Snapshot,
+		"since_restore", now.Sub(mark.Restored).Round(time.Second))
 }

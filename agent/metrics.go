@@ -25,6 +25,7 @@ type metrics struct {
 	stepSeconds  prometheus.Histogram
 	consulUp     prometheus.Gauge
 	consulWrites prometheus.Counter
+	catchingUp   *prometheus.GaugeVec
 }
 
 var nodeLabels = []string{"node", "service", "kind"}
@@ -50,10 +51,11 @@ func newMetrics() *metrics {
 			Help: "How long one pass over all nodes takes (probe, judge, publish).", Buckets: []float64{.01, .05, .1, .25, .5, 1, 2, 5, 10, 30}}),
 		referenceUp:  g("reference_up", "1 when the external reference answered on the right chain, else 0.", "reference", "service"),
 		consulUp:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
+		catchingUp:   g("node_catching_up", "1 while the node, restored from a snapshot, catches up with its network (critical meanwhile).", nodeLabels...),
 		consulWrites: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "consul_writes_total", Help: "State-changing calls made to the Consul agent (registrations, check updates, deregistrations)."}),
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
-		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites,
+		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites, m.catchingUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -70,6 +72,7 @@ func (m *metrics) observeProbe(n nodespec.Node, r probe.Result) {
 func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdict.Head) {
 	l := labels(n)
 	m.status.With(l).Set(float64(rep.Status))
+	m.catchingUp.With(l).Set(boolGauge(rep.CatchingUp))
 	if rep.Err != "" || n.Kind == probe.Chainlink {
 		return
 	}
@@ -85,7 +88,7 @@ func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdi
 // forget drops a removed node's series.
 func (m *metrics) forget(n nodespec.Node) {
 	l := labels(n)
-	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp} {
+	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.catchingUp} {
 		v.Delete(l)
 	}
 	m.transitions.DeletePartialMatch(prometheus.Labels{"node": n.Name, "service": n.Service})

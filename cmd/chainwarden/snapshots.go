@@ -34,7 +34,7 @@ func startVolumes(ctx context.Context, cfg *config.Config, consul *consulapi.Cli
 		return
 	}
 	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent(), KV: consul.KV(),
-		KVLayout: kvlayout.New(cfg.Consul.KVPrefix)}
+		KVLayout: kvlayout.New(cfg.Consul.KVPrefix), Paths: ebs.Paths{StateDir: cfg.StateDir}}
 	m.Init() // shared by the goroutines below
 	if len(scheduled) > 0 {
 		go (&ebs.Scheduler{Manager: m, Volumes: scheduled, Log: log.Named("snapshots")}).Run(ctx)

@@ -12,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/chainwarden/chainwarden/internal/restored"
 )
 
 // EnsureResult says what Ensure found or did.
@@ -264,6 +266,9 @@ func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResul
 	}
 	m.Log.Info("created volume", "volume", vol.Name, "volume_id", aws.ToString(out.VolumeId), "az", m.Host.AZ,
 		"size_gib", aws.ToInt32(out.Size), "type", out.VolumeType)
+	if snap != nil {
+		m.markRestored(vol, aws.ToString(out.VolumeId), snap)
+	}
 	return &types.Volume{VolumeId: out.VolumeId, State: out.State, AvailabilityZone: out.AvailabilityZone,
 		Attachments: out.Attachments, CreateTime: out.CreateTime}, nil
 }
@@ -401,4 +406,19 @@ func (m *Manager) waitDevice(ctx context.Context, id string) (Device, error) {
 		return true, "", nil
 	})
 	return dev, err
+}
+
+// markRestored tells the agent that the node writing vol starts from a snapshot, so that it reports the node as
+// catching up from it (internal/restored). Without a node there is nobody to report; a failed write is logged: the
+// node is then judged as any node behind its head.
+func (m *Manager) markRestored(vol Volume, volumeID string, snap *types.Snapshot) {
+	if vol.Node == "" {
+		m.Log.Info("restored volume has no node: the agent will not report its catching up", "volume", vol.Name)
+		return
+	}
+	mark := restored.Mark{Node: vol.Node, Volume: vol.Name, VolumeID: volumeID, Snapshot: aws.ToString(snap.SnapshotId),
+		Height: tagsOf(snap.Tags)[TagHeight], Restored: m.Clock.Now().UTC()}
+	if err := restored.Write(m.Paths.StateDir, mark); err != nil {
+		m.Log.Warn("could not mark the volume restored for the agent", "volume", vol.Name, "error", err)
+	}
 }

@@ -101,7 +101,7 @@ func newEnv(t *testing.T, opts ...func(*ebs.AWSOptions)) *env {
 		EC2: client, Host: host, Log: log,
 		Devices: ebs.NVMe{ByIDDir: e.byID, SysBlockDir: filepath.Join(e.dir, "sys-block")},
 		Paths: ebs.Paths{Fstab: filepath.Join(e.dir, "fstab"), NomadConfigDir: filepath.Join(e.dir, "nomad.d"),
-			LockDir: filepath.Join(e.dir, "lock")},
+			LockDir: filepath.Join(e.dir, "lock"), StateDir: filepath.Join(e.dir, "state")},
 		Timeouts:      ebs.Timeouts{Lock: 30 * time.Second, Create: 10 * time.Second, Attach: 10 * time.Second, Device: 5 * time.Second, Snapshot: 20 * time.Second, Call: 10 * time.Second},
 		Poll:          5 * time.Millisecond,
 		ProgressEvery: 10 * time.Second,

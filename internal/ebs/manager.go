@@ -18,6 +18,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/backoff"
 	"github.com/chainwarden/chainwarden/internal/clock"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/restored"
 )
 
 // Tags chainwarden puts on volumes and snapshots. A family (chain/network/client) is what a snapshot can restore:
@@ -43,6 +44,9 @@ type Paths struct {
 	Fstab          string // default /etc/fstab
 	NomadConfigDir string // where the host_volume config files go; default /etc/nomad.d
 	LockDir        string // per-volume lock files; default /run/chainwarden
+	// StateDir keeps the marks of volumes restored from a snapshot, read by the agent (internal/restored);
+	// default /var/lib/chainwarden.
+	StateDir string
 }
 
 // Timeouts bound every wait; zero values take the defaults.
@@ -113,6 +117,9 @@ func (m *Manager) defaults() {
 	}
 	if m.Paths.LockDir == "" {
 		m.Paths.LockDir = "/run/chainwarden"
+	}
+	if m.Paths.StateDir == "" {
+		m.Paths.StateDir = restored.DefaultStateDir
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
