@@ -26,7 +26,9 @@ type catchUpSample struct {
 const DefaultCatchUpWindow = time.Minute
 
 // NewCatchUp starts following a node restored from snapshot.
-func NewCatchUp(snapshot string) *CatchUp { return &CatchUp{Snapshot: snapshot, Window: DefaultCatchUpWindow} }
+func NewCatchUp(snapshot string) *CatchUp {
+	return &CatchUp{Snapshot: snapshot, Window: DefaultCatchUpWindow}
+}
 
 // Observe records one probe's height and the network head (0: unknown) at now.
 func (c *CatchUp) Observe(now time.Time, height, head uint64) {
