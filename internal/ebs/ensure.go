@@ -77,7 +77,7 @@ func (m *Manager) EnsureAttached(ctx context.Context, vol Volume) (*EnsureResult
 				"attached_here", attachedHere(v, m.Host.InstanceID))
 			break
 		}
-		v, err = m.createVolume(ctx, vol, res)
+		v, err = m.createVolume(ctx, vol, res, nil)
 		if errors.Is(err, ErrTokenMismatch) && attempt == 0 {
 			// Another ensure created the volume from another snapshot with our token: look again.
 			log.Warn("client token already used with other parameters; looking for the volume again")
@@ -223,10 +223,19 @@ func (m *Manager) clientToken(vol Volume) string {
 	return "chainwarden-" + hex.EncodeToString(sum[:])[:40]
 }
 
-func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResult) (*types.Volume, error) {
-	snap, err := m.NewestSnapshot(ctx, Family(vol))
-	if err != nil {
-		return nil, err
+// createVolume creates vol's volume from snap, or (nil) from the newest completed snapshot of its family, else
+// blank.
+func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResult, snap *types.Snapshot) (*types.Volume, error) {
+	token := m.clientToken(vol)
+	if snap != nil {
+		// A restore of a chosen snapshot is a volume of its own, not the one this boot's ensure made.
+		sum := sha256.Sum256([]byte(token + "\x00restore\x00" + aws.ToString(snap.SnapshotId)))
+		token = "chainwarden-" + hex.EncodeToString(sum[:])[:40]
+	} else {
+		var err error
+		if snap, err = m.NewestSnapshot(ctx, Family(vol)); err != nil {
+			return nil, err
+		}
 	}
 	tags := familyTags(vol)
 	tags[TagName] = "chainwarden-" + vol.Name
@@ -237,7 +246,7 @@ func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResul
 		Iops:             vol.IOPS,
 		Throughput:       vol.Throughput,
 		Encrypted:        vol.Encrypted,
-		ClientToken:      aws.String(m.clientToken(vol)),
+		ClientToken:      aws.String(token),
 	}
 	if vol.KMSKeyID != "" {
 		in.KmsKeyId = aws.String(vol.KMSKeyID)
@@ -250,7 +259,7 @@ func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResul
 			in.Size = aws.Int32(size)
 		}
 		st := tagsOf(snap.Tags)
-		m.Log.Info("restoring from the newest completed snapshot", "volume", vol.Name, "snapshot", res.RestoredFrom,
+		m.Log.Info("restoring from a completed snapshot of the family", "volume", vol.Name, "snapshot", res.RestoredFrom,
 			"started", aws.ToTime(snap.StartTime).Format(time.RFC3339), "height", st[TagHeight],
 			"client_version", st[TagClientVersion])
 	} else {

@@ -34,6 +34,17 @@ const (
 	TagHeight        = "chainwarden:height"
 	TagNode          = "chainwarden:node"
 	TagRestoredFrom  = "chainwarden:restored-from"
+	// A snapshot taken by `chainwarden job run` before it upgrades a job: the job and the version (and modify
+	// index) it was running, the point `chainwarden job revert -restore-volumes` restores.
+	TagJob            = "chainwarden:job"
+	TagJobVersion     = "chainwarden:job-version"
+	TagJobModifyIndex = "chainwarden:job-modify-index"
+	TagPurpose        = "chainwarden:purpose"
+	PurposePreUpgrade = "pre-upgrade"
+	// A volume replaced by a restore: detached and kept, no longer found by ensure (its chainwarden:volume tag
+	// becomes "<name>@replaced"), with when and by which snapshot's restore.
+	TagReplacedAt = "chainwarden:replaced-at"
+	TagReplacedBy = "chainwarden:replaced-by-restore-of"
 )
 
 // Family is the snapshot family of a volume: chain/network/client.

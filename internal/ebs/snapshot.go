@@ -137,7 +137,19 @@ type SnapshotResult struct {
 // leave maintenance at once (always, also on failure) and, with wait, report progress until the snapshot is
 // completed. A node whose check is not passing is refused with ErrNotPassing.
 func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *SnapshotResult, err error) {
+	return m.SnapshotWith(ctx, vol, SnapshotOptions{Wait: wait})
+}
+
+// SnapshotOptions are Snapshot's choices.
+type SnapshotOptions struct {
+	Wait bool              // until the snapshot is completed
+	Tags map[string]string // more tags (the pre-upgrade point's job and version); a Name here replaces the default
+}
+
+// SnapshotWith is Snapshot with more tags.
+func (m *Manager) SnapshotWith(ctx context.Context, vol Volume, o SnapshotOptions) (res *SnapshotResult, err error) {
 	m.defaults()
+	wait := o.Wait
 	if vol.Node == "" {
 		return nil, fmt.Errorf("volume %s: node is not set: no Consul check to tell whether the node is synced", vol.Name)
 	}
@@ -239,6 +251,9 @@ func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *Sna
 	tags[TagClientVersion] = res.ClientVersion
 	tags[TagHeight] = res.Height
 	tags[TagNode] = vol.Node
+	for k, v := range o.Tags {
+		tags[k] = v
+	}
 	out, err := call(ctx, m, "CreateSnapshot", func(ctx context.Context) (*ec2.CreateSnapshotOutput, error) {
 		return m.EC2.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{
 			VolumeId:    aws.String(res.VolumeID),

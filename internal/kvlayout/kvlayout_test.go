@@ -16,6 +16,8 @@ func TestKeys(t *testing.T) {
 		l.Fallback("eth-mainnet"):  "cw/fallback/eth-mainnet",
 		l.DenyMethods():            "cw/proxy/deny_methods",
 		l.DefaultService():         "cw/proxy/default_service",
+		l.VolumeHolder("geth-a"):   "cw/volumes/geth-a",
+		l.VolumeOp("geth-a"):       "cw/volume-ops/geth-a",
 		New("").Prefix():           DefaultPrefix,
 	} {
 		if got != want {
