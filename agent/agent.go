@@ -27,6 +27,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/restart"
+	"github.com/chainwarden/chainwarden/internal/restored"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
@@ -82,6 +83,8 @@ type Agent struct {
 	trackers map[string]*networkhead.Tracker // by service: what the network head rule keeps between passes
 	refSeen  map[string]sourceSeen           // by reference: when its height was first seen
 	flagged  map[string]heads.Flag           // service/source -> this agent's sources flagged in the last pass
+	// markErr is Step's own: the last error reading the restore marks (logged when it changes).
+	markErr string
 }
 
 // nodeState is what the agent keeps of one node. The fields under "guarded" are read and written with Agent.mu
@@ -101,6 +104,8 @@ type nodeState struct {
 	// Step's own
 	since    time.Time // when result.Height was first seen
 	lastSeen uint64
+	// catchUp follows a node whose volume was restored from a snapshot (a restore mark), until it has caught up.
+	catchUp *verdict.CatchUp
 }
 
 // New builds an agent from a validated configuration.
@@ -346,6 +351,7 @@ func (a *Agent) Step(ctx context.Context) {
 	// references (see internal/networkhead).
 	nets := a.networks(ctx, nodes, results, refs, refResults, now)
 
+	marks := a.restoreMarks()
 	services := make([]registry.Service, 0, len(nodes))
 	judged := make([]*nodeState, 0, len(nodes))
 	var seen []restart.Node
@@ -353,9 +359,14 @@ func (a *Agent) Step(ctx context.Context) {
 		r, st := results[i], w.st
 		net := nets[w.cfg.Service]
 		head, in := net.judgement(w.cfg.Name, r, now)
+		a.followCatchUp(w.cfg, st, marks, r, head, now)
 		in.Kind, in.Result, in.Head, in.WantChain = w.cfg.Kind, r, head, w.cfg.WantChain()
 		in.Standby, in.Thresholds, in.Now = strings.Contains(w.cfg.Role, "standby"), w.cfg.Thresholds, now
+		in.CatchUp = st.catchUp
 		rep := verdict.Judge(in)
+		if rep.CaughtUp {
+			a.caughtUp(w.cfg, st, marks[w.cfg.Name], now)
+		}
 		a.mu.Lock()
 		if a.nodes[w.cfg.Name] != st { // removed or replaced while this pass probed: its result is void
 			a.mu.Unlock()
@@ -502,4 +513,49 @@ func boolGauge(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// restoreMarks reads the marks of volumes restored from a snapshot (internal/restored), by node.
+func (a *Agent) restoreMarks() map[string]restored.Mark {
+	ms, err := restored.List(a.cfg.StateDir)
+	if msg := fmt.Sprint(err); err != nil && msg != a.markErr {
+		a.log.Warn("cannot read every restore mark", "dir", a.cfg.StateDir, "error", err)
+		a.markErr = msg
+	} else if err == nil {
+		a.markErr = ""
+	}
+	out := make(map[string]restored.Mark, len(ms))
+	for _, m := range ms {
+		out[m.Node] = m
+	}
+	return out
+}
+
+// followCatchUp starts following a node once its volume is marked restored, stops when the mark is gone, and
+// records this probe.
+func (a *Agent) followCatchUp(n nodespec.Node, st *nodeState, marks map[string]restored.Mark, r probe.Result,
+	head verdict.Head, now time.Time) {
+	mark, ok := marks[n.Name]
+	switch {
+	case !ok:
+		st.catchUp = nil
+		return
+	case st.catchUp == nil || st.catchUp.Snapshot != mark.Snapshot:
+		st.catchUp = verdict.NewCatchUp(mark.Snapshot)
+		a.log.Info("node restored from a snapshot: following it until it has caught up", "node", n.Name,
+			"snapshot", mark.Snapshot, "snapshot_height", mark.Height, "volume", mark.Volume)
+	}
+	if r.Err == nil && r.HasHeight {
+		st.catchUp.Observe(now, r.Height, head.Height)
+	}
+}
+
+// caughtUp ends following a restored node: its mark goes, it is judged as any node from now on.
+func (a *Agent) caughtUp(n nodespec.Node, st *nodeState, mark restored.Mark, now time.Time) {
+	st.catchUp = nil
+	if err := restored.Remove(a.cfg.StateDir, n.Name); err != nil {
+		a.log.Warn("cannot remove the restore mark", "node", n.Name, "error", err)
+	}
+	a.log.Info("node restored from a snapshot has caught up", "node", n.Name, "snapshot", mark.Snapshot,
+		"since_restore", now.Sub(mark.Restored).Round(time.Second))
 }

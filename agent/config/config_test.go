@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/restart"
 )
@@ -92,6 +93,9 @@ func TestGoodFull(t *testing.T) {
 	v := c.Volumes[0]
 	if v.SizeGiB != 2000 || v.Type != "gp3" || v.MountPath != "/data/geth-data" || v.Filesystem != "xfs" {
 		t.Fatalf("volume: %+v", v)
+	}
+	if g := v.Grow; g == nil || *g != (ebs.Grow{Threshold: 80, StepGiB: 250, MaxSizeGiB: 4000, Interval: 2 * time.Minute}) {
+		t.Fatalf("grow: %+v", g)
 	}
 }
 

@@ -74,7 +74,7 @@ func runAgent(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	startDiscovery(ctx, cfg, a, log)
-	startSnapshots(ctx, cfg, consul, log)
+	startVolumes(ctx, cfg, consul, log, a.Metrics(), a.ID())
 
 	// SIGHUP reloads the node and reference blocks; nodes gone from the file are deregistered.
 	hup := make(chan os.Signal, 1)

@@ -462,3 +462,15 @@ func dnsName(s string) string {
 	}
 	return s
 }
+
+// ChainTasks names the tasks of a group that are chain nodes (chainwarden_kind in their merged meta), in the
+// group's order: what NodeName is called with, withTask when there is more than one.
+func ChainTasks(job *nomadapi.Job, tg *nomadapi.TaskGroup) []string {
+	var out []string
+	for _, t := range tg.Tasks {
+		if mergedMeta(job, tg, t)[MetaKind] != "" {
+			out = append(out, t.Name)
+		}
+	}
+	return out
+}

@@ -462,7 +462,8 @@ func (c *Consul) List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPai
 	return out, &consulapi.QueryMeta{LastIndex: c.index}, nil
 }
 
-// Txn applies KV set and delete operations atomically; any other verb rolls the transaction back.
+// Txn applies KV set, delete, check-and-set and delete-check-and-set operations atomically; a failed check or any
+// other verb rolls the transaction back, as Consul does.
 func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *consulapi.TxnResponse, *consulapi.QueryMeta, error) {
 	if err := c.enter("Txn"); err != nil {
 		return false, nil, nil, err
@@ -473,7 +474,22 @@ func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *co
 	}
 	resp := &consulapi.TxnResponse{}
 	for i, op := range ops {
-		if op.KV == nil || (op.KV.Verb != consulapi.KVSet && op.KV.Verb != consulapi.KVDelete) {
+		if op.KV == nil {
+			resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "fakes: unsupported operation"})
+			continue
+		}
+		switch op.KV.Verb {
+		case consulapi.KVSet, consulapi.KVDelete:
+		case consulapi.KVCAS, consulapi.KVDeleteCAS:
+			var have uint64
+			if p := c.kv[op.KV.Key]; p != nil {
+				have = p.ModifyIndex
+			}
+			if have != op.KV.Index {
+				resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i,
+					What: fmt.Sprintf("failed to %s key %q, index is stale", op.KV.Verb, op.KV.Key)})
+			}
+		default:
 			resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "fakes: unsupported operation"})
 		}
 	}
@@ -483,14 +499,14 @@ func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *co
 	c.index++
 	for _, op := range ops {
 		switch op.KV.Verb {
-		case consulapi.KVSet:
+		case consulapi.KVSet, consulapi.KVCAS:
 			p := c.kv[op.KV.Key]
 			if p == nil {
 				p = &consulapi.KVPair{Key: op.KV.Key, CreateIndex: c.index}
 				c.kv[op.KV.Key] = p
 			}
 			p.Value, p.ModifyIndex = slices.Clone(op.KV.Value), c.index
-		case consulapi.KVDelete:
+		case consulapi.KVDelete, consulapi.KVDeleteCAS:
 			delete(c.kv, op.KV.Key)
 		}
 	}
