@@ -28,6 +28,8 @@ import (
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/push"
 	"github.com/chainwarden/chainwarden/internal/registry"
+	"github.com/chainwarden/chainwarden/internal/restart"
+	"github.com/chainwarden/chainwarden/internal/restored"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
@@ -38,11 +40,13 @@ type Consul struct {
 	KV      heads.KV
 	Txn     heads.Txn
 	Catalog registry.CatalogAPI // nil: outputs reach the servers only as the local agent sends them
+	// Restart is the sessions, locks and health reads of the restarter (needed only with a restart block).
+	Restart restart.Consul
 }
 
 // ConsulAPI is Consul from a real API client.
 func ConsulAPI(c *consulapi.Client) Consul {
-	return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn(), Catalog: registry.Catalog(c)}
+	return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn(), Catalog: registry.Catalog(c), Restart: restart.ConsulAPI(c)}
 }
 
 // Options are the parts of an agent that the command, tests and the benchmark choose.
@@ -51,6 +55,8 @@ type Options struct {
 	Clock      clock.Clock  // default: the wall clock
 	HTTPClient *http.Client // for probes; default probe.NewHTTPClient()
 	Consul     Consul       // required
+	// Nomad restarts allocations for the restart block: (*nomadapi.Client).Allocations(). Needed only with one.
+	Nomad restart.Nomad
 	// Subscribers replaces the push subscribers by kind (tests); nil: push.Subscribers.
 	Subscribers map[probe.Kind]push.Subscriber
 }
@@ -63,10 +69,11 @@ type Agent struct {
 	clock  clock.Clock
 	client *http.Client
 
-	reg     *registry.Registry
-	heads   *heads.Store
-	metrics *metrics
-	push    *push.Manager
+	reg       *registry.Registry
+	heads     *heads.Store
+	metrics   *metrics
+	restarter *restart.Restarter // nil: restarts are off
+	push      *push.Manager
 	// kick wakes the loop when a head arrived by push (capacity 1: a burst of heads is one wake-up).
 	kick chan struct{}
 
@@ -91,6 +98,10 @@ type Agent struct {
 	refLast  []probe.Result                  // the references' last results, for passes that don't probe
 	refsLast []nodespec.Reference
 	wakeAt   time.Time // when a node behind the head crosses warn_behind or max_behind: the loop judges then
+	// markErr: the last error reading the restore marks (logged when it changes); marks: the marks a pass that
+	// probes read, for the push passes until the next.
+	markErr string
+	marks   map[string]restored.Mark
 }
 
 // pushState is a node's push subscription as the agent last heard of it.
@@ -130,6 +141,8 @@ type nodeState struct {
 	judgedPush uint64    // pushN when last judged
 	nextPoll   time.Time // while push is up: when the next probe is due (zero: push down, or not placed yet)
 	judgeAt    time.Time // when the node, behind the head, crosses warn_behind or max_behind (zero: not behind)
+	// catchUp follows a node whose volume was restored from a snapshot (a restore mark), until it has caught up.
+	catchUp *verdict.CatchUp
 }
 
 // judgedOn is what a node's judgement depends on that a push can change: its height and block, its network's head
@@ -170,6 +183,13 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
 	a.reg.OnStateLost = a.heads.Forget
+	if cfg.Restart != nil {
+		rc := opts.Consul.Restart
+		if opts.Nomad == nil || rc.Sessions == nil || rc.KV == nil || rc.Health == nil {
+			return nil, fmt.Errorf("agent: the restart block needs a Nomad client and Consul sessions")
+		}
+		a.restarter = restart.New(*cfg.Restart, rc, opts.Nomad, kvlayout.New(cfg.Consul.KVPrefix), opts.ID, log.Named("restart"))
+	}
 	a.SetNodes(nodespec.SourceConfig, cfg.Nodes)
 	a.SetReferences(cfg.References)
 	return a, nil
@@ -210,7 +230,9 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 			a.log.Info("node removed", "node", name)
 			continue
 		}
-		if n.Service != st.cfg.Service || n.Kind != st.cfg.Kind {
+		// Another service or kind, or another Nomad allocation under the same name (a replacement that started while
+		// the old one was still stopping): a new node, judged from scratch, never on its predecessor's verdict.
+		if n.Service != st.cfg.Service || n.Kind != st.cfg.Kind || n.AllocID != st.cfg.AllocID {
 			a.gone = append(a.gone, st.cfg.Service+"/"+name)
 			a.metrics.forget(st.cfg)
 			a.nodes[name] = a.newNodeState(n)
@@ -323,6 +345,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	go a.heads.Watch(ctx, 5*time.Minute)
+	if a.restarter != nil {
+		defer func() { // let go of restart locks at once rather than when their session expires
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			a.restarter.Close(cctx)
+		}()
+	}
 	pushDone := make(chan struct{})
 	go func() {
 		defer close(pushDone)
@@ -586,7 +615,14 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	// A push pass writes to Consul only what must go at once: status changes. New heights and figures ride the next
 	// pass (every interval), which also publishes the heads to KV: a burst of heads costs one round of writes, as a
 	// pass of probes does.
+	marks := a.marks
+	if poll {
+		marks = a.restoreMarks()
+		a.marks = marks
+	}
 	services := make([]registry.Service, 0, len(nodes))
+	judged := make([]*nodeState, 0, len(nodes)) // in a pass that probes, one for each of services
+	var seen []restart.Node
 	statusChanged := false
 	keep := func(st *nodeState) {
 		a.mu.Lock()
@@ -609,9 +645,14 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 			keep(st) // nothing its judgement depends on changed, and no time threshold was crossed
 			continue
 		}
+		a.followCatchUp(w.cfg, st, marks, r, head, now)
 		in.Kind, in.Result, in.Head, in.WantChain = w.cfg.Kind, r, head, w.cfg.WantChain()
 		in.Standby, in.Thresholds, in.Now = strings.Contains(w.cfg.Role, "standby"), w.cfg.Thresholds, now
+		in.CatchUp = st.catchUp
 		rep := verdict.Judge(in)
+		if rep.CaughtUp {
+			a.caughtUp(w.cfg, st, marks[w.cfg.Name], now)
+		}
 		a.mu.Lock()
 		if a.nodes[w.cfg.Name] != st { // removed or replaced meanwhile: its result is void
 			a.mu.Unlock()
@@ -619,6 +660,9 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		}
 		status, changed := st.damper.Observe(rep.Status)
 		rep.Status, rep.Holding = status, st.damper.Holding()
+		if a.restarter != nil && !poll {
+			rep.Note, rep.NoteKey = a.restarter.Note(w.cfg.Name)
+		}
 		prev := st.report.Status
 		st.report, st.updated = rep, now
 		if w.due {
@@ -654,6 +698,15 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 			a.log.Info("node status changed", "node", w.cfg.Name, "from", prev, "to", status, "output", rep.Output())
 		}
 		services = append(services, svc)
+		judged = append(judged, st)
+		if a.restarter != nil && poll {
+			ok := r.Err == nil && r.HasHeight && r.Height > 0 && chainMatches(w.cfg, r)
+			seen = append(seen, restart.Node{Name: w.cfg.Name, Service: w.cfg.Service, AllocID: w.cfg.AllocID,
+				Task: w.cfg.Task, Deploying: w.cfg.Deploying, Status: status, Height: r.Height, HasHeight: ok, Head: head.Height})
+		}
+	}
+	if a.restarter != nil && poll { // restarts are decided on probes; a push pass shows their notes (above)
+		a.restart(ctx, now, seen, services, judged)
 	}
 
 	// The loop judges again when the first node behind the head crosses a time threshold, not at the next tick.
@@ -719,6 +772,20 @@ func crossing(behind time.Duration, t verdict.Thresholds, now time.Time) time.Ti
 		}
 	}
 	return at
+}
+
+// restart hands the pass's verdicts to the restarter, counts what it did, and adds what it says of each node
+// ("restarted 2m ago, 1 of 3 this hour") to the node's check output and health.
+func (a *Agent) restart(ctx context.Context, now time.Time, seen []restart.Node, services []registry.Service, judged []*nodeState) {
+	for _, e := range a.restarter.Pass(ctx, now, seen) {
+		a.metrics.observeRestart(e)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i, st := range judged {
+		st.report.Note, st.report.NoteKey = a.restarter.Note(st.cfg.Name)
+		services[i].Output, services[i].Key = st.report.Output(), st.report.Key()
+	}
 }
 
 // slowest names the n nodes whose probes took longest, with their times, e.g. "geth-a 2s (timeout), geth-b 800ms".
@@ -791,4 +858,49 @@ func boolGauge(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// restoreMarks reads the marks of volumes restored from a snapshot (internal/restored), by node.
+func (a *Agent) restoreMarks() map[string]restored.Mark {
+	ms, err := restored.List(a.cfg.StateDir)
+	if msg := fmt.Sprint(err); err != nil && msg != a.markErr {
+		a.log.Warn("cannot read every restore mark", "dir", a.cfg.StateDir, "error", err)
+		a.markErr = msg
+	} else if err == nil {
+		a.markErr = ""
+	}
+	out := make(map[string]restored.Mark, len(ms))
+	for _, m := range ms {
+		out[m.Node] = m
+	}
+	return out
+}
+
+// followCatchUp starts following a node once its volume is marked restored, stops when the mark is gone, and
+// records this probe.
+func (a *Agent) followCatchUp(n nodespec.Node, st *nodeState, marks map[string]restored.Mark, r probe.Result,
+	head verdict.Head, now time.Time) {
+	mark, ok := marks[n.Name]
+	switch {
+	case !ok:
+		st.catchUp = nil
+		return
+	case st.catchUp == nil || st.catchUp.Snapshot != mark.Snapshot:
+		st.catchUp = verdict.NewCatchUp(mark.Snapshot)
+		a.log.Info("node restored from a snapshot: following it until it has caught up", "node", n.Name,
+			"snapshot", mark.Snapshot, "snapshot_height", mark.Height, "volume", mark.Volume)
+	}
+	if r.Err == nil && r.HasHeight {
+		st.catchUp.Observe(now, r.Height, head.Height)
+	}
+}
+
+// caughtUp ends following a restored node: its mark goes, it is judged as any node from now on.
+func (a *Agent) caughtUp(n nodespec.Node, st *nodeState, mark restored.Mark, now time.Time) {
+	st.catchUp = nil
+	if err := restored.Remove(a.cfg.StateDir, n.Name); err != nil {
+		a.log.Warn("cannot remove the restore mark", "node", n.Name, "error", err)
+	}
+	a.log.Info("node restored from a snapshot has caught up", "node", n.Name, "snapshot", mark.Snapshot,
+		"since_restore", now.Sub(mark.Restored).Round(time.Second))
 }

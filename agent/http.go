@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -70,13 +72,28 @@ func StatusCode(s string) int {
 	}
 }
 
-// Handler serves /v1/health, /v1/health/{node} and /metrics.
+// AllocHealth is an allocation's verdict as served on /v1/health/alloc/<id>: the worst of its chain nodes.
+type AllocHealth struct {
+	AllocID string       `json:"alloc_id"`
+	Status  string       `json:"status"`
+	Output  string       `json:"output"` // "<node>: <output>" of each node, for `nomad alloc checks`
+	Nodes   []NodeHealth `json:"nodes"`
+}
+
+// Handler serves /v1/health, /v1/health/{node}, /v1/health/alloc/{alloc} and /metrics.
+//
+// /v1/health/{node} and /v1/health/alloc/{alloc} take ?warning_ok=true, which answers 200 for a warning (lagging but
+// serving) node: a load balancer or a Nomad deployment that accepts such nodes says so.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Health())
 	})
 	mux.HandleFunc("GET /v1/health/{node}", func(w http.ResponseWriter, r *http.Request) {
+		warningOK, ok := warningOK(w, r)
+		if !ok {
+			return
+		}
 		name := r.PathValue("node")
 		a.mu.Lock()
 		st, ok := a.nodes[name]
@@ -90,10 +107,73 @@ func (a *Agent) Handler() http.Handler {
 			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no node named " + name})
 			return
 		}
-		writeJSON(w, StatusCode(h.Status), h)
+		writeJSON(w, code(h.Status, warningOK), h)
+	})
+	// Nomad's deployment check (the job specs' service check) asks by allocation: a replacement allocation is judged
+	// on its own, never on the verdict its predecessor left under the same node name.
+	mux.HandleFunc("GET /v1/health/alloc/{alloc}", func(w http.ResponseWriter, r *http.Request) {
+		warningOK, ok := warningOK(w, r)
+		if !ok {
+			return
+		}
+		h := a.AllocHealth(r.PathValue("alloc"))
+		if len(h.Nodes) == 0 {
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no chain node of allocation " + h.AllocID +
+				" is known to this agent (not discovered yet, not on this host, or not running)"})
+			return
+		}
+		writeJSON(w, code(h.Status, warningOK), h)
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
 	return mux
+}
+
+// AllocHealth is the verdict of the chain nodes the agent knows in a Nomad allocation: the worst of them (no
+// nodes: none known).
+func (a *Agent) AllocHealth(allocID string) AllocHealth {
+	h := AllocHealth{AllocID: allocID}
+	if allocID == "" {
+		return h
+	}
+	a.mu.Lock()
+	for _, st := range a.nodes {
+		if st.cfg.AllocID == allocID {
+			h.Nodes = append(h.Nodes, st.health())
+		}
+	}
+	a.mu.Unlock()
+	sort.Slice(h.Nodes, func(i, j int) bool { return h.Nodes[i].Node < h.Nodes[j].Node })
+	worst := verdict.Passing
+	var outs []string
+	for _, n := range h.Nodes {
+		if s, _ := verdict.ParseStatus(n.Status); s > worst {
+			worst = s
+		}
+		outs = append(outs, n.Node+": "+n.Output)
+	}
+	h.Status, h.Output = worst.String(), strings.Join(outs, "\n")
+	return h
+}
+
+// warningOK reads the warning_ok query parameter, answering 400 itself when it is not a boolean.
+func warningOK(w http.ResponseWriter, r *http.Request) (bool, bool) {
+	v := r.URL.Query().Get("warning_ok")
+	if v == "" {
+		return false, true
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "warning_ok: " + strconv.Quote(v) + " is not true or false"})
+		return false, false
+	}
+	return b, true
+}
+
+func code(status string, warningOK bool) int {
+	if warningOK && status == verdict.Warning.String() {
+		return http.StatusOK
+	}
+	return StatusCode(status)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

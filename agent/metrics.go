@@ -7,6 +7,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/push"
+	"github.com/chainwarden/chainwarden/internal/restart"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
@@ -33,6 +34,9 @@ type metrics struct {
 	consulUp     prometheus.Gauge
 	consulWrites prometheus.Counter
 	pushJudged   prometheus.Counter
+	restarts     *prometheus.CounterVec
+	withheld     *prometheus.CounterVec
+	catchingUp   *prometheus.GaugeVec
 }
 
 var nodeLabels = []string{"node", "service", "kind"}
@@ -68,14 +72,19 @@ func newMetrics() *metrics {
 			[]string{"service", "source", "kind"}),
 		lookups: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "block_hash_lookups_total",
 			Help: "Calls made to ask a node or reference for block hashes by height, to compare branches."}),
-		consulUp:     prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
+		consulUp: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "consul_up", Help: "1 when the last Consul sync worked."}),
+		restarts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "chainwarden", Name: "node_restarts_total",
+			Help: "Restarts of stalled nodes through Nomad, by result (restarted, failed)."}, []string{"node", "service", "result"}),
+		withheld: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "chainwarden", Name: "node_restarts_withheld_total",
+			Help: "Restarts that were due but withheld, by reason (backoff, limit, lock, no_passing_node, consul); counted when the reason changes."}, []string{"node", "service", "reason"}),
+		catchingUp:   g("node_catching_up", "1 while the node, restored from a snapshot, catches up with its network (critical meanwhile).", nodeLabels...),
 		consulWrites: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "consul_writes_total", Help: "State-changing calls made to the Consul agent (registrations, check updates, deregistrations)."}),
 		pushJudged: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "push_heads_judged_total",
 			Help: "New heads that arrived by push (WebSocket) and were judged on arrival, not at the next probe."}),
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
 		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites, m.pushJudged,
-		m.behind, m.finalized, m.netFinalized, m.flagged, m.flagsTotal, m.lookups,
+		m.behind, m.finalized, m.netFinalized, m.flagged, m.flagsTotal, m.lookups, m.restarts, m.withheld, m.catchingUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -99,6 +108,7 @@ func (m *metrics) observeProbe(n nodespec.Node, r probe.Result) {
 func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdict.Head, netFinalized uint64) {
 	l := labels(n)
 	m.status.With(l).Set(float64(rep.Status))
+	m.catchingUp.With(l).Set(boolGauge(rep.CatchingUp))
 	if rep.Err != "" || n.Kind == probe.Chainlink {
 		return
 	}
@@ -118,11 +128,22 @@ func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdi
 	}
 }
 
-// forget drops a removed node's series.
+func (m *metrics) observeRestart(e restart.Event) {
+	if e.Kind == "withheld" {
+		m.withheld.WithLabelValues(e.Node, e.Service, e.Reason).Inc()
+		return
+	}
+	m.restarts.WithLabelValues(e.Node, e.Service, e.Kind).Inc()
+}
+
+// forget drops a removed node's series (not its restart counts: a node being restarted leaves the set for a moment).
 func (m *metrics) forget(n nodespec.Node) {
 	l := labels(n)
-	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.behind, m.finalized} {
+	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.behind, m.finalized, m.catchingUp} {
 		v.Delete(l)
 	}
 	m.transitions.DeletePartialMatch(prometheus.Labels{"node": n.Name, "service": n.Service})
 }
+
+// Metrics is the registry /metrics serves, for the series of work that runs beside the agent (volume growth).
+func (a *Agent) Metrics() prometheus.Registerer { return a.metrics.reg }

@@ -85,9 +85,45 @@ variable "extra_args" {
 }
 
 variable "min_healthy_time" {
-  description = "how long the task must run before a deployment counts it healthy"
+  description = "how long the agent's verdict must stay healthy before a deployment counts the allocation healthy"
   type        = string
-  default     = "30s"
+  default     = "2m"
+}
+
+variable "healthy_deadline" {
+  description = "how long a new allocation has to become healthy (start, find peers, catch up) before the deployment fails"
+  type        = string
+  default     = "20m"
+}
+
+variable "progress_deadline" {
+  description = "how long a deployment may go without an allocation becoming healthy (longer than healthy_deadline)"
+  type        = string
+  default     = "30m"
+}
+
+variable "health_check" {
+  description = "how Nomad judges a deployment: \"checks\" (the chainwarden agent's verdict) or \"task_states\" (running is enough)"
+  type        = string
+  default     = "checks"
+}
+
+variable "warning_ok" {
+  description = "a warning node (lagging but serving) counts as healthy for a deployment (default: only passing does)"
+  type        = bool
+  default     = false
+}
+
+variable "agent_address" {
+  description = "the chainwarden agent's HTTP address as the Nomad client reaches it (the agent's listen)"
+  type        = string
+  default     = "127.0.0.1"
+}
+
+variable "agent_port" {
+  description = "the chainwarden agent's HTTP port (the agent's listen)"
+  type        = number
+  default     = 9464
 }
 
 variable "min_peers" {
@@ -155,13 +191,15 @@ job "openethereum" {
       mode     = "delay"
     }
 
+    # Nomad judges an upgrade by the chainwarden agent's verdict (the service check below), not by the container
+    # running: an upgrade that never syncs fails at healthy_deadline and auto_revert brings back the last good version.
     update {
       max_parallel      = 1
-      health_check      = "task_states"
+      health_check      = var.health_check
       min_healthy_time  = var.min_healthy_time
-      healthy_deadline  = "10m"
-      progress_deadline = "15m"
-      auto_revert       = false
+      healthy_deadline  = var.healthy_deadline
+      progress_deadline = var.progress_deadline
+      auto_revert       = true
     }
 
     volume "data" {
@@ -182,6 +220,23 @@ job "openethereum" {
       port "ws" {
         static       = var.ws_port
         host_network = var.rpc_host_network
+      }
+    }
+
+    # The chainwarden agent's verdict on this allocation (worst of its chain nodes), asked by Nomad for deployments
+    # (health_check = "checks"): 200 passing, 429 warning (200 with warning_ok), 503 critical, 404 not discovered yet.
+    service {
+      provider = "nomad"
+      name     = "${var.service}-chainwarden"
+      address  = var.agent_address
+      port     = "${var.agent_port}"
+
+      check {
+        name     = "chainwarden"
+        type     = "http"
+        path     = "/v1/health/alloc/${NOMAD_ALLOC_ID}${var.warning_ok ? "?warning_ok=true" : ""}"
+        interval = "5s"
+        timeout  = "3s"
       }
     }
 

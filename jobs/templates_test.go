@@ -99,7 +99,7 @@ func TestChainlinkTemplates(t *testing.T) {
 	register(t, c, "openethereum-openethereum-0", "eth-mainnet", "10.0.0.13", 8545, "critical", []string{"chainwarden", "ws_port=8546"}, nil)
 
 	a := run(t, c, "chainlink", map[string]string{
-		"image": image, "nodes": "1", "min_healthy_time": "1s", "cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(testenv.FreePort(t)),
+		"image": image, "nodes": "1", "min_healthy_time": "1s", "health_check": "task_states", // no agent judges the stand-in "cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(testenv.FreePort(t)),
 	})
 	dir := filepath.Join(c.Nomad.DataDir, "alloc", a.ID)
 	cfg := readFile(t, filepath.Join(dir, "chainlink", "local", "config.toml"))
@@ -175,7 +175,7 @@ func TestIRITATemplates(t *testing.T) {
 	}
 	p2p := testenv.FreePort(t)
 	a := run(t, c, "irita", map[string]string{
-		"image": image, "binary": "/idle", "validators": "1", "min_healthy_time": "1s", "host_volume": "irita", "chain_id": "irita-test",
+		"image": image, "binary": "/idle", "validators": "1", "min_healthy_time": "1s", "health_check": "task_states", "host_volume": "irita", "chain_id": "irita-test",
 		"cpu": "100", "memory": "64", "p2p_port": strconv.Itoa(p2p), "metrics_port": strconv.Itoa(testenv.FreePort(t)),
 	})
 	dir := filepath.Join(c.Nomad.DataDir, "alloc", a.ID)

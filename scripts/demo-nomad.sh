@@ -141,10 +141,12 @@ HCL
 
 	chainwarden job run geth -var image=local/geth:$GETH_VERSION -var host_volume=geth-dev -var network=dev \
 		-var chain_id=1337 -var service=eth-dev -var p2p_port="$GETH_P2P_PORT" -var cpu=500 -var memory=1024 \
-		-var min_healthy_time=5s -var kill_timeout=30s -var min_peers=0 -var 'extra_args=["--dev.period=1"]'
+		-var min_healthy_time=5s -var kill_timeout=30s -var min_peers=0 -var 'extra_args=["--dev.period=1"]' \
+		-var agent_port="${CHAINWARDEN_AGENT_PORT:-9464}"
 	chainwarden job run cometbft -var image=local/cometbft:$COMETBFT_VERSION -var host_volume=cometbft-dev \
 		-var chain_id="$COMETBFT_CHAIN_ID" -var service=cometbft-demo -var proxy_app=persistent_kvstore \
-		-var p2p_port="$COMETBFT_P2P_PORT" -var cpu=500 -var memory=512 -var min_healthy_time=5s -var min_peers=0
+		-var p2p_port="$COMETBFT_P2P_PORT" -var cpu=500 -var memory=512 -var min_healthy_time=5s -var min_peers=0 \
+		-var agent_port="${CHAINWARDEN_AGENT_PORT:-9464}"
 	nomad job status
 	say "up: Nomad UI $NOMAD_ADDR/ui; agent config: nomad { address = \"$NOMAD_ADDR\" }"
 }

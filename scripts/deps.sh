@@ -96,7 +96,10 @@ build_nomad() {
 }
 
 build_chainlink() {
-	if ! have chainlink $CHAINLINK_VERSION; then
+	# The build is named for its version and how it was built: "+v" builds carry their version (static.Version),
+	# which the node reports on /v2/build_info and chainwarden shows; an older build without it is replaced.
+	local build=$CHAINLINK_VERSION+v
+	if ! have chainlink "$build"; then
 		say "building chainlink $CHAINLINK_VERSION (about 10 minutes)"
 		local d src
 		d=$(tools_module)
@@ -109,11 +112,14 @@ build_chainlink() {
 		chmod u+w "$d/go.mod" "$d/go.sum"
 		printf 'package tools\n\nimport _ "github.com/smartcontractkit/chainlink/v2"\n' >"$d/tools.go"
 		(cd "$d" && go mod edit -require=github.com/smartcontractkit/chainlink/v2@$CHAINLINK_VERSION &&
-			CGO_ENABLED=1 go build -mod=mod -trimpath -o "$BIN/chainlink-$CHAINLINK_VERSION.tmp" github.com/smartcontractkit/chainlink/v2)
-		mv "$BIN/chainlink-$CHAINLINK_VERSION.tmp" "$BIN/chainlink-$CHAINLINK_VERSION"
+			CGO_ENABLED=1 go build -mod=mod -trimpath -o "$BIN/chainlink-$build.tmp" \
+				-ldflags "-X github.com/smartcontractkit/chainlink/v2/core/static.Version=${CHAINLINK_VERSION#v}" \
+				github.com/smartcontractkit/chainlink/v2)
+		mv "$BIN/chainlink-$build.tmp" "$BIN/chainlink-$build"
+		rm -f "$BIN/chainlink-$CHAINLINK_VERSION" # an older build of the same version, without its version stamped
 		rm -rf "$d"
 	fi
-	link chainlink $CHAINLINK_VERSION
+	link chainlink "$build"
 	say "chainlink $CHAINLINK_VERSION ready"
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -22,6 +23,8 @@ import (
 	"github.com/chainwarden/chainwarden/internal/fielderr"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
+	"github.com/chainwarden/chainwarden/internal/restart"
+	"github.com/chainwarden/chainwarden/internal/restored"
 )
 
 // Config is the agent's configuration, validated, with defaults applied.
@@ -33,9 +36,12 @@ type Config struct {
 	Timeout    time.Duration // a probe's deadline
 	HeadMaxAge time.Duration
 	LogLevel   string
+	StateDir   string // local state shared with `chainwarden volume` (restore marks); default /var/lib/chainwarden
 	Nodes      []nodespec.Node
 	References []nodespec.Reference
 	Volumes    []ebs.Volume
+	// Restart turns on the restarts of stalled nodes through Nomad; nil: off (the default).
+	Restart *restart.Policy
 
 	// PushPollInterval is how often a node whose heads arrive by push (its ws subscription is up) is still probed:
 	// the probe checks what push does not say (peers, sync state, chain id) and that the node answers at all.
@@ -70,9 +76,11 @@ type raw struct {
 	Timeout    string               `hcl:"timeout,optional"`
 	HeadMaxAge string               `hcl:"head_max_age,optional"`
 	LogLevel   string               `hcl:"log_level,optional"`
+	StateDir   string               `hcl:"state_dir,optional"`
 	Nodes      []nodespec.Node      `hcl:"node,block"`
 	References []nodespec.Reference `hcl:"reference,block"`
 	Volumes    []VolumeBlock        `hcl:"volume,block"`
+	Restart    *RestartBlock        `hcl:"restart,block"`
 
 	PushPollInterval string `hcl:"push_poll_interval,optional"`
 }
@@ -174,8 +182,13 @@ type validator struct {
 }
 
 func (v *validator) config(r *raw) *Config {
-	c := &Config{File: v.file, Nomad: r.Nomad, LogLevel: r.LogLevel, Listen: r.Listen,
+	c := &Config{File: v.file, Nomad: r.Nomad, LogLevel: r.LogLevel, Listen: r.Listen, StateDir: r.StateDir,
 		Nodes: r.Nodes, References: r.References}
+	if c.StateDir == "" {
+		c.StateDir = restored.DefaultStateDir
+	} else if !filepath.IsAbs(c.StateDir) {
+		v.errf(v.attrRange("", "", "state_dir"), "state_dir: %q is not an absolute path", c.StateDir)
+	}
 	top := func(attr string) hcl.Range { return v.attrRange("", "", attr) }
 	consul := func(attr string) hcl.Range { return v.attrRange("consul", "", attr) }
 	if c.Listen == "" {
@@ -228,6 +241,7 @@ func (v *validator) config(r *raw) *Config {
 		v.fieldErrs("reference", r.Name, r.Normalize(c.Nodes))
 	}
 	c.Volumes = v.volumes(r.Volumes)
+	c.Restart = v.restart(r.Restart, c)
 	return c
 }
 

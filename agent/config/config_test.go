@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/restart"
 )
 
 // Bad files and the exact error each must give: the .err file beside each .hcl.
@@ -95,6 +97,9 @@ func TestGoodFull(t *testing.T) {
 	if v.SizeGiB != 2000 || v.Type != "gp3" || v.MountPath != "/data/geth-data" || v.Filesystem != "xfs" {
 		t.Fatalf("volume: %+v", v)
 	}
+	if g := v.Grow; g == nil || *g != (ebs.Grow{Threshold: 80, StepGiB: 250, MaxSizeGiB: 4000, Interval: 2 * time.Minute}) {
+		t.Fatalf("grow: %+v", g)
+	}
 }
 
 func TestGoodMinimalDefaults(t *testing.T) {
@@ -130,5 +135,21 @@ reference "p" {
 	_, err = Parse([]byte(strings.Replace(src, secret, filepath.Join(dir, "missing"), 1)), "x.hcl")
 	if err == nil || !strings.HasPrefix(err.Error(), "x.hcl:4,13:") {
 		t.Fatalf("missing file error: %v", err)
+	}
+}
+
+// The restart block turns restarts on: what it says, with the defaults for the rest; without it they are off.
+func TestRestartBlock(t *testing.T) {
+	c, err := Load("testdata/good/restart.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.Restart
+	if p == nil || p.After != 3*time.Minute || p.MaxPerHour != 2 || p.Hold != 20*time.Minute ||
+		p.Backoff != restart.DefaultBackoff || p.MaxBackoff != restart.DefaultMaxBackoff || p.LockTTL != restart.DefaultLockTTL {
+		t.Fatalf("policy %+v", p)
+	}
+	if c, err := Load("testdata/good/minimal.hcl"); err != nil || c.Restart != nil {
+		t.Fatalf("restarts are on without a restart block: %+v %v", c.Restart, err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -191,7 +192,8 @@ func (d *demo) start(ctx context.Context) error {
 	}
 	if o.withNomad {
 		d.step("starting dockerd and a Nomad dev agent running jobs/geth and jobs/cometbft (scripts/demo-nomad.sh)")
-		env := []string{"CONSUL_HTTP_ADDR=" + d.consul.Addr}
+		// The jobs' deployments are judged by this agent's verdict: their check asks its port.
+		env := []string{"CONSUL_HTTP_ADDR=" + d.consul.Addr, "CHAINWARDEN_AGENT_PORT=" + listenPort(o.listen)}
 		// Registered first: an interrupted start leaves a Nomad agent or dockerd that stop takes down. A hurry does
 		// not kill it: it is what stops the jobs' containers, Nomad and dockerd, which are not in our process groups.
 		d.td.add(func() {
@@ -342,4 +344,12 @@ cometbft-cometbft-0.  NOMAD_ADDR=http://127.0.0.1:4646 nomad status; chainwarden
 `)
 	}
 	return b.String()
+}
+
+// listenPort is the port of a host:port listen address ("9464" when it has none).
+func listenPort(listen string) string {
+	if _, port, err := net.SplitHostPort(listen); err == nil && port != "" {
+		return port
+	}
+	return "9464"
 }

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
@@ -52,7 +53,20 @@ func runAgent(args []string) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	a, err := agent.New(cfg, log, agent.Options{Consul: agent.ConsulAPI(consul)})
+	opts := agent.Options{Consul: agent.ConsulAPI(consul)}
+	if cfg.Restart != nil { // restarts of stalled nodes go through the local Nomad agent (NOMAD_* variables apply)
+		nc := nomadapi.DefaultConfig()
+		if cfg.Nomad.Address != "" {
+			nc.Address = cfg.Nomad.Address
+		}
+		nomad, err := nomadapi.NewClient(nc)
+		if err != nil {
+			log.Error("cannot start", "error", fmt.Errorf("nomad client: %w", err))
+			return 1
+		}
+		opts.Nomad = nomad.Allocations()
+	}
+	a, err := agent.New(cfg, log, opts)
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
@@ -60,7 +74,7 @@ func runAgent(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	startDiscovery(ctx, cfg, a, log)
-	startSnapshots(ctx, cfg, consul, log)
+	startVolumes(ctx, cfg, consul, log, a.Metrics(), a.ID())
 
 	// SIGHUP reloads the node and reference blocks; nodes gone from the file are deregistered.
 	hup := make(chan os.Signal, 1)

@@ -123,7 +123,7 @@ func volumeMain(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	log.Info("instance", "id", host.InstanceID, "az", host.AZ, "region", host.Region)
 	m := &ebs.Manager{EC2: client, Host: host, Log: log,
 		Devices: ebs.NVMe{ByIDDir: f.byIDDir},
-		Paths:   ebs.Paths{Fstab: f.fstab, NomadConfigDir: f.nomadDir, LockDir: f.lockDir},
+		Paths:   ebs.Paths{Fstab: f.fstab, NomadConfigDir: f.nomadDir, LockDir: f.lockDir, StateDir: cfg.StateDir},
 	}
 	m.Timeouts.Snapshot = f.timeout
 

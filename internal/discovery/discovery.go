@@ -314,6 +314,9 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		MaxFinalizedBehind: meta[MetaMaxFinalizedBehind],
 		MinBlockTime:       meta[MetaMinBlockTime],
 		Source:             nodespec.SourceNomad,
+		AllocID:            a.ID,
+		Task:               t.Name,
+		Deploying:          a.DeploymentID != "" && (a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil || !*a.DeploymentStatus.Healthy),
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
 		if wsIP, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {
@@ -473,4 +476,16 @@ func dnsName(s string) string {
 		s = strings.TrimRight(s[:54], "-") + "-" + hex.EncodeToString(sum[:])[:8]
 	}
 	return s
+}
+
+// ChainTasks names the tasks of a group that are chain nodes (chainwarden_kind in their merged meta), in the
+// group's order: what NodeName is called with, withTask when there is more than one.
+func ChainTasks(job *nomadapi.Job, tg *nomadapi.TaskGroup) []string {
+	var out []string
+	for _, t := range tg.Tasks {
+		if mergedMeta(job, tg, t)[MetaKind] != "" {
+			out = append(out, t.Name)
+		}
+	}
+	return out
 }

@@ -61,8 +61,8 @@ func TestNodesFromAllocations(t *testing.T) {
 		th.MaxFinalizedBehind != 0 || n.Chain.MinBlockTime != 500*time.Millisecond {
 		t.Errorf("thresholds %+v, chain %+v", th, n.Chain)
 	}
-	if n.Source != "nomad" {
-		t.Errorf("source %q", n.Source)
+	if n.Source != "nomad" || n.AllocID != "a1" || n.Task != "node" {
+		t.Errorf("source %q, allocation %q, task %q", n.Source, n.AllocID, n.Task)
 	}
 	if len(n.Tags) != 1 || n.Tags[0] != "ws_port=21002" || n.WS != "ws://10.0.1.5:21002" {
 		t.Errorf("tags %v, ws %q", n.Tags, n.WS)
@@ -232,4 +232,25 @@ func TestRunFollowsAllocations(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// An allocation whose deployment has not found it healthy (yet, or at all) is marked Deploying (the restarter leaves
+// it to the deployment); one the deployment found healthy, or one placed without a deployment, is not.
+func TestDeployingAllocations(t *testing.T) {
+	rpc := nomadapi.PortMapping{Label: "rpc", Value: 21001, HostIP: "127.0.0.1"}
+	judging := alloc("a1", "geth", "geth", 0, 10, gethMeta(), rpc)
+	judging.DeploymentID = "d1"
+	decided := alloc("a2", "geth2", "geth", 0, 11, gethMeta(), rpc)
+	decided.DeploymentID, decided.DeploymentStatus = "d1", &nomadapi.AllocDeploymentStatus{Healthy: ptr(true)}
+	plain := alloc("a3", "geth3", "geth", 0, 12, gethMeta(), rpc)
+	failed := alloc("a4", "geth4", "geth", 0, 13, gethMeta(), rpc)
+	failed.DeploymentID, failed.DeploymentStatus = "d1", &nomadapi.AllocDeploymentStatus{Healthy: ptr(false)}
+	nodes := New(nil, "node-1", nil, nil).nodes([]*nomadapi.Allocation{judging, decided, plain, failed})
+	got := map[string]bool{}
+	for _, n := range nodes {
+		got[n.AllocID] = n.Deploying
+	}
+	if !got["a1"] || got["a2"] || got["a3"] || !got["a4"] || len(got) != 4 {
+		t.Fatalf("deploying: %v", got)
+	}
 }

@@ -35,12 +35,14 @@ import (
 type cluster struct {
 	*testenv.Cluster
 	agent *agent.Agent
+	// agentPort is the agent's HTTP port: the job specs' deployment check asks it (-var agent_port).
+	agentPort string
 }
 
 func startCluster(t *testing.T, volumes ...string) *cluster {
 	t.Helper()
 	c := &cluster{Cluster: testenv.StartCluster(t, volumes...)}
-	c.agent = startAgent(t, c.Consul)
+	c.agent, c.agentPort = startAgent(t, c.Consul, "")
 	return c
 }
 
@@ -53,23 +55,29 @@ const staticNode = `node "static-geth" {
 }
 `
 
-// startAgent runs the real agent, with one static node, against the test's Consul until the test ends.
-func startAgent(t *testing.T, consul *testenv.Consul) *agent.Agent {
+// startAgent runs the real agent, with one static node and more configuration (extra), against the test's Consul
+// until the test ends; it returns the agent and its HTTP port.
+func startAgent(t *testing.T, consul *testenv.Consul, extra string, opts ...func(*agent.Options)) (*agent.Agent, string) {
 	t.Helper()
-	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = %q\ninterval = \"500ms\"\nnomad {}\n%s", consul.Addr, listen, staticNode)
+	port := strconv.Itoa(testenv.FreePort(t))
+	listen := "127.0.0.1:" + port
+	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = %q\ninterval = \"500ms\"\nnomad {}\n%s%s", consul.Addr, listen, staticNode, extra)
 	cfg, err := config.Parse([]byte(src), "agent.hcl")
 	if err != nil {
 		t.Fatal(err)
 	}
 	log := hclog.New(&hclog.LoggerOptions{Name: "agent", Level: hclog.Warn, Output: t.Output()})
-	a, err := agent.New(cfg, log, agent.Options{ID: "host-a", Consul: agent.ConsulAPI(consul.Client)})
+	o := agent.Options{ID: "host-a", Consul: agent.ConsulAPI(consul.Client)}
+	for _, f := range opts {
+		f(&o)
+	}
+	a, err := agent.New(cfg, log, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	testenv.Background(t, "agent", a.Run)
 	testenv.WaitHTTP(t, nil, "http://"+listen+"/v1/health", 10*time.Second)
-	return a
+	return a, port
 }
 
 // waitConsul waits until the agent registered node in Consul with its check passing, and checks the
@@ -303,7 +311,7 @@ func TestGethOnNomad(t *testing.T) {
 	nodes := watch(t, c)
 	vars := map[string]string{
 		"image": image, "host_volume": "geth-dev", "network": "dev", "chain_id": "1337", "service": "eth-dev",
-		"p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "1024", "min_healthy_time": "2s",
+		"p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "1024", "min_healthy_time": "2s", "agent_port": c.agentPort,
 		"kill_timeout": "20s", "extra_args": `["--dev.period=1"]`, "min_peers": "0",
 	}
 	c.Run(t, "geth", vars)
@@ -381,7 +389,7 @@ func TestCometBFTOnNomad(t *testing.T) {
 	vars := map[string]string{
 		"image": image, "host_volume": "cometbft-dev", "chain_id": "cw-test", "service": "cometbft-test",
 		"proxy_app": "persistent_kvstore", "p2p_port": strconv.Itoa(testenv.FreePort(t)), "cpu": "500", "memory": "512",
-		"min_healthy_time": "2s", "extra_args": `["--consensus.create_empty_blocks_interval=0s"]`, "min_peers": "0",
+		"min_healthy_time": "2s", "agent_port": c.agentPort, "extra_args": `["--consensus.create_empty_blocks_interval=0s"]`, "min_peers": "0",
 	}
 	c.Run(t, "cometbft", vars)
 

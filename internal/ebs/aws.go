@@ -27,6 +27,10 @@ type EC2API interface {
 	DescribeSnapshots(ctx context.Context, in *ec2.DescribeSnapshotsInput, optFns ...func(*ec2.Options)) (*ec2.DescribeSnapshotsOutput, error)
 	CreateSnapshot(ctx context.Context, in *ec2.CreateSnapshotInput, optFns ...func(*ec2.Options)) (*ec2.CreateSnapshotOutput, error)
 	DeleteSnapshot(ctx context.Context, in *ec2.DeleteSnapshotInput, optFns ...func(*ec2.Options)) (*ec2.DeleteSnapshotOutput, error)
+	ModifyVolume(ctx context.Context, in *ec2.ModifyVolumeInput, optFns ...func(*ec2.Options)) (*ec2.ModifyVolumeOutput, error)
+	DescribeVolumesModifications(ctx context.Context, in *ec2.DescribeVolumesModificationsInput, optFns ...func(*ec2.Options)) (*ec2.DescribeVolumesModificationsOutput, error)
+	DetachVolume(ctx context.Context, in *ec2.DetachVolumeInput, optFns ...func(*ec2.Options)) (*ec2.DetachVolumeOutput, error)
+	CreateTags(ctx context.Context, in *ec2.CreateTagsInput, optFns ...func(*ec2.Options)) (*ec2.CreateTagsOutput, error)
 }
 
 // IMDSAPI is the one instance metadata call made.
@@ -77,6 +81,8 @@ var (
 // MaxIOPSLimitExceeded, ...) are ErrLimit; a code of no known kind is ErrAWS, not ErrInvalid.
 func sentinel(code, msg string) error {
 	switch {
+	case code == "VolumeModificationRateExceeded": // a per-volume quota (modifications per 24 h), not request rate
+		return ErrLimit
 	case throttleCodes[code] || strings.HasSuffix(code, "RateExceeded"):
 		return ErrThrottled
 	case strings.HasSuffix(code, "LimitExceeded") || strings.HasSuffix(code, "QuotaExceeded"):

@@ -12,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/chainwarden/chainwarden/internal/restored"
 )
 
 // EnsureResult says what Ensure found or did.
@@ -75,7 +77,7 @@ func (m *Manager) EnsureAttached(ctx context.Context, vol Volume) (*EnsureResult
 				"attached_here", attachedHere(v, m.Host.InstanceID))
 			break
 		}
-		v, err = m.createVolume(ctx, vol, res)
+		v, err = m.createVolume(ctx, vol, res, nil)
 		if errors.Is(err, ErrTokenMismatch) && attempt == 0 {
 			// Another ensure created the volume from another snapshot with our token: look again.
 			log.Warn("client token already used with other parameters; looking for the volume again")
@@ -221,10 +223,19 @@ func (m *Manager) clientToken(vol Volume) string {
 	return "chainwarden-" + hex.EncodeToString(sum[:])[:40]
 }
 
-func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResult) (*types.Volume, error) {
-	snap, err := m.NewestSnapshot(ctx, Family(vol))
-	if err != nil {
-		return nil, err
+// createVolume creates vol's volume from snap, or (nil) from the newest completed snapshot of its family, else
+// blank.
+func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResult, snap *types.Snapshot) (*types.Volume, error) {
+	token := m.clientToken(vol)
+	if snap != nil {
+		// A restore of a chosen snapshot is a volume of its own, not the one this boot's ensure made.
+		sum := sha256.Sum256([]byte(token + "\x00restore\x00" + aws.ToString(snap.SnapshotId)))
+		token = "chainwarden-" + hex.EncodeToString(sum[:])[:40]
+	} else {
+		var err error
+		if snap, err = m.NewestSnapshot(ctx, Family(vol)); err != nil {
+			return nil, err
+		}
 	}
 	tags := familyTags(vol)
 	tags[TagName] = "chainwarden-" + vol.Name
@@ -235,7 +246,7 @@ func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResul
 		Iops:             vol.IOPS,
 		Throughput:       vol.Throughput,
 		Encrypted:        vol.Encrypted,
-		ClientToken:      aws.String(m.clientToken(vol)),
+		ClientToken:      aws.String(token),
 	}
 	if vol.KMSKeyID != "" {
 		in.KmsKeyId = aws.String(vol.KMSKeyID)
@@ -248,7 +259,7 @@ func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResul
 			in.Size = aws.Int32(size)
 		}
 		st := tagsOf(snap.Tags)
-		m.Log.Info("restoring from the newest completed snapshot", "volume", vol.Name, "snapshot", res.RestoredFrom,
+		m.Log.Info("restoring from a completed snapshot of the family", "volume", vol.Name, "snapshot", res.RestoredFrom,
 			"started", aws.ToTime(snap.StartTime).Format(time.RFC3339), "height", st[TagHeight],
 			"client_version", st[TagClientVersion])
 	} else {
@@ -264,6 +275,9 @@ func (m *Manager) createVolume(ctx context.Context, vol Volume, res *EnsureResul
 	}
 	m.Log.Info("created volume", "volume", vol.Name, "volume_id", aws.ToString(out.VolumeId), "az", m.Host.AZ,
 		"size_gib", aws.ToInt32(out.Size), "type", out.VolumeType)
+	if snap != nil {
+		m.markRestored(vol, aws.ToString(out.VolumeId), snap)
+	}
 	return &types.Volume{VolumeId: out.VolumeId, State: out.State, AvailabilityZone: out.AvailabilityZone,
 		Attachments: out.Attachments, CreateTime: out.CreateTime}, nil
 }
@@ -401,4 +415,19 @@ func (m *Manager) waitDevice(ctx context.Context, id string) (Device, error) {
 		return true, "", nil
 	})
 	return dev, err
+}
+
+// markRestored tells the agent that the node writing vol starts from a snapshot, so that it reports the node as
+// catching up from it (internal/restored). Without a node there is nobody to report; a failed write is logged: the
+// node is then judged as any node behind its head.
+func (m *Manager) markRestored(vol Volume, volumeID string, snap *types.Snapshot) {
+	if vol.Node == "" {
+		m.Log.Info("restored volume has no node: the agent will not report its catching up", "volume", vol.Name)
+		return
+	}
+	mark := restored.Mark{Node: vol.Node, Volume: vol.Name, VolumeID: volumeID, Snapshot: aws.ToString(snap.SnapshotId),
+		Height: tagsOf(snap.Tags)[TagHeight], Restored: m.Clock.Now().UTC()}
+	if err := restored.Write(m.Paths.StateDir, mark); err != nil {
+		m.Log.Warn("could not mark the volume restored for the agent", "volume", vol.Name, "error", err)
+	}
 }

@@ -101,7 +101,7 @@ func newEnv(t *testing.T, opts ...func(*ebs.AWSOptions)) *env {
 		EC2: client, Host: host, Log: log,
 		Devices: ebs.NVMe{ByIDDir: e.byID, SysBlockDir: filepath.Join(e.dir, "sys-block")},
 		Paths: ebs.Paths{Fstab: filepath.Join(e.dir, "fstab"), NomadConfigDir: filepath.Join(e.dir, "nomad.d"),
-			LockDir: filepath.Join(e.dir, "lock")},
+			LockDir: filepath.Join(e.dir, "lock"), StateDir: filepath.Join(e.dir, "state")},
 		Timeouts:      ebs.Timeouts{Lock: 30 * time.Second, Create: 10 * time.Second, Attach: 10 * time.Second, Device: 5 * time.Second, Snapshot: 20 * time.Second, Call: 10 * time.Second},
 		Poll:          5 * time.Millisecond,
 		ProgressEvery: 10 * time.Second,
@@ -214,6 +214,13 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 // loopDevice makes a sparse file of sizeMiB and a loop device over it, removed when the test ends.
 func loopDevice(t *testing.T, sizeMiB int) string {
 	t.Helper()
+	dev, _ := loopDeviceFile(t, sizeMiB)
+	return dev
+}
+
+// loopDeviceFile is loopDevice that also returns the backing file (to grow it in place).
+func loopDeviceFile(t *testing.T, sizeMiB int) (dev, img string) {
+	t.Helper()
 	integration(t)
 	testenv.RequireRoot(t)
 	for _, tool := range []string{"losetup", "blkid", "mkfs.xfs", "mkfs.ext4", "mount", "umount", "fsfreeze"} {
@@ -221,7 +228,7 @@ func loopDevice(t *testing.T, sizeMiB int) string {
 			testenv.Missing(t, "%s not installed", tool)
 		}
 	}
-	img := filepath.Join(t.TempDir(), "disk.img")
+	img = filepath.Join(t.TempDir(), "disk.img")
 	f, err := os.Create(img)
 	if err != nil {
 		t.Fatal(err)
@@ -234,13 +241,13 @@ func loopDevice(t *testing.T, sizeMiB int) string {
 	if err != nil {
 		t.Fatalf("losetup: %v: %s", err, out)
 	}
-	dev := strings.TrimSpace(string(out))
+	dev = strings.TrimSpace(string(out))
 	t.Cleanup(func() {
 		if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
 			t.Errorf("losetup -d %s: %v: %s", dev, err, out)
 		}
 	})
-	return dev
+	return dev, img
 }
 
 // cleanupMount unmounts path at the end of the test (registered after the loop device, so it runs before).

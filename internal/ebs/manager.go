@@ -15,8 +15,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/chainwarden/chainwarden/internal/backoff"
 	"github.com/chainwarden/chainwarden/internal/clock"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/restored"
 )
 
 // Tags chainwarden puts on volumes and snapshots. A family (chain/network/client) is what a snapshot can restore:
@@ -32,6 +34,17 @@ const (
 	TagHeight        = "chainwarden:height"
 	TagNode          = "chainwarden:node"
 	TagRestoredFrom  = "chainwarden:restored-from"
+	// A snapshot taken by `chainwarden job run` before it upgrades a job: the job and the version (and modify
+	// index) it was running, the point `chainwarden job revert -restore-volumes` restores.
+	TagJob            = "chainwarden:job"
+	TagJobVersion     = "chainwarden:job-version"
+	TagJobModifyIndex = "chainwarden:job-modify-index"
+	TagPurpose        = "chainwarden:purpose"
+	PurposePreUpgrade = "pre-upgrade"
+	// A volume replaced by a restore: detached and kept, no longer found by ensure (its chainwarden:volume tag
+	// becomes "<name>@replaced"), with when and by which snapshot's restore.
+	TagReplacedAt = "chainwarden:replaced-at"
+	TagReplacedBy = "chainwarden:replaced-by-restore-of"
 )
 
 // Family is the snapshot family of a volume: chain/network/client.
@@ -42,6 +55,9 @@ type Paths struct {
 	Fstab          string // default /etc/fstab
 	NomadConfigDir string // where the host_volume config files go; default /etc/nomad.d
 	LockDir        string // per-volume lock files; default /run/chainwarden
+	// StateDir keeps the marks of volumes restored from a snapshot, read by the agent (internal/restored);
+	// default /var/lib/chainwarden.
+	StateDir string
 }
 
 // Timeouts bound every wait; zero values take the defaults.
@@ -52,6 +68,8 @@ type Timeouts struct {
 	Device   time.Duration // attached -> block device present (default 2m)
 	Snapshot time.Duration // snapshot pending -> completed (default 8h: a first full mainnet snapshot is slow)
 	Call     time.Duration // one EC2 API call, retries included (default 2m)
+	Modify   time.Duration // a volume modification to reach "optimizing", the new size seen (default 30m)
+	Detach   time.Duration // detaching -> detached (default 5m)
 }
 
 // Manager does the volume work for one instance.
@@ -81,7 +99,13 @@ type Manager struct {
 	NoNomadConfig bool
 	// Freezer overrides the writer freeze of Snapshot (tests); nil = from the volume's spec.
 	Freezer func(vol Volume) Freezer
+	// HostFS is the host's filesystems as GrowIfNeeded sees them; nil = the real ones.
+	HostFS HostFS
 }
+
+// Init fills in the defaults. Every method does it too; call Init before one Manager is shared by goroutines
+// (the agent's snapshot scheduler, grower and volume operations), so they only ever read it.
+func (m *Manager) Init() { m.defaults() }
 
 func (m *Manager) defaults() {
 	if m.Log == nil {
@@ -105,6 +129,9 @@ func (m *Manager) defaults() {
 	if m.Paths.LockDir == "" {
 		m.Paths.LockDir = "/run/chainwarden"
 	}
+	if m.Paths.StateDir == "" {
+		m.Paths.StateDir = restored.DefaultStateDir
+	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
@@ -116,6 +143,8 @@ func (m *Manager) defaults() {
 	def(&m.Timeouts.Device, 2*time.Minute)
 	def(&m.Timeouts.Snapshot, 8*time.Hour)
 	def(&m.Timeouts.Call, 2*time.Minute)
+	def(&m.Timeouts.Modify, 30*time.Minute)
+	def(&m.Timeouts.Detach, 5*time.Minute)
 	def(&m.Poll, 2*time.Second)
 	def(&m.MaxPoll, 15*m.Poll)
 	if m.MaxPoll < m.Poll {
@@ -180,6 +209,19 @@ func (p *progress) done() {
 // ErrTimeout once timeout has passed. check returns a short status for the progress line.
 func (m *Manager) waitFor(ctx context.Context, what string, timeout time.Duration,
 	check func(ctx context.Context) (done bool, status string, err error)) error {
+	return m.poll(ctx, what, timeout, func() time.Duration { return m.Poll }, check)
+}
+
+// waitBackoff is waitFor with pauses that grow from Poll to MaxPoll (for waits that may take many minutes, where
+// polling every Poll would only spend API calls).
+func (m *Manager) waitBackoff(ctx context.Context, what string, timeout time.Duration,
+	check func(ctx context.Context) (done bool, status string, err error)) error {
+	b := backoff.New(m.Poll, m.MaxPoll)
+	return m.poll(ctx, what, timeout, b.Next, check)
+}
+
+func (m *Manager) poll(ctx context.Context, what string, timeout time.Duration, pause func() time.Duration,
+	check func(ctx context.Context) (done bool, status string, err error)) error {
 	p := m.progress(what, timeout)
 	deadline := p.start.Add(timeout)
 	for {
@@ -196,7 +238,7 @@ func (m *Manager) waitFor(ctx context.Context, what string, timeout time.Duratio
 		if left <= 0 {
 			return fmt.Errorf("waiting for %s (last status %q): %w after %s", what, status, ErrTimeout, timeout)
 		}
-		if err := clock.Sleep(ctx, m.Clock, min(m.Poll, left)); err != nil {
+		if err := clock.Sleep(ctx, m.Clock, min(pause(), left)); err != nil {
 			return fmt.Errorf("waiting for %s: %w", what, err)
 		}
 	}

@@ -101,10 +101,11 @@ func copyDevice(dev, img string) error {
 	}
 }
 
-func agentConfig(t *testing.T, consulAddr string, nodes map[string]string) *config.Config {
+func agentConfig(t *testing.T, consulAddr, stateDir string, nodes map[string]string) *config.Config {
 	t.Helper()
 	var b strings.Builder
-	fmt.Fprintf(&b, "consul {\n  address = %q\n}\nlisten = \"127.0.0.1:%d\"\ninterval = \"500ms\"\n", consulAddr, testenv.FreePort(t))
+	fmt.Fprintf(&b, "consul {\n  address = %q\n}\nlisten = \"127.0.0.1:%d\"\ninterval = \"500ms\"\nstate_dir = %q\n",
+		consulAddr, testenv.FreePort(t), stateDir)
 	for name, url := range nodes {
 		fmt.Fprintf(&b, "node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = \"eth-test\"\n  chain_id = %d\n  min_peers = 0\n}\n",
 			name, url, testenv.CliqueChainID)
@@ -153,7 +154,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := agentConfig(t, c.Addr, map[string]string{"sealer": sealer.RPC, "geth-a": geth.rpc})
+	cfg := agentConfig(t, c.Addr, e.m.Paths.StateDir, map[string]string{"sealer": sealer.RPC, "geth-a": geth.rpc})
 	a, err := agent.New(cfg, e.m.Log.Named("agent"), agent.Options{ID: "test-host", Consul: agent.ConsulAPI(c.Client)})
 	if err != nil {
 		t.Fatal(err)
@@ -212,6 +213,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 	mB.Paths.Fstab = filepath.Join(t.TempDir(), "fstab")
 	mB.Paths.NomadConfigDir = t.TempDir()
 	volB := vol
+	volB.Node = "geth-b" // the node that runs on the restored volume: ensure marks it restored for the agent
 	volB.MountPath = filepath.Join(t.TempDir(), "geth-data")
 	cleanupMount(t, volB.MountPath)
 	res, err := mB.Ensure(ctxT(t, 60*time.Second), volB)
@@ -229,10 +231,11 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 		t.Fatalf("restored node starts at %d (snapshot at %d): the data did not come with the snapshot (%v)", start, snapHeight, err)
 	}
 	t.Logf("snapshot %s at height %s; restored node starts at %d", snap.SnapshotID, snap.Height, start)
-	cfg2 := agentConfig(t, c.Addr, map[string]string{"sealer": sealer.RPC, "geth-b": gethB.rpc})
+	cfg2 := agentConfig(t, c.Addr, e.m.Paths.StateDir, map[string]string{"sealer": sealer.RPC, "geth-b": gethB.rpc})
 	a.SetNodes("config", cfg2.Nodes)
 	testenv.Eventually(t, 30*time.Second, "geth-b judged", func() error {
-		if h, _ := nodeStatus(a, "geth-b"); h.Status != "critical" || h.Lag <= 10 {
+		if h, _ := nodeStatus(a, "geth-b"); h.Status != "critical" || h.Lag <= 10 ||
+			!strings.HasPrefix(h.Output, fmt.Sprintf("catching up from snapshot: height %d → head ", start)) {
 			return fmt.Errorf("geth-b %+v", h)
 		}
 		return nil
@@ -261,7 +264,8 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 		}
 	}
 	st, output, _ := c.CheckStatus("geth-b")
-	if st != consulapi.HealthCritical {
+	if st != consulapi.HealthCritical || !strings.HasPrefix(output, "catching up from snapshot: height") ||
+		!strings.Contains(output, "not moving") { // isolated, it imports nothing
 		t.Fatalf("geth-b check %s: %s", st, output)
 	}
 	t.Logf("restored node in Consul while behind: %s: %s", st, output)
@@ -284,5 +288,8 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 		}
 		return nil
 	})
+	if _, err := os.Stat(filepath.Join(e.m.Paths.StateDir, "restored", "geth-b.json")); !os.IsNotExist(err) {
+		t.Fatalf("the restore mark outlived the catch-up: %v", err)
+	}
 	t.Logf("passing %s after peering: %s", time.Since(caughtUp).Round(100*time.Millisecond), output)
 }

@@ -137,7 +137,19 @@ type SnapshotResult struct {
 // leave maintenance at once (always, also on failure) and, with wait, report progress until the snapshot is
 // completed. A node whose check is not passing is refused with ErrNotPassing.
 func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *SnapshotResult, err error) {
+	return m.SnapshotWith(ctx, vol, SnapshotOptions{Wait: wait})
+}
+
+// SnapshotOptions are Snapshot's choices.
+type SnapshotOptions struct {
+	Wait bool              // until the snapshot is completed
+	Tags map[string]string // more tags (the pre-upgrade point's job and version); a Name here replaces the default
+}
+
+// SnapshotWith is Snapshot with more tags.
+func (m *Manager) SnapshotWith(ctx context.Context, vol Volume, o SnapshotOptions) (res *SnapshotResult, err error) {
 	m.defaults()
+	wait := o.Wait
 	if vol.Node == "" {
 		return nil, fmt.Errorf("volume %s: node is not set: no Consul check to tell whether the node is synced", vol.Name)
 	}
@@ -179,18 +191,11 @@ func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *Sna
 	} else {
 		log.Warn("no head of the node in Consul KV: the snapshot's height is unknown", "key", m.KVLayout.Head(service, vol.Node))
 	}
-	vols, err := m.describeVolumes(ctx, []types.Filter{
-		filter("tag:"+TagVolume, vol.Name), filter("tag:"+TagFamily, Family(vol)),
-		filter("attachment.instance-id", m.Host.InstanceID),
-	})
+	v, err := m.attachedVolume(ctx, vol)
 	if err != nil {
 		return nil, err
 	}
-	if len(vols) != 1 {
-		return nil, fmt.Errorf("volume %s: %d volumes with its tags are attached to %s, want 1: %w",
-			vol.Name, len(vols), m.Host.InstanceID, ErrNotFound)
-	}
-	res.VolumeID = aws.ToString(vols[0].VolumeId)
+	res.VolumeID = aws.ToString(v.VolumeId)
 
 	// Drain. Everything from here on is undone by resume, which runs exactly once, also on failure or panic.
 	reason := fmt.Sprintf("chainwarden: snapshot of volume %s (%s)", vol.Name, res.VolumeID)
@@ -246,6 +251,9 @@ func (m *Manager) Snapshot(ctx context.Context, vol Volume, wait bool) (res *Sna
 	tags[TagClientVersion] = res.ClientVersion
 	tags[TagHeight] = res.Height
 	tags[TagNode] = vol.Node
+	for k, v := range o.Tags {
+		tags[k] = v
+	}
 	out, err := call(ctx, m, "CreateSnapshot", func(ctx context.Context) (*ec2.CreateSnapshotOutput, error) {
 		return m.EC2.CreateSnapshot(ctx, &ec2.CreateSnapshotInput{
 			VolumeId:    aws.String(res.VolumeID),

@@ -1,6 +1,7 @@
 package ebs
 
 import (
+	"math"
 	"regexp"
 	"strings"
 	"time"
@@ -35,6 +36,20 @@ type Volume struct {
 	StopCommand  []string
 	StartCommand []string
 	DrainWait    time.Duration // pause after Consul maintenance so proxies drop the node
+
+	// Grow turns on growing the volume (EBS and filesystem) when its filesystem fills up; nil: never grown.
+	Grow *Grow
+}
+
+// Grow says when and how far the agent grows a volume whose filesystem fills up: once more than Threshold percent
+// of the filesystem is used, the EBS volume grows to the larger of size + StepGiB and size × Factor, never beyond
+// MaxSizeGiB, and the filesystem is grown online to fill it.
+type Grow struct {
+	Threshold  int           // percent of the filesystem used that triggers growth, 1 to 99 (default 85)
+	StepGiB    int32         // grow by at least this much
+	Factor     float64       // grow to at least size × Factor, 1.01 to 10 (default 1.2 when step_gib is not set)
+	MaxSizeGiB int32         // the volume never grows beyond this (required)
+	Interval   time.Duration // how often the filesystem is looked at (default 5m, at least 10s)
 }
 
 // Defaults of a volume.
@@ -45,6 +60,11 @@ const (
 	DefaultKeep       = 3
 	DefaultFreeze     = "fsfreeze"
 	DefaultDrainWait  = 10 * time.Second
+	// Growing volumes.
+	DefaultGrowThreshold = 85
+	DefaultGrowFactor    = 1.2
+	DefaultGrowInterval  = 5 * time.Minute
+	MinGrowInterval      = 10 * time.Second
 	// MinSnapshotInterval keeps the scheduler from snapshotting a family more than hourly.
 	MinSnapshotInterval = time.Hour
 )
@@ -145,5 +165,54 @@ func (v *Volume) Validate() fielderr.List {
 	if v.Freeze != "command" && (len(v.StopCommand) > 0 || len(v.StartCommand) > 0) {
 		errs.Add("freeze", "volume %q: stop_command and start_command need freeze = \"command\"", v.Name)
 	}
+	if v.Grow != nil {
+		v.Grow.validate(v, &errs)
+	}
 	return errs
+}
+
+// validate applies the grow defaults and checks them; field names are "grow.<attribute>".
+func (g *Grow) validate(v *Volume, errs *fielderr.List) {
+	if g.Threshold == 0 {
+		g.Threshold = DefaultGrowThreshold
+	}
+	if g.Threshold < 1 || g.Threshold > 99 {
+		errs.Add("grow.threshold", "volume %q: grow threshold %d is not a percentage between 1 and 99", v.Name, g.Threshold)
+	}
+	if g.StepGiB < 0 {
+		errs.Add("grow.step_gib", "volume %q: grow step_gib %d is negative", v.Name, g.StepGiB)
+	}
+	if g.Factor == 0 && g.StepGiB == 0 {
+		g.Factor = DefaultGrowFactor
+	}
+	if g.Factor != 0 && (g.Factor < 1.01 || g.Factor > 10) {
+		errs.Add("grow.factor", "volume %q: grow factor %g is not between 1.01 and 10", v.Name, g.Factor)
+	}
+	switch {
+	case g.MaxSizeGiB == 0:
+		errs.Add("grow.max_size_gib", "volume %q: grow needs max_size_gib, the size the volume never grows beyond", v.Name)
+	case g.MaxSizeGiB < v.SizeGiB:
+		errs.Add("grow.max_size_gib", "volume %q: grow max_size_gib %d is smaller than size_gib %d", v.Name, g.MaxSizeGiB, v.SizeGiB)
+	case g.MaxSizeGiB > 65536:
+		errs.Add("grow.max_size_gib", "volume %q: grow max_size_gib %d is more than EBS's largest volume (65536)", v.Name, g.MaxSizeGiB)
+	}
+	if g.Interval == 0 {
+		g.Interval = DefaultGrowInterval
+	}
+	if g.Interval < MinGrowInterval {
+		errs.Add("grow.check_interval", "volume %q: grow check_interval %s is shorter than %s", v.Name, g.Interval, MinGrowInterval)
+	}
+}
+
+// Next is the size a volume of size GiB grows to, and false when it is at its maximum already.
+func (g *Grow) Next(size int32) (int32, bool) {
+	if size >= g.MaxSizeGiB {
+		return size, false
+	}
+	next := int64(size) + int64(g.StepGiB)
+	if g.Factor > 0 {
+		next = max(next, int64(math.Ceil(float64(size)*g.Factor-1e-6))) // 900 × 1.1 is 990, not 990.0000001
+	}
+	next = max(next, int64(size)+1)
+	return int32(min(next, int64(g.MaxSizeGiB))), true
 }

@@ -53,6 +53,15 @@ func TestVolumeValidate(t *testing.T) {
 			fielderr.List{fe("freeze", `volume "v": stop_command and start_command need freeze = "command"`)}},
 		{"unknown freeze", func(v *ebs.Volume) { v.Freeze = "lvm" },
 			fielderr.List{fe("freeze", `volume "v": freeze "lvm" is not one of fsfreeze, command, none`)}},
+		{"grow without max", func(v *ebs.Volume) { v.Grow = &ebs.Grow{} },
+			fielderr.List{fe("grow.max_size_gib", `volume "v": grow needs max_size_gib, the size the volume never grows beyond`)}},
+		{"grow out of bounds", func(v *ebs.Volume) {
+			v.Grow = &ebs.Grow{Threshold: 100, StepGiB: -1, Factor: 1.001, MaxSizeGiB: 50, Interval: time.Second}
+		}, fielderr.List{fe("grow.threshold", `volume "v": grow threshold 100 is not a percentage between 1 and 99`),
+			fe("grow.step_gib", `volume "v": grow step_gib -1 is negative`),
+			fe("grow.factor", `volume "v": grow factor 1.001 is not between 1.01 and 10`),
+			fe("grow.max_size_gib", `volume "v": grow max_size_gib 50 is smaller than size_gib 100`),
+			fe("grow.check_interval", `volume "v": grow check_interval 1s is shorter than 10s`)}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -76,6 +85,17 @@ func TestVolumeDefaults(t *testing.T) {
 		SnapshotInterval: 6 * time.Hour, Keep: 3, Freeze: "fsfreeze", DrainWait: 10 * time.Second}
 	if !reflect.DeepEqual(v, want) {
 		t.Fatalf("defaults\n got %+v\nwant %+v", v, want)
+	}
+	g := ebs.Volume{Name: "v", Chain: "ethereum", Network: "mainnet", Client: "geth", Grow: &ebs.Grow{MaxSizeGiB: 4000}}
+	if errs := g.Validate(); errs != nil {
+		t.Fatal(errs)
+	}
+	if want := (ebs.Grow{Threshold: 85, Factor: 1.2, MaxSizeGiB: 4000, Interval: 5 * time.Minute}); *g.Grow != want {
+		t.Fatalf("grow defaults %+v, want %+v", *g.Grow, want)
+	}
+	s := ebs.Volume{Name: "v", Chain: "ethereum", Network: "mainnet", Client: "geth", Grow: &ebs.Grow{StepGiB: 100, MaxSizeGiB: 4000}}
+	if errs := s.Validate(); errs != nil || s.Grow.Factor != 0 {
+		t.Fatalf("a step and no factor: %v %+v", errs, *s.Grow)
 	}
 }
 

@@ -1,5 +1,6 @@
 // Package ec2test is an in-process EC2 Query-API server for tests: volumes, snapshots, attachments and tags with
-// their state transitions (creating -> available, attaching -> attached, pending -> completed with progress), the
+// their state transitions (creating -> available, attaching -> attached, detaching -> detached, pending ->
+// completed with progress, volume modifications modifying -> optimizing -> completed), the
 // real form-encoded request and XML response wire format (2016-11-15), MaxResults/NextToken pagination,
 // ClientToken idempotency, per-region state (the region is read from the SigV4 credential scope, so a client of
 // another region sees nothing of this one), and injectable AWS errors such as RequestLimitExceeded. The real
@@ -44,6 +45,7 @@ type Attachment struct {
 	Time       time.Time
 
 	attachedAt time.Time // attaching -> attached when the clock reaches it
+	detachedAt time.Time // detaching -> gone when the clock reaches it
 }
 
 // Volume is an EBS volume as the server holds it.
@@ -63,6 +65,9 @@ type Volume struct {
 	Tags        []Tag
 	Attachment  *Attachment
 	ClientToken string
+	// Modification is the volume's latest ModifyVolume (what DescribeVolumesModifications shows); nil: never
+	// modified.
+	Modification *Modification
 
 	availableAt time.Time // creating -> available when the clock reaches it; zero: only by hand
 }
@@ -88,6 +93,9 @@ type Delays struct {
 	Create   time.Duration // volume creating -> available
 	Attach   time.Duration // attaching -> attached
 	Snapshot time.Duration // pending -> completed; progress grows linearly meanwhile
+	Modify   time.Duration // a volume modification modifying -> optimizing (the new size is in effect from then)
+	Optimize time.Duration // a volume modification optimizing -> completed
+	Detach   time.Duration // detaching -> detached
 }
 
 // Server is the fake EC2 endpoint. Its exported fields may be set before the first request.
@@ -98,6 +106,11 @@ type Server struct {
 	// attachment "attached" is sent), as udev would create the device node then. Tests use it to point a by-id
 	// link at a loop device.
 	OnAttach func(volumeID, instanceID, device string)
+	// OnModify is called like OnAttach when a size modification reaches "optimizing", the moment AWS makes the
+	// new size visible to the instance: tests grow the loop device standing in for the volume here.
+	OnModify func(volumeID string, sizeGiB int32)
+	// OnDetach is called like OnAttach when a detachment is done (udev removes the device then).
+	OnDetach func(volumeID, instanceID string)
 	// Clock times the state transitions and stamps creation times; nil is the wall clock.
 	Clock clock.Clock
 
@@ -156,6 +169,14 @@ func (s *Server) settle() (hooks []func()) {
 				hooks = append(hooks, func() { hook(id, inst, dev) })
 			}
 		}
+		if a := v.Attachment; a != nil && a.State == "detaching" && !now.Before(a.detachedAt) {
+			v.Attachment, v.State = nil, "available"
+			if hook := s.OnDetach; hook != nil {
+				id, inst := v.ID, a.InstanceID
+				hooks = append(hooks, func() { hook(id, inst) })
+			}
+		}
+		hooks = append(hooks, s.settleModification(v, now)...)
 	}
 	for _, sn := range s.snapshots {
 		if sn.State == "pending" && !sn.completedAt.IsZero() && !now.Before(sn.completedAt) {
@@ -233,6 +254,10 @@ func (s *Server) Volumes() []Volume {
 			c.Attachment = &a
 		}
 		c.Tags = append([]Tag(nil), v.Tags...)
+		if v.Modification != nil {
+			m := *v.Modification
+			c.Modification = &m
+		}
 		out = append(out, c)
 	}
 	s.mu.Unlock()
@@ -356,6 +381,14 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		resp, aerr = s.createSnapshot(region, f)
 	case "DeleteSnapshot":
 		resp, aerr = s.deleteSnapshot(region, f)
+	case "ModifyVolume":
+		resp, aerr = s.modifyVolume(region, f)
+	case "DescribeVolumesModifications":
+		resp, aerr = s.describeVolumesModifications(region, f)
+	case "DetachVolume":
+		resp, aerr = s.detachVolume(region, f)
+	case "CreateTags":
+		resp, aerr = s.createTags(region, f)
 	default:
 		aerr = errf("InvalidAction", "The action %s is not valid for this web service.", action)
 	}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	consulapi "github.com/hashicorp/consul/api"
 )
@@ -19,7 +20,7 @@ var ErrDown = errors.New("fakes: consul is down (connection refused)")
 const NodeName = "fake-node"
 
 // Consul is an in-memory Consul agent with its KV store: the calls registry.AgentAPI, heads.KV and heads.Txn make,
-// with Consul's answers (404 for an unknown check or service, a raft index that grows with every write, blocking KV
+// and the sessions, locks (KV acquire/release) and service health reads the restarter makes, with Consul's answers (404 for an unknown check or service, a raft index that grows with every write, blocking KV
 // reads that wait for a change under their prefix). It keeps the servers' catalog apart from the agent's own state,
 // as Consul does: registrations and status changes reach the catalog at once, an output-only change of a check does
 // not (Consul's check_update_interval defers it; SyncDeferred plays that timer firing).
@@ -37,6 +38,9 @@ type Consul struct {
 
 	catalogWrites int
 	events        []string // "maintenance on geth-a: <reason>", "maintenance off geth-a"
+
+	sessions    map[string]*consulapi.SessionEntry
+	nextSession int
 }
 
 // NewConsul returns an empty, reachable Consul.
@@ -51,6 +55,7 @@ func (c *Consul) reset() {
 	c.checks = map[string]*consulapi.AgentCheck{}
 	c.catalog = map[string]*consulapi.HealthCheck{}
 	c.kv = map[string]*consulapi.KVPair{}
+	c.sessions = map[string]*consulapi.SessionEntry{}
 }
 
 // SetDown makes every call fail (true) or work again (false).
@@ -457,7 +462,8 @@ func (c *Consul) List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPai
 	return out, &consulapi.QueryMeta{LastIndex: c.index}, nil
 }
 
-// Txn applies KV set and delete operations atomically; any other verb rolls the transaction back.
+// Txn applies KV set, delete, check-and-set and delete-check-and-set operations atomically; a failed check or any
+// other verb rolls the transaction back, as Consul does.
 func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *consulapi.TxnResponse, *consulapi.QueryMeta, error) {
 	if err := c.enter("Txn"); err != nil {
 		return false, nil, nil, err
@@ -468,7 +474,22 @@ func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *co
 	}
 	resp := &consulapi.TxnResponse{}
 	for i, op := range ops {
-		if op.KV == nil || (op.KV.Verb != consulapi.KVSet && op.KV.Verb != consulapi.KVDelete) {
+		if op.KV == nil {
+			resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "fakes: unsupported operation"})
+			continue
+		}
+		switch op.KV.Verb {
+		case consulapi.KVSet, consulapi.KVDelete:
+		case consulapi.KVCAS, consulapi.KVDeleteCAS:
+			var have uint64
+			if p := c.kv[op.KV.Key]; p != nil {
+				have = p.ModifyIndex
+			}
+			if have != op.KV.Index {
+				resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i,
+					What: fmt.Sprintf("failed to %s key %q, index is stale", op.KV.Verb, op.KV.Key)})
+			}
+		default:
 			resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "fakes: unsupported operation"})
 		}
 	}
@@ -478,18 +499,174 @@ func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *co
 	c.index++
 	for _, op := range ops {
 		switch op.KV.Verb {
-		case consulapi.KVSet:
+		case consulapi.KVSet, consulapi.KVCAS:
 			p := c.kv[op.KV.Key]
 			if p == nil {
 				p = &consulapi.KVPair{Key: op.KV.Key, CreateIndex: c.index}
 				c.kv[op.KV.Key] = p
 			}
 			p.Value, p.ModifyIndex = slices.Clone(op.KV.Value), c.index
-		case consulapi.KVDelete:
+		case consulapi.KVDelete, consulapi.KVDeleteCAS:
 			delete(c.kv, op.KV.Key)
 		}
 	}
 	c.index-- // bump adds it back and wakes the blocked readers
 	c.bump()
 	return true, resp, &consulapi.QueryMeta{}, nil
+}
+
+// Checks lists the catalog's checks of every instance of a service, as /v1/health/checks/:service does.
+func (c *Consul) Checks(service string, _ *consulapi.QueryOptions) (consulapi.HealthChecks, *consulapi.QueryMeta, error) {
+	if err := c.enter("Checks"); err != nil {
+		return nil, nil, err
+	}
+	defer c.mu.Unlock()
+	var out consulapi.HealthChecks
+	for _, id := range slices.Sorted(maps.Keys(c.catalog)) {
+		if ch := c.catalog[id]; ch.ServiceName == service {
+			cp := *ch
+			out = append(out, &cp)
+		}
+	}
+	return out, &consulapi.QueryMeta{LastIndex: c.index}, nil
+}
+
+// Create makes a session, as /v1/session/create does: a TTL, when given, must be between 10s and 24h, and the
+// behavior release (default) or delete. The fake does not expire sessions by itself (ExpireSession plays a TTL
+// running out) and does not model the lock-delay.
+func (c *Consul) Create(se *consulapi.SessionEntry, _ *consulapi.WriteOptions) (string, *consulapi.WriteMeta, error) {
+	if err := c.enter("Create"); err != nil {
+		return "", nil, err
+	}
+	defer c.mu.Unlock()
+	e := &consulapi.SessionEntry{}
+	if se != nil {
+		cp := *se
+		e = &cp
+	}
+	if e.TTL != "" {
+		d, err := time.ParseDuration(e.TTL)
+		if err != nil || d < 10*time.Second || d > 24*time.Hour {
+			return "", nil, consulapi.StatusError{Code: 400, Body: fmt.Sprintf("Request decode failed: Invalid Session TTL '%s', must be between [10s=24h0m0s]", e.TTL)}
+		}
+	}
+	switch e.Behavior {
+	case "":
+		e.Behavior = consulapi.SessionBehaviorRelease
+	case consulapi.SessionBehaviorRelease, consulapi.SessionBehaviorDelete:
+	default:
+		return "", nil, consulapi.StatusError{Code: 400, Body: fmt.Sprintf("Invalid Behavior setting '%s'", e.Behavior)}
+	}
+	c.nextSession++
+	e.ID = fmt.Sprintf("00000000-0000-0000-0000-%012d", c.nextSession)
+	e.Node = NodeName
+	c.sessions[e.ID] = e
+	c.bump()
+	return e.ID, &consulapi.WriteMeta{}, nil
+}
+
+// Renew renews a session's TTL; an unknown (destroyed or expired) session gives no entry and no error, as the API
+// client answers Consul's 404.
+func (c *Consul) Renew(id string, _ *consulapi.WriteOptions) (*consulapi.SessionEntry, *consulapi.WriteMeta, error) {
+	if err := c.enter("Renew"); err != nil {
+		return nil, nil, err
+	}
+	defer c.mu.Unlock()
+	e := c.sessions[id]
+	if e == nil {
+		return nil, &consulapi.WriteMeta{}, nil
+	}
+	cp := *e
+	return &cp, &consulapi.WriteMeta{}, nil
+}
+
+// Destroy ends a session; the locks it held are released or their keys deleted, as its behavior says.
+func (c *Consul) Destroy(id string, _ *consulapi.WriteOptions) (*consulapi.WriteMeta, error) {
+	if err := c.enter("Destroy"); err != nil {
+		return nil, err
+	}
+	defer c.mu.Unlock()
+	c.invalidate(id)
+	return &consulapi.WriteMeta{}, nil
+}
+
+// ExpireSession invalidates a session as Consul does when its TTL runs out without a renewal (its agent died).
+func (c *Consul) ExpireSession(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.invalidate(id)
+}
+
+// Sessions lists the live sessions' IDs, sorted.
+func (c *Consul) Sessions() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.sessions))
+}
+
+// invalidate removes a session and lets go of its locks; c.mu must be held.
+func (c *Consul) invalidate(id string) {
+	e := c.sessions[id]
+	if e == nil {
+		return
+	}
+	delete(c.sessions, id)
+	for k, p := range c.kv {
+		if p.Session != id {
+			continue
+		}
+		if e.Behavior == consulapi.SessionBehaviorDelete {
+			delete(c.kv, k)
+		} else {
+			p.Session = ""
+			p.ModifyIndex = c.index + 1
+		}
+	}
+	c.bump()
+}
+
+// Acquire takes the lock on a key for p.Session and writes p.Value, as PUT /v1/kv/:key?acquire= does: false when
+// another session holds it, an error for a session that does not exist.
+func (c *Consul) Acquire(p *consulapi.KVPair, _ *consulapi.WriteOptions) (bool, *consulapi.WriteMeta, error) {
+	if err := c.enter("Acquire"); err != nil {
+		return false, nil, err
+	}
+	defer c.mu.Unlock()
+	if c.sessions[p.Session] == nil {
+		return false, nil, consulapi.StatusError{Code: 500, Body: fmt.Sprintf("invalid session %q", p.Session)}
+	}
+	cur := c.kv[p.Key]
+	if cur != nil && cur.Session != "" && cur.Session != p.Session {
+		return false, &consulapi.WriteMeta{}, nil
+	}
+	c.index++
+	if cur == nil {
+		cur = &consulapi.KVPair{Key: p.Key, CreateIndex: c.index}
+		c.kv[p.Key] = cur
+	}
+	if cur.Session != p.Session {
+		cur.LockIndex++
+	}
+	cur.Session, cur.Flags, cur.Value, cur.ModifyIndex = p.Session, p.Flags, slices.Clone(p.Value), c.index
+	c.index--
+	c.bump()
+	return true, &consulapi.WriteMeta{}, nil
+}
+
+// Release lets go of the lock p.Session holds on a key (writing p.Value), as PUT /v1/kv/:key?release= does: false
+// when that session does not hold it.
+func (c *Consul) Release(p *consulapi.KVPair, _ *consulapi.WriteOptions) (bool, *consulapi.WriteMeta, error) {
+	if err := c.enter("Release"); err != nil {
+		return false, nil, err
+	}
+	defer c.mu.Unlock()
+	cur := c.kv[p.Key]
+	if cur == nil || cur.Session == "" || cur.Session != p.Session {
+		return false, &consulapi.WriteMeta{}, nil
+	}
+	c.index++
+	cur.Session, cur.Flags, cur.Value, cur.ModifyIndex = "", p.Flags, slices.Clone(p.Value), c.index
+	c.index--
+	c.bump()
+	return true, &consulapi.WriteMeta{}, nil
 }

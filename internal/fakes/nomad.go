@@ -2,6 +2,7 @@ package fakes
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 
@@ -9,7 +10,8 @@ import (
 )
 
 // Nomad is the part of a Nomad agent that discovery reads: its own client node ID and the allocations on a client
-// node, with blocking queries that wait until the allocations change (or the query's context ends).
+// node, with blocking queries that wait until the allocations change (or the query's context ends); and the task
+// restart the restarter asks for, with Nomad's answers (unknown allocation or task, a task that is not running).
 type Nomad struct {
 	mu      sync.Mutex
 	nodeID  string
@@ -18,6 +20,8 @@ type Nomad struct {
 	changed chan struct{}
 	err     error // returned by every call while set
 	blocked int
+
+	restarts []string // "allocID/task" of every restart done, in order
 }
 
 // NewNomad returns a Nomad client agent whose node ID is nodeID.
@@ -87,4 +91,55 @@ func (n *Nomad) Allocations(nodeID string, q *nomadapi.QueryOptions) ([]*nomadap
 		return nil, nil, ctx.Err()
 	}
 	return slices.Clone(n.allocs[nodeID]), &nomadapi.QueryMeta{LastIndex: n.index}, nil
+}
+
+// Restart restarts a task of an allocation (all its running tasks when taskName is ""), as the client's
+// /v1/client/allocation/:id/restart does: an unknown allocation or task, or a task that is not running, is an error.
+// The task's restart count grows and blocked allocation queries wake, as the task's state changed.
+func (n *Nomad) Restart(alloc *nomadapi.Allocation, taskName string, _ *nomadapi.QueryOptions) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.err != nil {
+		return n.err
+	}
+	var found *nomadapi.Allocation
+	for _, allocs := range n.allocs {
+		for _, a := range allocs {
+			if a.ID == alloc.ID {
+				found = a
+			}
+		}
+	}
+	if found == nil {
+		return fmt.Errorf("Unexpected response code: 404 (Unknown allocation %q)", alloc.ID)
+	}
+	var tasks []string
+	for name, st := range found.TaskStates {
+		if taskName == "" && st.State == "running" || name == taskName {
+			tasks = append(tasks, name)
+		}
+	}
+	if taskName != "" && len(tasks) == 0 {
+		return fmt.Errorf("Unexpected response code: 500 (Could not find task runner for task: %s)", taskName)
+	}
+	slices.Sort(tasks)
+	for _, name := range tasks {
+		st := found.TaskStates[name]
+		if st.State != "running" {
+			return fmt.Errorf("Unexpected response code: 500 (Task not running)")
+		}
+		st.Restarts++
+		n.restarts = append(n.restarts, found.ID+"/"+name)
+	}
+	n.index++
+	close(n.changed)
+	n.changed = make(chan struct{})
+	return nil
+}
+
+// Restarts lists the restarts done, "allocID/task" each, in order.
+func (n *Nomad) Restarts() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.restarts)
 }

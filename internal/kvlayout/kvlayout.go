@@ -51,3 +51,19 @@ func (l Layout) DenyMethods() string { return l.prefix + "/proxy/deny_methods" }
 
 // DefaultService is the key of the service the proxy serves at "/".
 func (l Layout) DefaultService() string { return l.prefix + "/proxy/default_service" }
+
+// RestartLock is the key of a service's restart lock, held (with a Consul session) by the agent restarting one of
+// its nodes, so that only one node of a service is restarted at a time across all agents: PREFIX/restart/SERVICE.
+func (l Layout) RestartLock(service string) string { return l.prefix + "/restart/" + service }
+
+// VolumeHolders is the folder where each agent says which node's EBS volume it holds: PREFIX/volumes/.
+func (l Layout) VolumeHolders() string { return l.prefix + "/volumes/" }
+
+// VolumeHolder is the key of the agent holding a node's volume: PREFIX/volumes/NODE.
+func (l Layout) VolumeHolder(node string) string { return l.VolumeHolders() + node }
+
+// VolumeOps is the folder of the volume operations asked of the agents (snapshot, restore): PREFIX/volume-ops/.
+func (l Layout) VolumeOps() string { return l.prefix + "/volume-ops/" }
+
+// VolumeOp is the key of the operation asked on a node's volume: PREFIX/volume-ops/NODE.
+func (l Layout) VolumeOp(node string) string { return l.VolumeOps() + node }

@@ -16,9 +16,12 @@ func TestKeys(t *testing.T) {
 		l.Fallback("eth-mainnet"):  "cw/fallback/eth-mainnet",
 		l.Flags():                  "cw/flags/",
 		l.Flag("eth-mainnet", "host-a", "infura"): "cw/flags/eth-mainnet/host-a/infura",
-		l.DenyMethods():    "cw/proxy/deny_methods",
-		l.DefaultService(): "cw/proxy/default_service",
-		New("").Prefix():   DefaultPrefix,
+		l.DenyMethods():          "cw/proxy/deny_methods",
+		l.DefaultService():       "cw/proxy/default_service",
+		l.RestartLock("eth-a"):   "cw/restart/eth-a",
+		l.VolumeHolder("geth-a"): "cw/volumes/geth-a",
+		l.VolumeOp("geth-a"):     "cw/volume-ops/geth-a",
+		New("").Prefix():         DefaultPrefix,
 	} {
 		if got != want {
 			t.Errorf("got %q, want %q", got, want)

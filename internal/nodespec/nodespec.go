@@ -79,6 +79,14 @@ type Node struct {
 	Chain      networkhead.Chain // of the node's network
 	AuthEvery  time.Duration     // from auth_checks_interval
 	Source     string            // SourceConfig or SourceNomad
+
+	// AllocID and Task name the Nomad allocation and task a discovered node runs as ("" for a node block): the
+	// health endpoint answers Nomad's deployment check by allocation, and the restarter restarts that task.
+	AllocID string
+	Task    string
+	// Deploying says the allocation is part of a Nomad deployment that has not found it healthy (still judging it,
+	// or failed it): the deployment's healthy_deadline and auto_revert deal with it, not the restarter.
+	Deploying bool
 }
 
 // Name follows Consul's DNS-safe naming; a dot would break consul-template's tag syntax.

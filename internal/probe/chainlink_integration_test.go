@@ -65,6 +65,9 @@ func TestChainlinkRealNode(t *testing.T) {
 
 	t.Run("passing with credentials, both ways", func(t *testing.T) {
 		rep := waitVerdict(t, 2*time.Minute, client, token, th, verdict.Passing, "version ", "wallet 0x")
+		if strings.Contains(rep.Output(), "version unset") { // a build without -X .../core/static.Version
+			t.Errorf("the node reports no version: %s", rep.Output())
+		}
 		for _, tg := range []probe.Target{login, file} {
 			if got := clJudge(client, tg, th); got.Status != verdict.Passing || got.Output() != rep.Output() {
 				t.Errorf("%+v: %s %s, want what the token gives: %s", tg.APICredentialsFile, got.Status, got.Output(), rep.Output())

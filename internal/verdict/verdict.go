@@ -106,6 +106,10 @@ type Input struct {
 	Standby    bool
 	Thresholds Thresholds
 	Now        time.Time
+	// CatchUp is set for a node whose volume was just restored from a snapshot, with this probe already observed:
+	// until it has caught up it is critical with a "catching up from snapshot" reason in place of being behind,
+	// syncing and having an old newest block. nil: judged as any node.
+	CatchUp *CatchUp
 }
 
 // Report is a judgement: the status, why it is not passing, and the figures behind it.
@@ -132,6 +136,12 @@ type Report struct {
 	Holding string
 	// keys are the Reasons without their ticking figures (for Key); "" where a reason has none.
 	keys []string
+	// Note is what was done about the node, at the end of the output, e.g. "restarted 2m ago, 1 of 3 this hour";
+	// NoteKey is the same without the figures that tick (Key uses it).
+	Note, NoteKey string
+	// CatchingUp: a node restored from a snapshot that has not caught up yet (Input.CatchUp); CaughtUp: one that
+	// has, with this probe (its restore mark can go).
+	CatchingUp, CaughtUp bool
 }
 
 // Judge decides a node's undamped status from one probe.
@@ -163,10 +173,24 @@ func Judge(in Input) Report {
 		rep.Summary = judgeChainlink(r, t, bad)
 		return rep
 	}
+	// A node restored from a snapshot is behind, syncing and its newest block is old until it has caught up: that
+	// is said as one reason, with how fast it goes and when it will be there.
+	if in.CatchUp != nil && r.HasHeight {
+		if caughtUp(r, in) {
+			rep.CaughtUp = true
+		} else {
+			rep.CatchingUp = true
+			rep.Head, rep.HeadNode = in.Head.Height, in.Head.Node
+			if in.Head.Height > r.Height {
+				rep.Lag = in.Head.Height - r.Height
+			}
+			bad(Critical, "%s", in.CatchUp.Line(r.Height, in.Head.Height))
+		}
+	}
 	if in.WantChain != "" && r.ChainID != in.WantChain {
 		bad(Critical, "wrong chain %s (want %s)", r.ChainID, in.WantChain)
 	}
-	if r.Syncing {
+	if r.Syncing && !rep.CatchingUp {
 		bad(Critical, "syncing")
 	}
 	if r.HasHeight && r.Height == 0 {
@@ -177,7 +201,7 @@ func Judge(in Input) Report {
 		if rep.BlockAge < 0 {
 			rep.BlockAge = 0
 		}
-		if t.MaxBlockAge > 0 && rep.BlockAge > t.MaxBlockAge {
+		if t.MaxBlockAge > 0 && rep.BlockAge > t.MaxBlockAge && !rep.CatchingUp {
 			bad(Critical, "no new block for %s", roundAge(rep.BlockAge))
 		}
 	}
@@ -187,7 +211,7 @@ func Judge(in Input) Report {
 	if in.Flag != "" {
 		ticking(Critical, in.FlagKey, "%s", in.Flag)
 	}
-	if in.Head.Height > 0 {
+	if in.Head.Height > 0 && !rep.CatchingUp {
 		rep.Head, rep.HeadNode = in.Head.Height, in.Head.Node
 		if in.Head.Height > r.Height {
 			rep.Lag = in.Head.Height - r.Height
@@ -215,6 +239,18 @@ func Judge(in Input) Report {
 			r.Finalized, in.Finalized, in.FinalizedNode, roundAge(in.FinalizedBehindFor), t.MaxFinalizedBehind)
 	}
 	return rep
+}
+
+// caughtUp: a restored node is at the head within warn_lag and no longer syncing; with no head known, when it is
+// not syncing and its newest block is fresh.
+func caughtUp(r probe.Result, in Input) bool {
+	if r.Syncing {
+		return false
+	}
+	if in.Head.Height > 0 {
+		return r.Height+in.Thresholds.WarnLag >= in.Head.Height
+	}
+	return !r.BlockTime.IsZero() && (in.Thresholds.MaxBlockAge == 0 || in.Now.Sub(r.BlockTime) <= in.Thresholds.MaxBlockAge)
 }
 
 // judgeChainlink judges a Chainlink node, one reason per cause, and returns its figures: version, wallets against
@@ -301,6 +337,9 @@ func (r Report) Output() string {
 	if r.Holding != "" {
 		out = r.Holding + "; last probe: " + out
 	}
+	if r.Note != "" {
+		out += "; " + r.Note
+	}
 	if len(out) > 4000 { // Consul keeps 4 KB of check output
 		out = out[:4000] + "…"
 	}
@@ -310,7 +349,9 @@ func (r Report) Output() string {
 // probeOutput is what this probe says: its reasons, then its figures.
 func (r Report) probeOutput() string {
 	var parts []string
-	if r.Err == "" && (r.Height > 0 || r.Head > 0) {
+	if r.CatchingUp { // the reason has height, head, speed and ETA already
+		parts = append(parts, fmt.Sprintf("%d peers", r.Peers))
+	} else if r.Err == "" && (r.Height > 0 || r.Head > 0) {
 		parts = append(parts, fmt.Sprintf("height %d", r.Height))
 		switch {
 		case r.Head == 0:
@@ -358,6 +399,7 @@ func (r Report) Key() string {
 		}
 		r.Reasons = reasons
 	}
+	r.Note = r.NoteKey
 	return r.Output()
 }
 

@@ -63,4 +63,11 @@ volume "geth-data" {
   network  = "mainnet"
   client   = "geth"
   size_gib = 2000
+
+  grow {
+    threshold      = 80
+    step_gib       = 250
+    max_size_gib   = 4000
+    check_interval = "2m"
+  }
 }

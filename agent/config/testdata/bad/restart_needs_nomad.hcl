@@ -1,0 +1,5 @@
+consul {}
+
+restart {
+  after = "5m"
+}
