@@ -41,7 +41,7 @@ func TestTourLaggingNodeFiresAlert(t *testing.T) {
 	remove := match(t, out, `curl -s -H 'content-type: application/json' (\S+) \\\n\s+-d '(\{[^']*admin_removePeer[^']*\})'`)
 	add := match(t, out, `curl -s -H 'content-type: application/json' (\S+) \\\n\s+-d '(\{[^']*admin_addPeer[^']*\})'`)
 	lagger := match(t, out, `-> (\S+) turns warning`)[1]
-	if !strings.Contains(out, "ChainNodeOutOfSync alert goes pending") {
+	if !strings.Contains(out, "ChainNodeOutOfSync alert goes pending as it turns warning") {
 		t.Fatalf("the tour does not say what Prometheus shows:\n%s", out)
 	}
 	outOfSync := func(state string) error { return alertState(promURL, "ChainNodeOutOfSync", lagger, state) }

@@ -202,7 +202,7 @@ func (d *demo) start(ctx context.Context) error {
 	if o.promPort != 0 {
 		rules, n := devnet.ShortenFor(alerts.Rules, o.alertFor)
 		d.step("starting Prometheus on 127.0.0.1:%d: it scrapes the agent every 2s with agent/alerts/chainwarden.rules.yml loaded (%d for: durations shortened to %s for the demo)",
-			o.promPort, n, o.alertFor)
+			o.promPort, n, shortDuration(o.alertFor))
 		d.prom, err = devnet.StartPrometheus(ctx, filepath.Join(o.dir, "prometheus"), devnet.PrometheusOptions{
 			Port: o.promPort, Targets: []string{o.listen}, Interval: 2 * time.Second, Rules: rules})
 		if d.prom != nil {
@@ -363,7 +363,15 @@ func (d *demo) alertLine() string {
 	if d.prom == nil {
 		return ""
 	}
-	return fmt.Sprintf(";\n     on %s its ChainNodeOutOfSync alert goes pending at once and firing %s later,\n     and is gone again once the node passes", d.prom.AlertsPage(), d.opts.alertFor)
+	return fmt.Sprintf(";\n     on %s its ChainNodeOutOfSync alert goes pending as it turns warning, firing %s later,\n     and is gone again once the node passes", d.prom.AlertsPage(), shortDuration(d.opts.alertFor))
+}
+
+// shortDuration writes whole minutes as "1m", not "1m0s".
+func shortDuration(d time.Duration) string {
+	if d >= time.Minute && d%time.Minute == 0 {
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return d.String()
 }
 
 // extras is the part of the tour about the proxy and Nomad, when they run.
