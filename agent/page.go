@@ -90,25 +90,36 @@ type pageData struct {
 	Now         time.Time
 	Interval    time.Duration
 	Nodes       []pageNode
-	Counts      map[string]int
+	Counts      []statusCount // passing, warning, critical: those with nodes
 	Transitions []Transition
+}
+
+type statusCount struct {
+	Status string
+	N      int
 }
 
 func (a *Agent) pageData() pageData {
 	now := a.clock.Now()
 	a.mu.Lock()
-	d := pageData{ID: a.id, Now: now, Interval: a.cfg.Interval, Counts: map[string]int{}}
+	d := pageData{ID: a.id, Now: now, Interval: a.cfg.Interval}
+	counts := map[string]int{}
 	for _, st := range a.nodes {
 		client := st.cfg.Client
 		if client == "" {
 			client = st.client
 		}
 		n := pageNode{NodeHealth: st.health(), Client: client, Version: st.version, Since: st.changed, Probed: st.report.Probed}
-		d.Counts[n.Status]++
+		counts[n.Status]++
 		d.Nodes = append(d.Nodes, n)
 	}
 	d.Transitions = slices.Clone(a.transitions)
 	a.mu.Unlock()
+	for _, s := range []string{"passing", "warning", "critical"} {
+		if counts[s] > 0 {
+			d.Counts = append(d.Counts, statusCount{s, counts[s]})
+		}
+	}
 	slices.SortFunc(d.Nodes, func(x, y pageNode) int {
 		if x.Service != y.Service {
 			if x.Service < y.Service {

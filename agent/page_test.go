@@ -58,6 +58,9 @@ func TestPageEscapesWhatNodesSay(t *testing.T) {
 			t.Errorf("page lacks %s", want)
 		}
 	}
+	if p, c := strings.Index(page, `<span class="status passing">1 passing</span>`), strings.Index(page, `<span class="status critical">1 critical</span>`); p < 0 || c < p {
+		t.Errorf("counts: passing at %d, critical at %d (want both, passing first)", p, c)
+	}
 	// geth-a's one transition, critical to passing after its second good probe, with its time.
 	tr := a.Transitions()
 	if len(tr) != 1 || tr[0].Node != "geth-a" || tr[0].From != "critical" || tr[0].To != "passing" ||
