@@ -21,6 +21,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/browsertest"
 	"github.com/chainwarden/chainwarden/internal/devnet"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
@@ -397,4 +398,37 @@ func TestEveryPanelQueryReturnsSeries(t *testing.T) {
 	})
 	t.Logf("%d panel queries (both dashboards, each variable set) returned series %s after both nodes passed",
 		queries, time.Since(started).Round(time.Second))
+
+	// Grafana can't run here: Prometheus's own graph page, in a real browser, draws each dashboard's panels (their
+	// first query, the variables substituted, the panel's title as a PromQL comment) for a person to look at.
+	t.Run("screenshots", func(t *testing.T) {
+		br := browsertest.Start(t)
+		for _, d := range dashboards {
+			sets, err := resolve(ctx, api, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var graphs []panel
+			for _, p := range d.Panels {
+				if p.Type != "stat" {
+					graphs = append(graphs, p)
+				}
+			}
+			// The classic graph page reads at most 10 graphs from its URL (it sorts g10. before g2.).
+			for page := 0; page*10 < len(graphs); page++ {
+				q := url.Values{}
+				chunk := graphs[page*10 : min(len(graphs), page*10+10)]
+				for i, p := range chunk {
+					g := fmt.Sprintf("g%d.", i)
+					q.Set(g+"expr", "# "+p.Title+"\n"+substitute(p.Targets[0].Expr, sets[0]))
+					q.Set(g+"tab", "0")
+					q.Set(g+"range_input", "1m")
+				}
+				br.Open(prom.UIPage("graph") + "?" + q.Encode())
+				// Each graph says how long its query took once it is drawn.
+				br.Wait(browsertest.Want{Text: []string{fmt.Sprintf(`(Load time: \d+ms[\s\S]*){%d}`, len(chunk))}, Absent: []string{`Error`}})
+				br.Screenshot(fmt.Sprintf("%s-%d.png", strings.TrimSuffix(d.file, ".json"), page+1))
+			}
+		}
+	})
 }

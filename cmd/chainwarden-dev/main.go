@@ -354,8 +354,8 @@ func (d *demo) promLines() string {
 	if d.prom == nil {
 		return ""
 	}
-	return fmt.Sprintf("  Prometheus:       %s   (graph: %s/graph; dashboards to import into Grafana: agent/dashboards/)\n",
-		d.prom.AlertsPage(), d.prom.URL)
+	return fmt.Sprintf("  Prometheus:       %s   (graph: %s; dashboards to import into Grafana: agent/dashboards/)\n",
+		d.prom.AlertsPage(), d.prom.UIPage("graph"))
 }
 
 // alertLine is what Prometheus shows when a node falls behind, when it runs.

@@ -89,6 +89,11 @@ async function wait(page, cmd) {
           answer(await wait(page, cmd));
           break;
         case 'screenshot':
+          try {
+            await page.evaluate(() => window.scrollTo(0, 0)); // a fixed header lands at the top, where it belongs
+          } catch (e) {
+            // JavaScript off: the page was not scrolled by a script either
+          }
           await page.screenshot({ path: cmd.path, fullPage: true });
           answer({ ok: true });
           break;

@@ -97,13 +97,17 @@ func (p *Prometheus) Stop() { p.Proc.Kill() }
 
 // AlertsPage is the URL of the page listing alert rules and their alerts: /alerts in Prometheus builds with the
 // React UI, /classic/alerts in Debian's (which ships only the classic, server-rendered UI).
-func (p *Prometheus) AlertsPage() string {
-	for _, path := range []string{"/alerts", "/classic/alerts"} {
+func (p *Prometheus) AlertsPage() string { return p.UIPage("alerts") }
+
+// UIPage is the URL of one of the web UI's pages ("alerts", "graph", "targets", ...): /NAME where the React UI is
+// built in, else /classic/NAME.
+func (p *Prometheus) UIPage(name string) string {
+	for _, path := range []string{"/" + name, "/classic/" + name} {
 		if getOK(p.URL+path) == nil {
 			return p.URL + path
 		}
 	}
-	return p.URL + "/alerts"
+	return p.URL + "/" + name
 }
 
 var groupLine = regexp.MustCompile(`(?m)^\s*-\s+name:`)
@@ -134,11 +138,14 @@ func promDuration(d time.Duration) string {
 	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 }
 
+// noRedirects answers a redirect itself, so that a page that only redirects elsewhere is not taken for the page.
+var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
 func getOK(url string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := noRedirects.Do(req)
 	if err != nil {
 		return err
 	}
