@@ -68,7 +68,7 @@ async function wait(page, cmd) {
   });
   const page = context.pages()[0] || await context.newPage();
   const answer = (o) => process.stdout.write(JSON.stringify(o) + '\n');
-  answer({ ok: true, version: context.browser() ? context.browser().version() : '' });
+  answer({ ok: true }); // launched
   const rl = readline.createInterface({ input: process.stdin });
   for await (const line of rl) {
     let cmd;
