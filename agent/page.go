@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"cmp"
 	_ "embed"
 	"fmt"
 	"html/template"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -121,16 +123,7 @@ func (a *Agent) pageData() pageData {
 		}
 	}
 	slices.SortFunc(d.Nodes, func(x, y pageNode) int {
-		if x.Service != y.Service {
-			if x.Service < y.Service {
-				return -1
-			}
-			return 1
-		}
-		if x.Node < y.Node {
-			return -1
-		}
-		return 1
+		return cmp.Or(strings.Compare(x.Service, y.Service), strings.Compare(x.Node, y.Node))
 	})
 	slices.Reverse(d.Transitions)
 	if len(d.Transitions) > 20 {
