@@ -51,8 +51,8 @@ func TestPageEscapesWhatNodesSay(t *testing.T) {
 		`probe failed: json-rpc batch: http 502 Bad Gateway: &lt;script&gt;alert(&#34;reason&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;`,
 		`<a href="/v1/health">`, `<a href="/metrics">`, `<a href="/v1/health/geth-a">geth-a</a>`,
 		`<span class="status passing">passing</span>`, `<span class="status critical">critical</span>`,
-		`<td class="num">100</td>`, // geth-a's height
-		`since the agent started`,  // geth-evil has been critical from the start
+		`<td class="num">100<div class="muted">finalized `, // geth-a's height and its finalized block
+		`since the agent started`,                          // geth-evil has been critical from the start
 	} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %s", want)

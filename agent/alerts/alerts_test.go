@@ -21,8 +21,8 @@ func TestRulesAreValidAndFireAsDocumented(t *testing.T) {
 // durations changed.
 func TestShortenedRulesStayValid(t *testing.T) {
 	short, n := devnet.ShortenFor(Rules, time.Minute)
-	if n != 7 { // the rules with for: 2m, 5m or 10m; NetworkHasNoHealthyNode already has 1m
-		t.Fatalf("%d durations shortened, want 7:\n%s", n, short)
+	if n != 8 { // the rules with for: 2m, 5m or 10m; NetworkHasNoHealthyNode already has 1m
+		t.Fatalf("%d durations shortened, want 8:\n%s", n, short)
 	}
 	if again, m := devnet.ShortenFor(short, time.Minute); m != 0 || string(again) != string(short) {
 		t.Fatalf("shortening twice changed %d more", m)

@@ -355,28 +355,35 @@ func startAgent(t *testing.T, c *testenv.Consul, id, blocks string) string {
 }
 
 // Every panel query of both dashboards returns series from a real Prometheus scraping two real agents, which watch
-// a two-node geth Clique network (and one an external reference), their variables resolved as Grafana would.
+// a two-node geth Clique network and a geth --dev (a chain with finality), with a reference each, their variables
+// resolved as Grafana would.
 func TestEveryPanelQueryReturnsSeries(t *testing.T) {
 	testenv.Bin(t, "prometheus")
 	dashboards := load(t)
 	c := testenv.StartConsul(t)
 	net := testenv.StartCliqueNetwork(t, 2)
-	node := func(name string, g *testenv.Geth) string {
-		return fmt.Sprintf("node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = \"eth-devnet\"\n  chain_id = %d\n  min_peers = 0\n}\n",
-			name, g.RPC, testenv.CliqueChainID)
+	dev := testenv.StartGethDev(t, "geth-dev") // a chain with finality (geth --dev finalizes), which Clique has not
+	node := func(name, service string, g *testenv.Geth, chainID int) string {
+		return fmt.Sprintf("node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = %q\n  chain_id = %d\n  min_peers = 0\n}\n",
+			name, g.RPC, service, chainID)
 	}
-	a := startAgent(t, c, "host-a", node("clique-0", net.Nodes[0])+
-		fmt.Sprintf("reference \"sealer\" {\n  service = \"eth-devnet\"\n  rpc = %q\n}\n", net.Nodes[0].RPC))
-	b := startAgent(t, c, "host-b", node("clique-1", net.Nodes[1]))
+	reference := func(name, service string, g *testenv.Geth) string {
+		return fmt.Sprintf("reference %q {\n  service = %q\n  rpc = %q\n}\n", name, service, g.RPC)
+	}
+	a := startAgent(t, c, "host-a", node("clique-0", "eth-devnet", net.Nodes[0], testenv.CliqueChainID)+
+		node("geth-dev", "eth-dev", dev, testenv.DevChainID)+
+		reference("sealer", "eth-devnet", net.Nodes[0])+reference("dev-self", "eth-dev", dev))
+	b := startAgent(t, c, "host-b", node("clique-1", "eth-devnet", net.Nodes[1], testenv.CliqueChainID))
 	prom := testenv.StartPrometheus(t, devnet.PrometheusOptions{Targets: []string{a, b}, Interval: time.Second})
 	api := promAPI{url: prom.URL}
 	ctx := context.Background()
-	c.WaitCheck(t, "clique-0", 60*time.Second, "passing")
-	c.WaitCheck(t, "clique-1", 60*time.Second, "passing")
+	for _, n := range []string{"clique-0", "clique-1", "geth-dev"} {
+		c.WaitCheck(t, n, 60*time.Second, "passing")
+	}
 
 	started := time.Now()
 	queries := 0
-	testenv.Eventually(t, 90*time.Second, "every panel query returning series", func() error {
+	testenv.Eventually(t, 3*time.Minute, "every panel query returning series", func() error {
 		var problems []string
 		queries = 0
 		for _, d := range dashboards {
@@ -396,7 +403,7 @@ func TestEveryPanelQueryReturnsSeries(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("%d panel queries (both dashboards, each variable set) returned series %s after both nodes passed",
+	t.Logf("%d panel queries (both dashboards, each variable set) returned series %s after the nodes passed",
 		queries, time.Since(started).Round(time.Second))
 
 	// Grafana can't run here: Prometheus's own graph page, in a real browser, draws each dashboard's panels (their
