@@ -77,6 +77,8 @@ type Agent struct {
 	nodes   map[string]*nodeState      // by node name
 	refs    []nodespec.Reference
 	gone    []string // service/node heads to delete from KV
+	// transitions are the latest changes of the nodes' damped verdicts, oldest first (at most maxTransitions).
+	transitions []Transition
 
 	// Step's own, used by one pass at a time.
 	slow     bool                            // the last pass took longer than the interval (logged once, and again when it ends)
@@ -96,6 +98,7 @@ type nodeState struct {
 	report  verdict.Report
 	result  probe.Result
 	updated time.Time
+	changed time.Time // when the damped status last changed (zero: not since the agent started)
 	// client and version as last reported, kept while probes fail so a failure doesn't rewrite the catalog.
 	client, version string
 	// session keeps a Chainlink node's login and the cadence of its authenticated checks (nil for other kinds).
@@ -372,10 +375,15 @@ func (a *Agent) Step(ctx context.Context) {
 			a.mu.Unlock()
 			continue
 		}
+		prev := st.damper.Current()
 		status, changed := st.damper.Observe(rep.Status)
 		rep.Status, rep.Holding = status, st.damper.Holding()
-		prev := st.report.Status
 		st.report, st.result, st.updated = rep, r, now
+		if changed {
+			st.changed = now
+			a.recordTransition(Transition{Time: now, Node: w.cfg.Name, Service: w.cfg.Service, From: prev.String(),
+				To: status.String(), Output: rep.Output()})
+		}
 		if r.Version != "" {
 			st.version = r.Version
 		}
