@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/http"
 	"os"
 	"slices"
@@ -25,6 +26,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/networkhead"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/push"
 	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/restart"
 	"github.com/chainwarden/chainwarden/internal/restored"
@@ -55,6 +57,8 @@ type Options struct {
 	Consul     Consul       // required
 	// Nomad restarts allocations for the restart block: (*nomadapi.Client).Allocations(). Needed only with one.
 	Nomad restart.Nomad
+	// Subscribers replaces the push subscribers by kind (tests); nil: push.Subscribers.
+	Subscribers map[probe.Kind]push.Subscriber
 }
 
 // Agent watches this host's chain nodes.
@@ -69,6 +73,9 @@ type Agent struct {
 	heads     *heads.Store
 	metrics   *metrics
 	restarter *restart.Restarter // nil: restarts are off
+	push      *push.Manager
+	// kick wakes the loop when a head arrived by push (capacity 1: a burst of heads is one wake-up).
+	kick chan struct{}
 
 	// mu guards what SetNodes, SetReferences and the HTTP handlers share with Step: the node set, each node's
 	// spec, verdict and damper. Step probes without it and takes it to record what it found.
@@ -79,14 +86,31 @@ type Agent struct {
 	gone    []string // service/node heads to delete from KV
 	// transitions are the latest changes of the nodes' damped verdicts, oldest first (at most maxTransitions).
 	transitions []Transition
+	// pushState is where each node's push subscription stands, by node name (kept by name: a node whose state is
+	// replaced keeps its subscription). seq orders probes and pushed heads: each probe start and each head takes
+	// the next number, so the newer of the two is known without comparing clocks.
+	pushState map[string]pushState
+	seq       uint64
 
-	// Step's own, used by one pass at a time.
+	// The passes' own (Step and pushPass run one at a time, from the loop or a test).
 	slow     bool                            // the last pass took longer than the interval (logged once, and again when it ends)
 	trackers map[string]*networkhead.Tracker // by service: what the network head rule keeps between passes
 	refSeen  map[string]sourceSeen           // by reference: when its height was first seen
 	flagged  map[string]heads.Flag           // service/source -> this agent's sources flagged in the last pass
-	// markErr is Step's own: the last error reading the restore marks (logged when it changes).
+	refLast  []probe.Result                  // the references' last results, for passes that don't probe
+	refsLast []nodespec.Reference
+	wakeAt   time.Time // when a node behind the head crosses warn_behind or max_behind: the loop judges then
+	// markErr: the last error reading the restore marks (logged when it changes); marks: the marks a pass that
+	// probes read, for the push passes until the next.
 	markErr string
+	marks   map[string]restored.Mark
+}
+
+// pushState is a node's push subscription as the agent last heard of it.
+type pushState struct {
+	url string // the WebSocket URL it is about
+	up  bool
+	err string // why it is not up ("" while connecting)
 }
 
 // nodeState is what the agent keeps of one node. The fields under "guarded" are read and written with Agent.mu
@@ -103,12 +127,34 @@ type nodeState struct {
 	client, version string
 	// session keeps a Chainlink node's login and the cadence of its authenticated checks (nil for other kinds).
 	session *probe.ChainlinkSession
+	// synced is the registration last given to Consul: a push pass passes it again for the nodes whose status it
+	// does not change.
+	synced *registry.Service
+	// The last probe: its result above, when it started (clock and seq); and the newest head that came by push.
+	polled   time.Time
+	pollSeq  uint64
+	pushHead push.Head
+	pushSeq  uint64 // seq of pushHead; 0: none yet
+	pushN    uint64 // heads that came by push
 
-	// Step's own
-	since    time.Time // when result.Height was first seen
-	lastSeen uint64
+	// the passes' own
+	since      time.Time // when result.Height was first seen
+	lastSeen   uint64
+	judged     judgedOn  // what the last judgement saw
+	judgedPush uint64    // pushN when last judged
+	nextPoll   time.Time // while push is up: when the next probe is due (zero: push down, or not placed yet)
+	judgeAt    time.Time // when the node, behind the head, crosses warn_behind or max_behind (zero: not behind)
 	// catchUp follows a node whose volume was restored from a snapshot (a restore mark), until it has caught up.
 	catchUp *verdict.CatchUp
+}
+
+// judgedOn is what a node's judgement depends on that a push can change: its height and block, its network's head
+// and the flag the head rule gives it.
+type judgedOn struct {
+	height, head uint64
+	hash         probe.Hash
+	headNode     string
+	flag         string
 }
 
 // New builds an agent from a validated configuration.
@@ -129,7 +175,11 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	clk := clock.OrReal(opts.Clock)
 	a := &Agent{cfg: cfg, log: log, id: opts.ID, clock: clk, client: opts.HTTPClient,
 		sources: map[string][]nodespec.Node{}, nodes: map[string]*nodeState{}, metrics: newMetrics(),
-		trackers: map[string]*networkhead.Tracker{}, refSeen: map[string]sourceSeen{}, flagged: map[string]heads.Flag{}}
+		trackers: map[string]*networkhead.Tracker{}, refSeen: map[string]sourceSeen{}, flagged: map[string]heads.Flag{},
+		kick: make(chan struct{}, 1), pushState: map[string]pushState{}}
+	a.push = push.New(push.Options{Clock: clk, Timeout: max(cfg.Timeout, 5*time.Second), Subscribers: opts.Subscribers,
+		OnHead: a.onPushHead, OnState: a.onPushState}, log.Named("push"))
+	a.metrics.watchPush(a.push)
 	a.reg = registry.New(opts.Consul.Agent, registry.Options{
 		AgentID: opts.ID, TTL: cfg.Consul.CheckTTL, DeregisterAfter: cfg.Consul.DeregisterAfter, Clock: clk,
 		Catalog: opts.Consul.Catalog,
@@ -200,6 +250,69 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 			a.log.Info("node added", "node", name, "kind", n.Kind, "service", n.Service, "source", n.Source)
 		}
 	}
+	// Subscribe to the new heads of the nodes that have a WebSocket URL; forget the state of subscriptions that end.
+	var targets []push.Target
+	for name, st := range a.nodes {
+		if st.cfg.WS != "" && a.push.Supported(st.cfg.Kind) {
+			targets = append(targets, push.Target{Name: name, Kind: st.cfg.Kind, URL: st.cfg.WS})
+		}
+	}
+	for name, ps := range a.pushState {
+		if st := a.nodes[name]; st == nil || st.cfg.WS != ps.url {
+			delete(a.pushState, name)
+		}
+	}
+	a.push.Set(targets)
+}
+
+// onPushHead records a head that came by push and wakes the loop to judge it.
+func (a *Agent) onPushHead(t push.Target, h push.Head) {
+	a.mu.Lock()
+	st := a.nodes[t.Name]
+	if st == nil || st.cfg.WS != t.URL || st.cfg.Kind != t.Kind { // from a subscription that is ending
+		a.mu.Unlock()
+		return
+	}
+	a.seq++
+	st.pushHead, st.pushSeq = h, a.seq
+	st.pushN++
+	a.mu.Unlock()
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// onPushState records a subscription coming up or going down. Down, the node is polled every interval again from
+// the next pass on.
+func (a *Agent) onPushState(t push.Target, s push.State) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if st := a.nodes[t.Name]; st == nil || st.cfg.WS != t.URL {
+		return
+	}
+	ps := pushState{url: t.URL, up: s.Up}
+	if s.Err != nil {
+		ps.err = s.Err.Error()
+	}
+	a.pushState[t.Name] = ps
+}
+
+// pushDetail says how a node's heads arrive, for its health answer; a.mu must be held.
+func (a *Agent) pushDetail(st *nodeState) string {
+	if st.cfg.WS == "" || !a.push.Supported(st.cfg.Kind) {
+		return ""
+	}
+	ps, ok := a.pushState[st.cfg.Name]
+	switch {
+	case !ok || ps.url != st.cfg.WS:
+		return "connecting to " + nodespec.RedactURL(st.cfg.WS)
+	case ps.up:
+		return "subscribed to " + nodespec.RedactURL(st.cfg.WS)
+	case ps.err == "":
+		return "connecting to " + nodespec.RedactURL(st.cfg.WS)
+	}
+	return fmt.Sprintf("push unavailable: %s; polling every %s", ps.err, a.cfg.Interval)
 }
 
 func (a *Agent) newNodeState(n nodespec.Node) *nodeState {
@@ -217,8 +330,11 @@ func (a *Agent) SetReferences(refs []nodespec.Reference) {
 	a.mu.Unlock()
 }
 
-// Run probes every interval until ctx ends, watching heads in KV and serving HTTP on the configured address.
+// Run probes every interval until ctx ends, judging the heads that arrive by push as they come, watching heads in
+// KV and serving HTTP on the configured address.
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	srv := &http.Server{Addr: a.cfg.Listen, Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() {
@@ -239,23 +355,70 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.restarter.Close(cctx)
 		}()
 	}
+	pushDone := make(chan struct{})
+	go func() {
+		defer close(pushDone)
+		a.push.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		<-pushDone
+	}()
 	a.log.Info("agent started", "id", a.id, "nodes", a.NodeCount(), "interval", a.cfg.Interval, "listen", a.cfg.Listen)
 	return a.loop(ctx, errc)
 }
 
-// loop runs a pass every interval until ctx ends or errc reports a failure.
+// PushCoalesce is how long the loop waits after a head arrived by push before it judges: the heads of one block
+// reach the nodes of a host within milliseconds of each other, and one pass judges them all.
+const PushCoalesce = 50 * time.Millisecond
+
+// loop runs a pass every interval, and a push pass when heads arrived by push or a node behind the head crosses
+// warn_behind or max_behind, until ctx ends or errc reports a failure.
 func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	tick := a.clock.NewTicker(a.cfg.Interval)
 	defer tick.Stop()
+	var wake clock.Timer // when a node behind the head crosses a time threshold (a.wakeAt)
+	defer func() {
+		if wake != nil {
+			wake.Stop()
+		}
+	}()
+	arm := func() {
+		if wake != nil {
+			wake.Stop()
+			wake = nil
+		}
+		if !a.wakeAt.IsZero() {
+			wake = a.clock.NewTimer(max(a.wakeAt.Sub(a.clock.Now()), 0))
+		}
+	}
+	a.Step(ctx)
+	arm()
 	for {
-		a.Step(ctx)
+		var wakeC <-chan time.Time
+		if wake != nil {
+			wakeC = wake.C()
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case err := <-errc:
 			return err
 		case <-tick.C():
+			a.Step(ctx)
+		case <-wakeC:
+			a.pushPass(ctx)
+		case <-a.kick:
+			if clock.Sleep(ctx, a.clock, PushCoalesce) != nil {
+				return nil
+			}
+			select { // heads that came while waiting are judged in this pass
+			case <-a.kick:
+			default:
+			}
+			a.pushPass(ctx)
 		}
+		arm()
 	}
 }
 
@@ -269,62 +432,148 @@ func (a *Agent) NodeCount() int {
 // maxParallelProbes bounds the goroutines probing at once.
 const maxParallelProbes = 256
 
-// work is one node of a pass: its state and its spec as it was when the pass began.
+// work is one node of a pass: its state and its spec as they were when the pass began, and what the pass found.
 type work struct {
 	st  *nodeState
 	cfg nodespec.Node
+
+	due    bool         // probed in this pass
+	void   bool         // removed or replaced while the pass probed
+	polled bool         // the node has a probe result (from this pass or an earlier one)
+	r      probe.Result // the latest: the probe's result, with the height of a newer head that came by push
+	pushN  uint64       // the node's pushN when r took a pushed head; 0: r is the probe's own
 }
 
-// Step does one pass: probe every node and reference, judge, publish heads and checks.
-func (a *Agent) Step(ctx context.Context) {
+// Step does one pass: probe the nodes that are due and every reference, judge every node, publish heads and checks.
+// A node is due every pass while its heads don't come by push (no ws URL, or the subscription is down), before its
+// first probe and after a failed one; while they do, every push_poll_interval: that probe is its liveness check.
+func (a *Agent) Step(ctx context.Context) { a.pass(ctx, true) }
+
+// pushPass judges, without probing, every node whose height, block or network head changed since it was last
+// judged (with the heads that came by push) or that crossed warn_behind or max_behind since, and writes the status
+// changes to Consul at once.
+func (a *Agent) pushPass(ctx context.Context) { a.pass(ctx, false) }
+
+// due says whether a pass probes st; a.mu must be held. While a node's push is up, its probes are spread over
+// push_poll_interval by a phase from its name (a thousand nodes that subscribed together are not probed in one
+// pass): the first probe after the subscription came up waits that phase, the next ones push_poll_interval.
+func (a *Agent) due(st *nodeState, now time.Time) bool {
+	up := st.pollSeq > 0 && st.result.Err == nil && st.cfg.WS != ""
+	if up {
+		ps, ok := a.pushState[st.cfg.Name]
+		up = ok && ps.up && ps.url == st.cfg.WS
+	}
+	if !up {
+		st.nextPoll = time.Time{}
+		return true
+	}
+	if st.nextPoll.IsZero() {
+		st.nextPoll = st.polled.Add(phase(st.cfg.Name, a.cfg.PushPollInterval))
+	}
+	// Ticks come every interval: half of one is the slack that keeps a probe from slipping to the next tick.
+	return !now.Before(st.nextPoll.Add(-a.cfg.Interval / 2))
+}
+
+// phase is a node's place in a period, from a hash of its name: the same every time, spread over [0, period).
+func phase(name string, period time.Duration) time.Duration {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	return time.Duration(h.Sum64() % uint64(max(period, 1)))
+}
+
+func (a *Agent) pass(ctx context.Context, poll bool) {
 	started := time.Now()
+	start := a.clock.Now()
 	a.mu.Lock()
 	nodes := make([]work, 0, len(a.nodes))
 	for _, st := range a.nodes {
-		nodes = append(nodes, work{st: st, cfg: st.cfg})
+		nodes = append(nodes, work{st: st, cfg: st.cfg, due: poll && a.due(st, start)})
 	}
-	refs := slices.Clone(a.refs)
+	refs, refResults := a.refsLast, a.refLast
+	if poll {
+		refs = slices.Clone(a.refs)
+		refResults = make([]probe.Result, len(refs))
+	}
+	a.seq++
+	seq := a.seq
 	gone := a.gone
 	a.gone = nil
 	a.mu.Unlock()
 	slices.SortFunc(nodes, func(x, y work) int { return strings.Compare(x.cfg.Name, y.cfg.Name) })
 
-	// Probe nodes and references in parallel, each under the probe deadline.
+	// Probe the due nodes and the references in parallel, each under the probe deadline.
 	results := make([]probe.Result, len(nodes))
-	refResults := make([]probe.Result, len(refs))
-	sem := make(chan struct{}, maxParallelProbes)
-	var wg sync.WaitGroup
-	run := func(out *probe.Result, t probe.Target) {
-		defer wg.Done()
-		sem <- struct{}{}
-		defer func() { <-sem }()
-		pctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
-		defer cancel()
-		*out = probe.Run(pctx, a.client, t)
-	}
-	for i := range nodes {
-		wg.Add(1)
-		t := nodes[i].cfg.Target()
-		t.Session = nodes[i].st.session
-		go run(&results[i], t)
-	}
-	for i := range refs {
-		wg.Add(1)
-		go run(&refResults[i], refs[i].Target())
-	}
-	wg.Wait()
-	if ctx.Err() != nil {
-		return
+	if poll {
+		sem := make(chan struct{}, maxParallelProbes)
+		var wg sync.WaitGroup
+		run := func(out *probe.Result, t probe.Target) {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			pctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
+			defer cancel()
+			*out = probe.Run(pctx, a.client, t)
+		}
+		for i := range nodes {
+			if !nodes[i].due {
+				continue
+			}
+			wg.Add(1)
+			t := nodes[i].cfg.Target()
+			t.Session = nodes[i].st.session
+			go run(&results[i], t)
+		}
+		for i := range refs {
+			wg.Add(1)
+			go run(&refResults[i], refs[i].Target())
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		a.refsLast, a.refLast = refs, refResults
 	}
 	probed := time.Now()
 	now := a.clock.Now()
 
+	// Each node's latest: this pass's probe, else its last one, with the height of a head that came by push after
+	// that probe began. A failed probe stands until a probe succeeds: a node whose RPC fails is not healthy because
+	// its WebSocket still announces blocks.
+	a.mu.Lock()
+	for i := range nodes {
+		w := &nodes[i]
+		st := w.st
+		if a.nodes[w.cfg.Name] != st {
+			w.void = true
+			continue
+		}
+		if w.due {
+			st.result, st.polled, st.pollSeq = results[i], start, seq
+			if !st.nextPoll.IsZero() {
+				st.nextPoll = start.Add(a.cfg.PushPollInterval)
+			}
+		}
+		w.r, w.polled = st.result, st.pollSeq > 0
+		if st.pushSeq > st.pollSeq && w.r.Err == nil && w.r.HasHeight {
+			ph := st.pushHead
+			w.r.Height, w.r.Hash, w.r.ParentHash = ph.Height, ph.Hash, ph.ParentHash
+			if !ph.Time.IsZero() {
+				w.r.BlockTime = ph.Time
+			}
+			w.pushN = st.pushN
+		}
+	}
+	a.mu.Unlock()
+
 	// Heads to publish, for the other agents: this pass's nodes on the right chain.
 	var pub []heads.Head
-	for i, w := range nodes {
-		r, st := results[i], w.st
-		a.metrics.observeProbe(w.cfg, r)
-		if r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(w.cfg, r) {
+	for i := range nodes {
+		w := &nodes[i]
+		if w.due {
+			a.metrics.observeProbe(w.cfg, results[i])
+		}
+		r, st := w.r, w.st
+		if w.void || !w.polled || r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(w.cfg, r) {
 			continue
 		}
 		if r.Height != st.lastSeen {
@@ -338,7 +587,13 @@ func (a *Agent) Step(ctx context.Context) {
 		pub = append(pub, h)
 	}
 	for i, ref := range refs {
+		if i >= len(refResults) {
+			break
+		}
 		r := refResults[i]
+		if !poll { // the references' last results: logged and counted when they were probed
+			continue
+		}
 		switch want := serviceChain(nodes, ref.Service); {
 		case r.Err != nil:
 			a.metrics.referenceUp.WithLabelValues(ref.Name, ref.Service).Set(0)
@@ -352,16 +607,47 @@ func (a *Agent) Step(ctx context.Context) {
 	}
 	// The network head of each service: corroborated, from this pass's nodes, other agents' heads in KV and the
 	// references (see internal/networkhead).
-	nets := a.networks(ctx, nodes, results, refs, refResults, now)
+	latest := make([]probe.Result, len(nodes)) // each node's latest (zero: void, or not probed yet)
+	for i := range nodes {
+		if !nodes[i].void && nodes[i].polled {
+			latest[i] = nodes[i].r
+		}
+	}
+	nets := a.networks(ctx, nodes, latest, refs, refResults, now)
 
-	marks := a.restoreMarks()
+	// A push pass writes to Consul only what must go at once: status changes. New heights and figures ride the next
+	// pass (every interval), which also publishes the heads to KV: a burst of heads costs one round of writes, as a
+	// pass of probes does.
+	marks := a.marks
+	if poll {
+		marks = a.restoreMarks()
+		a.marks = marks
+	}
 	services := make([]registry.Service, 0, len(nodes))
-	judged := make([]*nodeState, 0, len(nodes))
+	judged := make([]*nodeState, 0, len(nodes)) // in a pass that probes, one for each of services
 	var seen []restart.Node
-	for i, w := range nodes {
-		r, st := results[i], w.st
+	statusChanged := false
+	keep := func(st *nodeState) {
+		a.mu.Lock()
+		svc, ok := st.synced, a.nodes[st.cfg.Name] == st
+		a.mu.Unlock()
+		if ok && svc != nil {
+			services = append(services, *svc)
+		}
+	}
+	for i := range nodes {
+		w := &nodes[i]
+		r, st := w.r, w.st
+		if w.void || !w.polled { // a node not probed yet is judged by its first probe
+			continue
+		}
 		net := nets[w.cfg.Service]
 		head, in := net.judgement(w.cfg.Name, r, now)
+		on := judgedOn{height: r.Height, head: head.Height, hash: r.Hash, headNode: head.Node, flag: in.FlagKey}
+		if !poll && on == st.judged && (st.judgeAt.IsZero() || now.Before(st.judgeAt)) {
+			keep(st) // nothing its judgement depends on changed, and no time threshold was crossed
+			continue
+		}
 		a.followCatchUp(w.cfg, st, marks, r, head, now)
 		in.Kind, in.Result, in.Head, in.WantChain = w.cfg.Kind, r, head, w.cfg.WantChain()
 		in.Standby, in.Thresholds, in.Now = strings.Contains(w.cfg.Role, "standby"), w.cfg.Thresholds, now
@@ -371,45 +657,88 @@ func (a *Agent) Step(ctx context.Context) {
 			a.caughtUp(w.cfg, st, marks[w.cfg.Name], now)
 		}
 		a.mu.Lock()
-		if a.nodes[w.cfg.Name] != st { // removed or replaced while this pass probed: its result is void
+		if a.nodes[w.cfg.Name] != st { // removed or replaced meanwhile: its result is void
 			a.mu.Unlock()
 			continue
 		}
 		prev := st.damper.Current()
 		status, changed := st.damper.Observe(rep.Status)
 		rep.Status, rep.Holding = status, st.damper.Holding()
+		if a.restarter != nil && !poll {
+			rep.Note, rep.NoteKey = a.restarter.Note(w.cfg.Name)
+		}
 		st.report, st.result, st.updated = rep, r, now
 		if changed {
 			st.changed = now
 			a.recordTransition(Transition{Time: now, Node: w.cfg.Name, Service: w.cfg.Service, From: prev.String(),
 				To: status.String(), Output: rep.Output()})
 		}
-		if r.Version != "" {
-			st.version = r.Version
-		}
-		if r.Client != "" {
-			st.client = r.Client
+		if w.due {
+			if r.Version != "" {
+				st.version = r.Version
+			}
+			if r.Client != "" {
+				st.client = r.Client
+			}
 		}
 		svc := a.service(st, rep)
+		if poll || st.synced == nil || st.synced.Status != svc.Status {
+			statusChanged = statusChanged || st.synced == nil || st.synced.Status != svc.Status
+			st.synced = &svc
+		} else {
+			svc = *st.synced
+		}
 		a.metrics.observeVerdict(w.cfg, rep, head, in.Finalized)
 		a.mu.Unlock()
+		st.judged = on
+		st.judgeAt = time.Time{}
+		if r.Err == nil && r.HasHeight && head.Height > r.Height {
+			st.judgeAt = crossing(in.BehindFor, w.cfg.Thresholds, now)
+		}
+		if w.pushN != 0 && w.pushN != st.judgedPush {
+			st.judgedPush = w.pushN
+			if !poll {
+				a.metrics.pushJudged.Inc()
+			}
+		}
 		if changed {
 			a.metrics.transitions.WithLabelValues(w.cfg.Name, w.cfg.Service, status.String()).Inc()
 			a.log.Info("node status changed", "node", w.cfg.Name, "from", prev, "to", status, "output", rep.Output())
 		}
 		services = append(services, svc)
 		judged = append(judged, st)
-		if a.restarter != nil {
+		if a.restarter != nil && poll {
 			ok := r.Err == nil && r.HasHeight && r.Height > 0 && chainMatches(w.cfg, r)
 			seen = append(seen, restart.Node{Name: w.cfg.Name, Service: w.cfg.Service, AllocID: w.cfg.AllocID,
 				Task: w.cfg.Task, Deploying: w.cfg.Deploying, Status: status, Height: r.Height, HasHeight: ok, Head: head.Height})
 		}
 	}
-	if a.restarter != nil {
+	if a.restarter != nil && poll { // restarts are decided on probes; a push pass shows their notes (above)
 		a.restart(ctx, now, seen, services, judged)
 	}
 
+	// The loop judges again when the first node behind the head crosses a time threshold, not at the next tick.
+	a.wakeAt = time.Time{}
+	for i := range nodes {
+		if at := nodes[i].st.judgeAt; !nodes[i].void && !at.IsZero() && (a.wakeAt.IsZero() || at.Before(a.wakeAt)) {
+			a.wakeAt = at
+		}
+	}
 	a.publishFlags(ctx, nets, now)
+	if !poll {
+		if statusChanged {
+			before := a.reg.Writes()
+			if err := a.reg.Sync(ctx, services); err != nil {
+				a.log.Debug("consul sync failed", "error", err)
+			}
+			a.metrics.consulUp.Set(boolGauge(!a.reg.Down()))
+			a.metrics.consulWrites.Add(float64(a.reg.Writes() - before))
+		}
+		a.mu.Lock()
+		a.gone = append(gone, a.gone...) // deleted from KV by the next pass that probes
+		a.mu.Unlock()
+		return
+	}
 	if _, err := a.heads.Publish(ctx, pub, gone); err != nil {
 		a.mu.Lock()
 		a.gone = append(a.gone, gone...) // try the deletes again next pass
@@ -435,6 +764,22 @@ func (a *Agent) Step(ctx context.Context) {
 		a.log.Info("passes are within the interval again", "took", took, "interval", a.cfg.Interval)
 	}
 	a.slow = took > a.cfg.Interval
+}
+
+// crossing is when a node that has been behind the head for behind crosses the next of its warn_behind and
+// max_behind; zero when none is ahead.
+func crossing(behind time.Duration, t verdict.Thresholds, now time.Time) time.Time {
+	var at time.Time
+	for _, limit := range []time.Duration{t.WarnBehind, t.MaxBehind} {
+		if limit <= 0 || behind > limit {
+			continue
+		}
+		// Judge counts a node as over a limit when strictly longer behind: a millisecond past it.
+		if c := now.Add(limit - behind + time.Millisecond); at.IsZero() || c.Before(at) {
+			at = c
+		}
+	}
+	return at
 }
 
 // restart hands the pass's verdicts to the restarter, counts what it did, and adds what it says of each node

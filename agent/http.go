@@ -30,6 +30,9 @@ type NodeHealth struct {
 	Peers           uint64    `json:"peers"`
 	BlockAgeSeconds float64   `json:"block_age_seconds"`
 	Updated         time.Time `json:"updated"`
+	// Push says how the node's heads arrive when it has a ws URL: "subscribed to ws://HOST", "connecting to ...",
+	// or "push unavailable: WHY; polling every INTERVAL".
+	Push string `json:"push,omitempty"`
 }
 
 // Health returns the current verdict of every node, sorted by name.
@@ -38,7 +41,9 @@ func (a *Agent) Health() []NodeHealth {
 	defer a.mu.Unlock()
 	out := make([]NodeHealth, 0, len(a.nodes))
 	for _, st := range a.nodes {
-		out = append(out, st.health())
+		h := st.health()
+		h.Push = a.pushDetail(st)
+		out = append(out, h)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out
@@ -96,6 +101,7 @@ func (a *Agent) Handler() http.Handler {
 		var h NodeHealth
 		if ok {
 			h = st.health()
+			h.Push = a.pushDetail(st)
 		}
 		a.mu.Unlock()
 		if !ok {

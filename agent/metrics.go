@@ -6,6 +6,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/probe"
+	"github.com/chainwarden/chainwarden/internal/push"
 	"github.com/chainwarden/chainwarden/internal/restart"
 	"github.com/chainwarden/chainwarden/internal/verdict"
 )
@@ -32,6 +33,7 @@ type metrics struct {
 	stepSeconds  prometheus.Histogram
 	consulUp     prometheus.Gauge
 	consulWrites prometheus.Counter
+	pushJudged   prometheus.Counter
 	restarts     *prometheus.CounterVec
 	withheld     *prometheus.CounterVec
 	catchingUp   *prometheus.GaugeVec
@@ -77,12 +79,21 @@ func newMetrics() *metrics {
 			Help: "Restarts that were due but withheld, by reason (backoff, limit, lock, no_passing_node, consul); counted when the reason changes."}, []string{"node", "service", "reason"}),
 		catchingUp:   g("node_catching_up", "1 while the node, restored from a snapshot, catches up with its network (critical meanwhile).", nodeLabels...),
 		consulWrites: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "consul_writes_total", Help: "State-changing calls made to the Consul agent (registrations, check updates, deregistrations)."}),
+		pushJudged: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "chainwarden", Name: "push_heads_judged_total",
+			Help: "New heads that arrived by push (WebSocket) and were judged on arrival, not at the next probe."}),
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
-		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites,
+		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites, m.pushJudged,
 		m.behind, m.finalized, m.netFinalized, m.flagged, m.flagsTotal, m.lookups, m.restarts, m.withheld, m.catchingUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// watchPush adds the gauge of nodes whose heads arrive by push.
+func (m *metrics) watchPush(p *push.Manager) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "chainwarden", Name: "push_subscribed_nodes",
+		Help: "Nodes whose new heads arrive by push (a WebSocket subscription is up); the others are polled every interval."},
+		func() float64 { return float64(p.Subscribed()) }))
 }
 
 func labels(n nodespec.Node) prometheus.Labels {

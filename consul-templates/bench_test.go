@@ -164,24 +164,44 @@ func pct(a, b int64) float64 {
 	return 100 * float64(a) / float64(b)
 }
 
+// failoverModes are the ways the agent can learn that a node stopped, each a run of TestBenchFailover:
+// polling only (every node probed every second), heads by push with the same block thresholds, and push with lag
+// in time (warn_behind) on top.
+var failoverModes = map[string]struct {
+	push       bool
+	thresholds string
+	what       string
+}{
+	"polling":     {false, failoverThresholds, "polling every 1 s, no ws"},
+	"push":        {true, failoverThresholds, "heads by push (ws), probes every 10 s"},
+	"push+behind": {true, failoverThresholds + "  warn_behind = \"500ms\"\n", "heads by push, and warn_behind 500 ms"},
+}
+
+// failoverThresholds are the benchmark's failover-oriented thresholds (startAgentInterval's).
+const failoverThresholds = "  warn_lag = 1\n  max_lag = 4\n  max_block_age = \"3s\"\n  min_peers = 0\n  fail_after = 1\n  pass_after = 2\n"
+
 // TestBenchFailover: from the moment a node stops advancing (SIGSTOP, or its peers removed) to the moment nginx
-// sends it no more requests, over 20 trials each, with the real agent probing every second.
+// sends it no more requests, over 20 trials each (CHAINWARDEN_BENCH_TRIALS), with the real agent at a 1 s interval,
+// for each of CHAINWARDEN_BENCH_FAILOVER (comma-separated failoverModes; default all, push+behind first).
 func TestBenchFailover(t *testing.T) {
 	benchOnly(t)
 	trials := 20
 	if s := os.Getenv("CHAINWARDEN_BENCH_TRIALS"); s != "" {
 		trials, _ = strconv.Atoi(s)
 	}
+	modes := []string{"push+behind", "push", "polling"}
+	if s := os.Getenv("CHAINWARDEN_BENCH_FAILOVER"); s != "" {
+		modes = strings.Split(s, ",")
+	}
+	for _, m := range modes {
+		if _, ok := failoverModes[m]; !ok {
+			t.Fatalf("CHAINWARDEN_BENCH_FAILOVER: %q is not one of polling, push, push+behind", m)
+		}
+	}
 	consul := testenv.StartConsul(t)
 	net := testenv.StartCliqueNetwork(t, 3)
-	startAgentInterval(t, consul, "1s", net.Nodes)
 	p := startProxy(t, "nginx", consul)
 	all := map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"}
-	p.waitConfig(t, "three nodes", expectStates("nginx", all))
-	// Open-loop load: a new call every 5 ms whatever the earlier ones do, so that calls stuck on a hung node do not
-	// stop new ones from being sent (closed-loop clients would all end up waiting on it).
-	h := startOpenLoop(p.URL+"/"+service, 5*time.Millisecond)
-	defer h.finish()
 
 	type trial struct{ detect, config, last time.Duration }
 	run := func(mode string, settle time.Duration, stop, restore func(g *testenv.Geth)) []trial {
@@ -220,40 +240,57 @@ func TestBenchFailover(t *testing.T) {
 		}
 		return out
 	}
-	frozen := run("SIGSTOP", 12*time.Second, func(g *testenv.Geth) {
-		if err := g.Freeze(); err != nil {
-			t.Fatal(err)
-		}
-	}, func(g *testenv.Geth) {
-		if err := g.Thaw(); err != nil {
-			t.Fatal(err)
-		}
-	})
-	isolated := run("peers removed", 3*time.Second, func(g *testenv.Geth) {
-		if err := net.Isolate(g); err != nil {
-			t.Fatal(err)
-		}
-	}, func(g *testenv.Geth) {
-		if err := net.Connect(g); err != nil {
-			t.Fatal(err)
-		}
-	})
-	ok, failed, resets, errs := h.finish()
-	t.Logf("client errors (first 10): %q", errs)
 	var b strings.Builder
+	var reads []string
 	fmt.Fprintf(&b, "Failover time, nginx, %d trials per way of stopping (agent interval 1 s, probe timeout 1 s, fail_after 1, warn_lag 1, max_lag 4, max_block_age 3 s; consul-template wait 250 ms..3 s; open-loop load, a call every 5 ms):\n\n", trials)
-	fmt.Fprintf(&b, "| node stops by | check leaves passing (median / max) | nginx config without it (median / max) | last request sent to it (median / max) |\n|---|---|---|---|\n")
-	for _, m := range []struct {
-		name string
-		tr   []trial
-	}{{"SIGSTOP", frozen}, {"peers removed", isolated}} {
-		var d, c, l []time.Duration
-		for _, x := range m.tr {
-			d, c, l = append(d, x.detect), append(c, x.config), append(l, x.last)
+	fmt.Fprintf(&b, "| agent | node stops by | check leaves passing (median / max) | nginx config without it (median / max) | last request sent to it (median / max) |\n|---|---|---|---|---|\n")
+	for _, mode := range modes {
+		fm := failoverModes[mode]
+		stopAgent := startAgentBlocks(t, consul, "1s", agentBlocks(net.Nodes, fm.push, fm.thresholds))
+		for _, g := range net.Nodes {
+			consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
 		}
-		fmt.Fprintf(&b, "| %s | %s / %s | %s / %s | %s / %s |\n", m.name, median(d), maxOf(d), median(c), maxOf(c), median(l), maxOf(l))
+		p.waitConfig(t, "three nodes", expectStates("nginx", all))
+		// Open-loop load: a new call every 5 ms whatever the earlier ones do, so that calls stuck on a hung node do
+		// not stop new ones from being sent (closed-loop clients would all end up waiting on it). One per mode, from
+		// when its agent has every node in the rotation.
+		h := startOpenLoop(p.URL+"/"+service, 5*time.Millisecond)
+		frozen := run(mode+" SIGSTOP", 12*time.Second, func(g *testenv.Geth) {
+			if err := g.Freeze(); err != nil {
+				t.Fatal(err)
+			}
+		}, func(g *testenv.Geth) {
+			if err := g.Thaw(); err != nil {
+				t.Fatal(err)
+			}
+		})
+		isolated := run(mode+" peers removed", 3*time.Second, func(g *testenv.Geth) {
+			if err := net.Isolate(g); err != nil {
+				t.Fatal(err)
+			}
+		}, func(g *testenv.Geth) {
+			if err := net.Connect(g); err != nil {
+				t.Fatal(err)
+			}
+		})
+		ok, failed, resets, errs := h.finish()
+		t.Logf("%s: client errors (first 10): %q", mode, errs)
+		reads = append(reads, fmt.Sprintf("%s: %d ok, %d failed (%d keep-alive resets)", mode, ok, failed, resets))
+		stopAgent()
+		for _, m := range []struct {
+			name string
+			tr   []trial
+		}{{"SIGSTOP", frozen}, {"peers removed", isolated}} {
+			var d, c, l []time.Duration
+			for _, x := range m.tr {
+				d, c, l = append(d, x.detect), append(c, x.config), append(l, x.last)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s / %s | %s / %s | %s / %s |\n", fm.what, m.name, median(d), maxOf(d), median(c), maxOf(c), median(l), maxOf(l))
+		}
 	}
-	fmt.Fprintf(&b, "\nClient reads during the %d trials: %d ok, %d failed (%d keep-alive resets).\n", 2*trials, ok, failed, resets)
+	load, _ := os.ReadFile("/proc/loadavg")
+	fmt.Fprintf(&b, "\nClient reads during the trials: %s. Load average at the end: %s.\n",
+		strings.Join(reads, "; "), strings.Join(strings.Fields(string(load))[:3], " "))
 	report(t, "%s", b.String())
 }
 

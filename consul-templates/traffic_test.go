@@ -37,13 +37,31 @@ func startAgentInterval(t *testing.T, consul *testenv.Consul, interval string, n
 
 func startAgentWith(t *testing.T, consul *testenv.Consul, interval, thresholds string, nodes []*testenv.Geth) {
 	t.Helper()
+	startAgentBlocks(t, consul, interval, agentBlocks(nodes, false, thresholds))
+	for _, g := range nodes {
+		consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
+	}
+}
+
+// agentBlocks are the agent's node blocks for nodes, with their WebSocket URLs (heads by push) when push is set.
+func agentBlocks(nodes []*testenv.Geth, push bool, thresholds string) string {
 	var blocks strings.Builder
 	for _, g := range nodes {
-		fmt.Fprintf(&blocks, "node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  service = %q\n  chain_id = %d\n%s}\n",
-			g.Name, g.RPC, service, testenv.CliqueChainID, thresholds)
+		ws := ""
+		if push {
+			ws = fmt.Sprintf("  ws = %q\n", g.WS)
+		}
+		fmt.Fprintf(&blocks, "node %q {\n  kind = \"ethereum\"\n  rpc = %q\n%s  service = %q\n  chain_id = %d\n%s}\n",
+			g.Name, g.RPC, ws, service, testenv.CliqueChainID, thresholds)
 	}
+	return blocks.String()
+}
+
+// startAgentBlocks runs an agent with node blocks against consul until the test ends or stop is called.
+func startAgentBlocks(t *testing.T, consul *testenv.Consul, interval, blocks string) (stop func()) {
+	t.Helper()
 	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n}\nlisten = \"127.0.0.1:%d\"\n"+
-		"interval = %q\nhead_max_age = \"10s\"\n%s", consul.Addr, testenv.FreePort(t), interval, blocks.String())
+		"interval = %q\nhead_max_age = \"10s\"\n%s", consul.Addr, testenv.FreePort(t), interval, blocks)
 	cfg, err := config.Parse([]byte(src), "agent.hcl")
 	if err != nil {
 		t.Fatal(err)
@@ -53,10 +71,7 @@ func startAgentWith(t *testing.T, consul *testenv.Consul, interval, thresholds s
 	if err != nil {
 		t.Fatal(err)
 	}
-	testenv.Background(t, "agent", a.Run)
-	for _, g := range nodes {
-		consul.WaitCheck(t, g.Name, 60*time.Second, "passing")
-	}
+	return testenv.Background(t, "agent", a.Run)
 }
 
 func blockNumber(url string, timeout time.Duration) (uint64, error) {

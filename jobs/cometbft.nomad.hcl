@@ -326,6 +326,7 @@ job "cometbft" {
         chainwarden_service  = var.service
         chainwarden_network  = var.chain_id
         chainwarden_rpc_port = "rpc"
+        chainwarden_ws_port  = "rpc" # new blocks by push: NewBlock on the RPC port's /websocket
         chainwarden_client   = "cometbft"
         },
         var.warn_lag > 0 ? { chainwarden_warn_lag = "${var.warn_lag}" } : {},

@@ -128,6 +128,12 @@ variable "min_peers" {
   default     = -1
 }
 
+variable "push_heads" {
+  description = "the agent subscribes to NewBlock on the RPC port's /websocket (IRITA is a Tendermint v0.34 fork: off unless you turn it on)"
+  type        = bool
+  default     = false
+}
+
 variable "cpu" {
   type    = number
   default = 2000
@@ -312,6 +318,7 @@ job "irita" {
         chainwarden_role     = "validator"
         },
         var.min_peers >= 0 ? { chainwarden_min_peers = "${var.min_peers}" } : {},
+        var.push_heads ? { chainwarden_ws_port = "rpc" } : {},
       )
 
       resources {

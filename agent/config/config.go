@@ -43,6 +43,10 @@ type Config struct {
 	// Restart turns on the restarts of stalled nodes through Nomad; nil: off (the default).
 	Restart *restart.Policy
 
+	// PushPollInterval is how often a node whose heads arrive by push (its ws subscription is up) is still probed:
+	// the probe checks what push does not say (peers, sync state, chain id) and that the node answers at all.
+	PushPollInterval time.Duration
+
 	// File is the path the configuration came from ("" for one built in code).
 	File string
 }
@@ -77,6 +81,8 @@ type raw struct {
 	References []nodespec.Reference `hcl:"reference,block"`
 	Volumes    []VolumeBlock        `hcl:"volume,block"`
 	Restart    *RestartBlock        `hcl:"restart,block"`
+
+	PushPollInterval string `hcl:"push_poll_interval,optional"`
 }
 
 type rawConsul struct {
@@ -94,6 +100,9 @@ const (
 	DefaultDeregister = 10 * time.Minute
 	MinCheckTTL       = 10 * time.Second
 )
+
+// DefaultPushPollInterval is push_poll_interval's default (never below the interval).
+const DefaultPushPollInterval = 10 * time.Second
 
 // Load reads and validates the configuration file at path.
 func Load(path string) (*Config, error) {
@@ -190,6 +199,10 @@ func (v *validator) config(r *raw) *Config {
 	c.Interval = v.duration(r.Interval, DefaultInterval, top("interval"), "interval")
 	if c.Interval < 100*time.Millisecond {
 		v.errf(top("interval"), "interval: %s is shorter than 100ms", c.Interval)
+	}
+	c.PushPollInterval = v.duration(r.PushPollInterval, max(DefaultPushPollInterval, c.Interval), top("push_poll_interval"), "push_poll_interval")
+	if c.PushPollInterval < c.Interval {
+		v.errf(top("push_poll_interval"), "push_poll_interval: %s is shorter than the interval %s", c.PushPollInterval, c.Interval)
 	}
 	// A probe's deadline defaults to the interval, so one pass never takes longer than one interval.
 	c.Timeout = v.duration(r.Timeout, c.Interval, top("timeout"), "timeout")

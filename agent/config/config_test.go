@@ -55,6 +55,9 @@ func TestGoodFull(t *testing.T) {
 	if c.Interval != time.Second || c.Timeout != time.Second || c.HeadMaxAge != 30*time.Second {
 		t.Fatalf("durations: %v %v %v", c.Interval, c.Timeout, c.HeadMaxAge)
 	}
+	if c.PushPollInterval != 15*time.Second || c.Nodes[0].WS != "ws://127.0.0.1:8546" || c.Nodes[2].WS != "ws://10.0.1.5:26657/websocket" {
+		t.Fatalf("push: %v %q %q", c.PushPollInterval, c.Nodes[0].WS, c.Nodes[2].WS)
+	}
 	if c.Consul.DeregisterAfter != 5*time.Minute {
 		t.Fatalf("deregister_after %v", c.Consul.DeregisterAfter)
 	}
@@ -104,7 +107,8 @@ func TestGoodMinimalDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != DefaultListen || c.Interval != DefaultInterval || c.Consul.KVPrefix != "chainwarden" {
+	if c.Listen != DefaultListen || c.Interval != DefaultInterval || c.Consul.KVPrefix != "chainwarden" ||
+		c.PushPollInterval != DefaultPushPollInterval || c.Nodes[0].WS != "" {
 		t.Fatalf("defaults: %+v", c)
 	}
 	if c.Nodes[0].Source != "config" {

@@ -249,12 +249,12 @@ func (d *demo) startAgent(ctx context.Context) error {
 		fmt.Fprintf(&b, "nomad {\n  address = %q\n}\n\n", o.nomadAddr)
 	}
 	for _, g := range d.clique.Nodes {
-		fmt.Fprintf(&b, "node %q {\n  kind     = \"ethereum\"\n  rpc      = %q\n  service  = \"eth-devnet\"\n  chain_id = %d\n  warn_lag = 2\n  max_lag  = 10\n  max_block_age = \"15s\"\n  min_peers = 0\n}\n\n",
-			g.Name, g.RPC, devnet.CliqueChainID)
+		fmt.Fprintf(&b, "node %q {\n  kind     = \"ethereum\"\n  rpc      = %q\n  ws       = %q\n  service  = \"eth-devnet\"\n  chain_id = %d\n  warn_lag = 2\n  max_lag  = 10\n  max_block_age = \"15s\"\n  min_peers = 0\n}\n\n",
+			g.Name, g.RPC, g.WS, devnet.CliqueChainID)
 	}
 	for _, c := range d.comet.Nodes {
-		fmt.Fprintf(&b, "node %q {\n  kind    = \"cometbft\"\n  rpc     = %q\n  service = \"cometbft-devnet\"\n  network = %q\n  max_block_age = \"15s\"\n}\n\n",
-			c.Name, c.RPC, d.comet.ChainID)
+		fmt.Fprintf(&b, "node %q {\n  kind    = \"cometbft\"\n  rpc     = %q\n  ws      = \"ws://127.0.0.1:%d/websocket\"\n  service = \"cometbft-devnet\"\n  network = %q\n  max_block_age = \"15s\"\n}\n\n",
+			c.Name, c.RPC, c.RPCPort, d.comet.ChainID)
 	}
 	cfgPath := filepath.Join(o.dir, "agent.hcl")
 	if err := os.WriteFile(cfgPath, []byte(b.String()), 0o644); err != nil {

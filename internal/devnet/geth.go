@@ -29,6 +29,8 @@ type Geth struct {
 	Name    string
 	RPC     string // http://127.0.0.1:PORT
 	RPCPort int
+	WS      string // ws://127.0.0.1:PORT (new heads by push)
+	WSPort  int
 	P2PPort int
 	DataDir string
 	Proc    *Process
@@ -46,17 +48,24 @@ func StartGethDev(ctx context.Context, dir, name string) (*Geth, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2)
+	ports, err := freePorts(3)
 	if err != nil {
 		return nil, err
 	}
-	g := &Geth{Name: name, RPCPort: ports[0], DataDir: filepath.Join(dir, name), logDir: dir, bin: bin}
+	g := &Geth{Name: name, RPCPort: ports[0], WSPort: ports[2], DataDir: filepath.Join(dir, name), logDir: dir, bin: bin}
 	g.RPC = fmt.Sprintf("http://127.0.0.1:%d", g.RPCPort)
+	g.WS = fmt.Sprintf("ws://127.0.0.1:%d", g.WSPort)
 	g.args = []string{"--dev", "--dev.period", "1", "--datadir", g.DataDir, "--ipcdisable", "--nodiscover",
 		"--port", "0", "--authrpc.port", strconv.Itoa(ports[1]),
 		"--http", "--http.addr", "127.0.0.1", "--http.port", strconv.Itoa(g.RPCPort),
 		"--http.api", "eth,net,web3,admin", "--verbosity", "2"}
+	g.args = append(g.args, wsArgs(g.WSPort)...)
 	return g, g.Start(ctx)
+}
+
+// wsArgs serve JSON-RPC over WebSocket on 127.0.0.1:port (eth_subscribe for new heads).
+func wsArgs(port int) []string {
+	return []string{"--ws", "--ws.addr", "127.0.0.1", "--ws.port", strconv.Itoa(port), "--ws.api", "eth,net,web3"}
 }
 
 // Start runs the node on its data dir and ports and waits for its RPC.
@@ -150,13 +159,14 @@ func StartClique(ctx context.Context, dir string, n int) (*Clique, error) {
 	}
 	c := &Clique{}
 	for i := 0; i < n; i++ {
-		ports, err := freePorts(3)
+		ports, err := freePorts(4)
 		if err != nil {
 			return c, err
 		}
-		g := &Geth{Name: fmt.Sprintf("clique-%d", i), RPCPort: ports[0], P2PPort: ports[1],
+		g := &Geth{Name: fmt.Sprintf("clique-%d", i), RPCPort: ports[0], P2PPort: ports[1], WSPort: ports[3],
 			DataDir: filepath.Join(dir, fmt.Sprintf("clique-%d", i)), logDir: dir, bin: bin}
 		g.RPC = fmt.Sprintf("http://127.0.0.1:%d", g.RPCPort)
+		g.WS = fmt.Sprintf("ws://127.0.0.1:%d", g.WSPort)
 		if _, err := Output(bin, "init", "--datadir", g.DataDir, genesisPath); err != nil {
 			return c, err
 		}
@@ -164,6 +174,7 @@ func StartClique(ctx context.Context, dir string, n int) (*Clique, error) {
 			"--port", strconv.Itoa(g.P2PPort), "--authrpc.port", strconv.Itoa(ports[2]), "--ipcdisable",
 			"--syncmode", "full", "--http", "--http.addr", "127.0.0.1", "--http.port", strconv.Itoa(g.RPCPort),
 			"--http.api", "eth,net,web3,admin,clique", "--verbosity", "2"}
+		g.args = append(g.args, wsArgs(g.WSPort)...)
 		if i == 0 {
 			ks := keystore.NewKeyStore(filepath.Join(g.DataDir, "keystore"), keystore.LightScryptN, keystore.LightScryptP)
 			if _, err := ks.ImportECDSA(key, string(pass)); err != nil {

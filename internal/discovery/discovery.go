@@ -35,7 +35,7 @@ const (
 	MetaChainID = "chainwarden_chain_id" // EVM chain id (required for ethereum)
 	MetaNetwork = "chainwarden_network"  // network name; the chain id for cometbft (required there)
 	MetaRPCPort = "chainwarden_rpc_port" // port label of the RPC (default "rpc")
-	MetaWSPort  = "chainwarden_ws_port"  // port label of the WebSocket RPC (optional; becomes tag ws_port=N)
+	MetaWSPort  = "chainwarden_ws_port"  // port label of the WebSocket RPC (optional; heads by push, tag ws_port=N)
 	MetaClient  = "chainwarden_client"   // geth, openethereum, cometbft, irita, chainlink, ...
 	MetaRole    = "chainwarden_role"     // free text: validator, active-standby, archive, ...
 	MetaScheme  = "chainwarden_rpc_scheme"
@@ -319,8 +319,9 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		Deploying:          a.DeploymentID != "" && (a.DeploymentStatus == nil || a.DeploymentStatus.Healthy == nil || !*a.DeploymentStatus.Healthy),
 	}
 	if wsLabel := meta[MetaWSPort]; wsLabel != "" {
-		if _, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {
+		if wsIP, wsPort, ok := allocPort(a, t.Name, wsLabel); ok {
 			n.Tags = append(n.Tags, "ws_port="+strconv.Itoa(wsPort))
+			n.WS = wsURL(scheme, wsIP, wsPort, n.Kind)
 		}
 	}
 	var err error
@@ -337,6 +338,20 @@ func taskNode(a *nomadapi.Allocation, tg *nomadapi.TaskGroup, t *nomadapi.Task, 
 		return n, err
 	}
 	return n, nil
+}
+
+// wsURL is the WebSocket endpoint of a node's port, from which its new heads arrive by push: ws://ADDR:PORT, wss
+// when its RPC is https, and /websocket for CometBFT (whose WebSocket is on its RPC port).
+func wsURL(rpcScheme, ip string, port int, kind probe.Kind) string {
+	scheme := "ws"
+	if rpcScheme == "https" {
+		scheme = "wss"
+	}
+	u := scheme + "://" + net.JoinHostPort(ip, strconv.Itoa(port))
+	if kind == probe.CometBFT {
+		u += "/websocket"
+	}
+	return u
 }
 
 func metaUint(meta map[string]string, key string) (*uint64, error) {

@@ -64,8 +64,20 @@ func TestNodesFromAllocations(t *testing.T) {
 	if n.Source != "nomad" || n.AllocID != "a1" || n.Task != "node" {
 		t.Errorf("source %q, allocation %q, task %q", n.Source, n.AllocID, n.Task)
 	}
-	if len(n.Tags) != 1 || n.Tags[0] != "ws_port=21002" {
-		t.Errorf("tags %v", n.Tags)
+	if len(n.Tags) != 1 || n.Tags[0] != "ws_port=21002" || n.WS != "ws://10.0.1.5:21002" {
+		t.Errorf("tags %v, ws %q", n.Tags, n.WS)
+	}
+}
+
+// A CometBFT task's WebSocket is /websocket on the port its ws meta names (its RPC port); https RPC means wss.
+func TestNodesCometBFTWebSocket(t *testing.T) {
+	w := New(nil, "node-1", nil, nil)
+	meta := map[string]string{MetaKind: "cometbft", MetaService: "comet", MetaNetwork: "test-chain",
+		MetaRPCPort: "rpc", MetaWSPort: "rpc", MetaScheme: "https"}
+	rpc := nomadapi.PortMapping{Label: "rpc", Value: 26657, HostIP: "10.0.1.6"}
+	nodes := w.nodes([]*nomadapi.Allocation{alloc("c1", "comet", "comet", 0, 10, meta, rpc)})
+	if len(nodes) != 1 || nodes[0].WS != "wss://10.0.1.6:26657/websocket" {
+		t.Fatalf("nodes %+v", nodes)
 	}
 }
 

@@ -36,6 +36,10 @@ type Node struct {
 	Tags    []string `hcl:"tags,optional"`
 	Client  string   `hcl:"client,optional"`
 	Role    string   `hcl:"role,optional"`
+	// WS is the node's WebSocket endpoint: when set, its new heads arrive by push (eth_subscribe newHeads on
+	// ws://host:8546; CometBFT's NewBlock event on ws://host:26657/websocket) and polling relaxes to the agent's
+	// push_poll_interval while the subscription is up.
+	WS string `hcl:"ws,optional"`
 
 	ChainID *uint64 `hcl:"chain_id,optional"` // ethereum
 	Network string  `hcl:"network,optional"`  // cometbft chain id; chain name for ethereum meta
@@ -121,6 +125,15 @@ func (n *Node) Normalize() fielderr.List {
 		}
 		if n.Port == 0 {
 			n.Port = portOf(u)
+		}
+	}
+	if n.WS != "" {
+		w, err := url.Parse(n.WS)
+		switch {
+		case n.Kind == probe.Chainlink:
+			bad("ws", "ws is for ethereum and cometbft nodes (new heads by push)")
+		case err != nil || (w.Scheme != "ws" && w.Scheme != "wss") || w.Host == "":
+			bad("ws", "ws %q is not a ws:// or wss:// URL", RedactURL(n.WS))
 		}
 	}
 	switch n.Kind {

@@ -5,12 +5,14 @@ consul {
 }
 listen       = "127.0.0.1:9464"
 interval     = "1s"
+push_poll_interval = "15s"
 head_max_age = "30s"
 log_level    = "debug"
 
 node "geth-a" {
   kind     = "ethereum"
   rpc      = "http://127.0.0.1:8545"
+  ws       = "ws://127.0.0.1:8546"
   service  = "eth-devnet"
   chain_id = 4242
   warn_lag = 2
@@ -34,6 +36,7 @@ node "arb-a" {
 node "irita-val0" {
   kind    = "cometbft"
   rpc     = "http://10.0.1.5:26657"
+  ws      = "ws://10.0.1.5:26657/websocket"
   service = "irita-testnet"
   network = "irita-test"
   max_block_age = "30s"

@@ -1,0 +1,376 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/chainwarden/chainwarden/internal/ethfake"
+	"github.com/chainwarden/chainwarden/internal/fakes"
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+// pushNode is an ethfake node that answers HTTP probes (counting them) and newHeads subscriptions on /ws.
+type pushNode struct {
+	*ethfake.Node
+	clk    *fakes.Clock
+	pusher *ethfake.Pusher
+	probes atomic.Int64
+	rpc    string
+	ws     string
+}
+
+func newPushNode(t *testing.T, height uint64, clk *fakes.Clock) *pushNode {
+	t.Helper()
+	n := &pushNode{Node: ethfake.New(height, 1, clk.Now), clk: clk}
+	n.pusher = ethfake.NewPusher(n.Node)
+	mux := http.NewServeMux()
+	mux.Handle("/ws", n.pusher)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost { // a probe (a WebSocket dial to a wrong path is a GET)
+			n.probes.Add(1)
+		}
+		n.Node.ServeHTTP(w, r)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	t.Cleanup(n.pusher.Close)
+	n.rpc, n.ws = srv.URL, "ws"+strings.TrimPrefix(srv.URL, "http")+"/ws"
+	return n
+}
+
+// push announces a new head at height, made now, by push (the HTTP answer follows it, as a real node's would).
+func (n *pushNode) push(height uint64) {
+	n.SetHead(height, n.clk.Now())
+	n.pusher.Publish()
+}
+
+func wsNode(name, rpc, ws string, failAfter int) string {
+	return fmt.Sprintf("node %q {\n  kind = \"ethereum\"\n  rpc = %q\n  ws = %q\n  service = \"eth-mainnet\"\n  chain_id = 1\n"+
+		"  fail_after = %d\n  pass_after = 1\n}\n", name, rpc, ws, failAfter)
+}
+
+// runPush runs the agent's subscriptions until the test ends.
+func runPush(t *testing.T, a *Agent) {
+	t.Helper()
+	testenv.Background(t, "push", func(ctx context.Context) error {
+		a.push.Run(ctx)
+		return nil
+	})
+}
+
+func pushedHeads(a *Agent, node string) uint64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.nodes[node].pushN
+}
+
+func waitSubscribed(t *testing.T, a *Agent, n int) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, "subscriptions up", func() error {
+		a.mu.Lock()
+		up := 0
+		for _, ps := range a.pushState {
+			if ps.up {
+				up++
+			}
+		}
+		a.mu.Unlock()
+		if up < n {
+			return fmt.Errorf("%d of %d subscribed", up, n)
+		}
+		return nil
+	})
+}
+
+// waitPushed waits until node has received n heads by push.
+func waitPushed(t *testing.T, a *Agent, node string, n uint64) {
+	t.Helper()
+	testenv.Eventually(t, 10*time.Second, node+" head by push", func() error {
+		if got := pushedHeads(a, node); got < n {
+			return fmt.Errorf("%d heads by push, want %d", got, n)
+		}
+		return nil
+	})
+}
+
+// A head that arrives by push is judged by a pass that probes nothing: the node's height and its siblings' lag move
+// at once, and the counter of heads judged on arrival says so.
+func TestPushHeadJudgedOnArrival(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	a := newUnit(t, clk, wsNode("geth-a", na.rpc, na.ws, 1)+wsNode("geth-b", nb.rpc, nb.ws, 1))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	a.Step(ctx)
+	waitSubscribed(t, a.Agent, 2)
+	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || h.Push != "subscribed to ws://"+strings.TrimPrefix(na.rpc, "http://") {
+		t.Fatalf("after the first pass: %+v", h)
+	}
+	probes := na.probes.Load() + nb.probes.Load()
+
+	na.push(104)
+	waitPushed(t, a.Agent, "geth-a", 1)
+	a.pushPass(ctx)
+	if h := health(t, a.Agent, "geth-a"); h.Height != 104 || h.Lag != 0 {
+		t.Fatalf("geth-a after its pushed head: %+v", h)
+	}
+	if h := health(t, a.Agent, "geth-b"); h.Head != 104 || h.Lag != 4 || h.Status != "warning" {
+		t.Fatalf("geth-b is judged against the pushed head at once: %+v", h)
+	}
+	if st, out := a.check(t, "geth-b"); st != "warning" || !strings.Contains(out, "4 behind head 104 (geth-a)") {
+		t.Fatalf("consul has geth-b %s %q", st, out)
+	}
+	if got := testutil.ToFloat64(a.metrics.pushJudged); got != 1 {
+		t.Fatalf("push_heads_judged_total = %v, want 1", got)
+	}
+	if n := na.probes.Load() + nb.probes.Load(); n != probes {
+		t.Fatalf("a push pass probed: %d probes, was %d", n, probes)
+	}
+	if got := gauge(t, a.Agent, "chainwarden_push_subscribed_nodes"); got != 2 {
+		t.Fatalf("push_subscribed_nodes = %v, want 2", got)
+	}
+}
+
+// gauge reads an unlabelled gauge from the agent's registry.
+func gauge(t *testing.T, a *Agent, name string) float64 {
+	t.Helper()
+	mfs, err := a.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
+}
+
+// With push up, a node is probed every push_poll_interval, not every interval; when its subscription drops it is
+// probed every pass again at once, and the drop shows in its health detail.
+func TestPushRelaxesPollingAndFallsBack(t *testing.T) {
+	clk := start()
+	na := newPushNode(t, 100, clk)
+	a := newUnit(t, clk, "push_poll_interval = \"5s\"\n"+wsNode("geth-a", na.rpc, na.ws, 1))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	a.Step(ctx)
+	waitSubscribed(t, a.Agent, 1)
+	if n := na.probes.Load(); n != 1 {
+		t.Fatalf("%d probes after the first pass", n)
+	}
+	for i := 1; i <= 20; i++ {
+		clk.Advance(time.Second)
+		a.Step(ctx)
+	}
+	// 20 passes in 20 s: a probe every 5 s, from the node's phase on (3 to 5 of them, not 20).
+	if n := na.probes.Load() - 1; n < 3 || n > 5 {
+		t.Fatalf("%d probes in 20 passes of 1s with push up and push_poll_interval 5s, want 3 to 5", n)
+	}
+
+	na.pusher.Close() // the WebSocket drops
+	testenv.Eventually(t, 10*time.Second, "the drop seen", func() error {
+		if h := health(t, a.Agent, "geth-a"); !strings.HasPrefix(h.Push, "push unavailable: ") {
+			return fmt.Errorf("push detail %q", h.Push)
+		}
+		return nil
+	})
+	before := na.probes.Load()
+	for i := 1; i <= 3; i++ {
+		clk.Advance(time.Second)
+		a.Step(ctx)
+	}
+	if n := na.probes.Load() - before; n != 3 {
+		t.Fatalf("%d probes in 3 passes after the drop, want 3", n)
+	}
+	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || !strings.Contains(h.Push, "polling every 1s") {
+		t.Fatalf("after the drop: %+v", h)
+	}
+}
+
+// A node whose WebSocket is down but whose HTTP works is judged by polling, and says why push is unavailable.
+func TestPushUnavailableNodeStillPolled(t *testing.T) {
+	clk := start()
+	na := newPushNode(t, 100, clk)
+	wrong := "ws" + strings.TrimPrefix(na.rpc, "http") + "/not-ws"
+	a := newUnit(t, clk, wsNode("geth-a", na.rpc, wrong, 1))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	testenv.Eventually(t, 10*time.Second, "the failure", func() error {
+		a.Step(ctx)
+		h := health(t, a.Agent, "geth-a")
+		if !strings.HasPrefix(h.Push, "push unavailable: dial ws://127.0.0.1:") {
+			return fmt.Errorf("push detail %q", h.Push)
+		}
+		return nil
+	})
+	before := na.probes.Load()
+	na.Height.Store(101)
+	clk.Advance(time.Second)
+	a.Step(ctx)
+	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || h.Height != 101 || na.probes.Load() != before+1 {
+		t.Fatalf("judged by polling: %+v", h)
+	}
+}
+
+// Damping counts judgements with something new: a push pass that finds a node's height and network head as they
+// were does not count as another bad probe.
+func TestPushPassesDampOnNews(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	a := newUnit(t, clk, wsNode("geth-a", na.rpc, na.ws, 2)+wsNode("geth-b", nb.rpc, nb.ws, 2))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	a.Step(ctx)
+	waitSubscribed(t, a.Agent, 2)
+
+	clk.Advance(5 * time.Second) // five blocks' time: a head 5 blocks up is plausible
+	nb.push(105)                 // geth-a is 5 behind: one bad judgement
+	waitPushed(t, a.Agent, "geth-b", 1)
+	a.pushPass(ctx)
+	a.pushPass(ctx)
+	a.pushPass(ctx)
+	if h := health(t, a.Agent, "geth-a"); h.Status != "passing" || h.Lag != 5 {
+		t.Fatalf("repeated push passes without news counted as bad probes: %+v", h)
+	}
+	clk.Advance(time.Second)
+	nb.push(106) // news: a second bad judgement
+	waitPushed(t, a.Agent, "geth-b", 2)
+	a.pushPass(ctx)
+	if h := health(t, a.Agent, "geth-a"); h.Status != "warning" || h.Lag != 6 {
+		t.Fatalf("after the second head: %+v", h)
+	}
+}
+
+// The loop judges a pushed head when it arrives, before the next tick: with a 1 h interval, only the push can move
+// the height, after the loop's short coalescing wait.
+func TestLoopJudgesPushBeforeTheTick(t *testing.T) {
+	clk := start()
+	na := newPushNode(t, 100, clk)
+	a := newUnitEvery(t, clk, "1h", wsNode("geth-a", na.rpc, na.ws, 1))
+	runPush(t, a.Agent)
+	testenv.Background(t, "loop", func(ctx context.Context) error { return a.loop(ctx, nil) })
+	testenv.Eventually(t, 10*time.Second, "the first pass", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Height != 100 {
+			return fmt.Errorf("height %d", h.Height)
+		}
+		return nil
+	})
+	waitSubscribed(t, a.Agent, 1)
+
+	na.push(101)
+	clk.BlockUntil(2) // the ticker and the coalescing wait
+	clk.Advance(PushCoalesce)
+	testenv.Eventually(t, 10*time.Second, "the pushed head judged", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Height != 101 {
+			return fmt.Errorf("height %d", h.Height)
+		}
+		return nil
+	})
+	if n := na.probes.Load(); n != 1 {
+		t.Fatalf("%d probes, want only the first pass's", n)
+	}
+	if got := testutil.ToFloat64(a.metrics.pushJudged); got != 1 {
+		t.Fatalf("push_heads_judged_total = %v", got)
+	}
+}
+
+// A push pass writes to Consul only status changes: a new height that changes no status reaches the check with the
+// next pass (every interval), so a burst of heads costs one round of writes.
+func TestPushPassWritesOnlyStatusChanges(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	a := newUnit(t, clk, wsNode("geth-a", na.rpc, na.ws, 1)+wsNode("geth-b", nb.rpc, nb.ws, 1))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	a.Step(ctx)
+	waitSubscribed(t, a.Agent, 2)
+	writes := a.reg.Writes()
+
+	na.push(101)
+	nb.push(101)
+	waitPushed(t, a.Agent, "geth-a", 1)
+	waitPushed(t, a.Agent, "geth-b", 1)
+	a.pushPass(ctx)
+	if h := health(t, a.Agent, "geth-a"); h.Height != 101 || h.Status != "passing" {
+		t.Fatalf("health: %+v", h)
+	}
+	if _, out := a.check(t, "geth-a"); !strings.HasPrefix(out, "height 100,") {
+		t.Fatalf("a push pass wrote an output-only change: %q", out)
+	}
+	if n := a.reg.Writes(); n != writes {
+		t.Fatalf("%d consul writes by a push pass without a status change", n-writes)
+	}
+	clk.Advance(time.Second)
+	a.Step(ctx)
+	if _, out := a.check(t, "geth-a"); !strings.HasPrefix(out, "height 101, at head 101") {
+		t.Fatalf("the next pass did not write the new height: %q", out)
+	}
+}
+
+// Nodes whose push is up are probed at phases spread over push_poll_interval, not all in one pass.
+func TestPushPollsSpreadOverTheInterval(t *testing.T) {
+	const period = 10 * time.Second
+	buckets := map[time.Duration]int{}
+	for i := range 1000 {
+		buckets[phase(fmt.Sprintf("n%04d", i), period).Truncate(time.Second)]++
+	}
+	if len(buckets) != 10 {
+		t.Fatalf("phases fall in %d of 10 seconds: %v", len(buckets), buckets)
+	}
+	for s, n := range buckets {
+		if n > 150 {
+			t.Fatalf("%d of 1000 nodes probed in the second at %s: %v", n, s, buckets)
+		}
+	}
+}
+
+// A node left behind by a pushed head is judged again when it crosses warn_behind, not at the next tick: with a 1 h
+// interval, only that wake-up can turn it warning.
+func TestLoopJudgesWhenBehindCrossesWarnBehind(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	behind := "  warn_behind = \"500ms\"\n"
+	a := newUnitEvery(t, clk, "1h", strings.Replace(wsNode("geth-a", na.rpc, na.ws, 1), "}\n", behind+"}\n", 1)+
+		strings.Replace(wsNode("geth-b", nb.rpc, nb.ws, 1), "}\n", behind+"}\n", 1))
+	runPush(t, a.Agent)
+	testenv.Background(t, "loop", func(ctx context.Context) error { return a.loop(ctx, nil) })
+	waitSubscribed(t, a.Agent, 2)
+	testenv.Eventually(t, 10*time.Second, "the first pass", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Status != "passing" {
+			return fmt.Errorf("geth-a %s", h.Status)
+		}
+		return nil
+	})
+
+	clk.Advance(time.Second)
+	nb.push(101)      // geth-a stays at 100
+	clk.BlockUntil(2) // the ticker and the coalescing wait
+	clk.Advance(PushCoalesce)
+	testenv.Eventually(t, 10*time.Second, "geth-a behind", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Head != 101 || h.Status != "passing" {
+			return fmt.Errorf("geth-a %s, head %d", h.Status, h.Head)
+		}
+		return nil
+	})
+	clk.BlockUntil(2)                   // the ticker and the wake-up at warn_behind
+	clk.Advance(600 * time.Millisecond) // just past warn_behind
+	testenv.Eventually(t, 10*time.Second, "geth-a warning", func() error {
+		if h := health(t, a.Agent, "geth-a"); h.Status != "warning" || !strings.Contains(h.Output, "more than warn_behind 500ms") {
+			return fmt.Errorf("geth-a %s: %s", h.Status, h.Output)
+		}
+		return nil
+	})
+	if st, out := a.check(t, "geth-a"); st != "warning" {
+		t.Fatalf("consul: %s %q", st, out)
+	}
+}
