@@ -65,23 +65,39 @@ func (n *Netns) Start(t testing.TB, name, bin string, args ...string) *Process {
 	return Start(t, name, n.ip, append([]string{"netns", "exec", n.Name, bin}, args...)...)
 }
 
-// in runs fn on an OS thread that entered the namespace. The thread is never handed back to the scheduler: a
-// goroutine that ends while locked to its thread takes the thread with it, so no other goroutine ever runs in the
-// namespace. Sockets made by fn stay in the namespace wherever they are used afterwards.
+// in runs fn on an OS thread that entered the namespace, then takes the thread back to the namespace it came from
+// before handing it back to the scheduler. Sockets made by fn stay in the namespace wherever they are used
+// afterwards. Should the way back fail, the thread stays locked and ends with the goroutine: no other goroutine
+// may ever run in the namespace by accident.
+//
+// Threads must not end needlessly: a child started with Pdeathsig (as Start does) is killed when the thread that
+// forked it ends, and any thread may have forked one before it ran this goroutine.
 func (n *Netns) in(fn func() error) error {
-	f, err := os.Open("/run/netns/" + n.Name)
+	target, err := os.Open("/run/netns/" + n.Name)
 	if err != nil {
 		return fmt.Errorf("open netns %s: %w", n.Name, err)
 	}
-	defer f.Close()
+	defer target.Close()
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("this thread's netns: %w", err)
+			return
+		}
+		defer home.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
 			return
 		}
-		errc <- fn()
+		ferr := fn()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
 	}()
 	return <-errc
 }

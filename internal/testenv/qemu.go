@@ -38,19 +38,14 @@ type VMConfig struct {
 	Accel string
 }
 
-// NVMeDisk is a raw disk image on an NVMe controller with the given serial and model number, as an EBS volume shows
-// up on a Nitro instance (model "Amazon Elastic Block Store", serial "vol0123...").
+// NVMeDisk is a raw disk image on an NVMe controller with the given serial, as an EBS volume shows up on a Nitro
+// instance with its volume id as the serial ("vol0123..."). (The model number, "Amazon Elastic Block Store" on EC2,
+// cannot be set in Debian 12's QEMU 7.2: it reads "QEMU NVMe Ctrl".)
 type NVMeDisk struct {
-	ID, File, Serial, Model string
+	ID, File, Serial string
 }
 
-func (d NVMeDisk) props() string {
-	p := "nvme,id=" + d.ID + ",drive=" + d.ID + ",serial=" + d.Serial
-	if d.Model != "" {
-		p += ",mn=" + strings.ReplaceAll(d.Model, ",", ",,")
-	}
-	return p
-}
+func (d NVMeDisk) props() string { return "nvme,id=" + d.ID + ",drive=" + d.ID + ",serial=" + d.Serial }
 
 // VM is a running qemu virtual machine. The first serial port (ttyS0) is the console, written to ConsoleLog; the
 // second (ttyS1) carries systemd's debug shell, a root shell asked for on the kernel command line
@@ -185,6 +180,14 @@ func (vm *VM) WaitShell(ctx context.Context) error {
 			}
 		}
 		if vm.shell != nil {
+			// Bytes sent before the guest opened the port are partly lost (the UART's FIFO is cleared when the
+			// shell opens it): what reaches the shell may be half a line with an open quote, which would swallow
+			// every later line. Ctrl-C makes the shell drop any pending input first.
+			if _, err := vm.shell.conn.Write([]byte("\x03\n")); err != nil {
+				vm.shell.conn.Close()
+				vm.shell = nil
+				continue
+			}
 			pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			out, code, err := vm.shell.run(pctx, "echo ready")
 			cancel()
@@ -406,11 +409,7 @@ func (vm *VM) HotplugNVMe(ctx context.Context, d NVMeDisk) error {
 	}); err != nil {
 		return err
 	}
-	args := map[string]any{"driver": "nvme", "id": d.ID, "drive": d.ID, "serial": d.Serial}
-	if d.Model != "" {
-		args["mn"] = d.Model
-	}
-	_, err := vm.QMP(ctx, "device_add", args)
+	_, err := vm.QMP(ctx, "device_add", map[string]any{"driver": "nvme", "id": d.ID, "drive": d.ID, "serial": d.Serial})
 	return err
 }
 
