@@ -33,7 +33,7 @@ func shellScripts(t *testing.T) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scripts = append(scripts, bootstrapScript)
+	scripts = append(scripts, bootstrapScript, "testdata/ami-base.sh")
 	if len(scripts) < 5 {
 		t.Fatalf("only %d scripts found: %v", len(scripts), scripts)
 	}
