@@ -260,12 +260,13 @@ func waitBooted(t *testing.T, vm *testenv.VM) bootReport {
 	state, _, err := vm.Run(ctx, "systemctl is-system-running --wait")
 	if err != nil || strings.TrimSpace(state) != "running" {
 		t.Errorf("%s: systemctl is-system-running = %q (%v); failed units:\n%s", vm.Name, strings.TrimSpace(state), err,
-			vm.Must(ctx, "systemctl --no-legend list-units --failed; for u in $(systemctl --no-legend --plain list-units --failed | cut -d' ' -f1); do journalctl -b -u $u -n 15 -o cat; done"))
+			vm.Must(t, "systemctl --no-legend list-units --failed; for u in $(systemctl --no-legend --plain list-units --failed | cut -d' ' -f1); do journalctl -b -u $u -n 15 -o cat; done"))
 	}
-	if failed := strings.TrimSpace(vm.Must(ctx, "systemctl --no-legend --plain list-units --failed")); failed != "" {
+	if failed := strings.TrimSpace(vm.Must(t, "systemctl --no-legend --plain list-units --failed")); failed != "" {
 		t.Errorf("%s: failed units: %s", vm.Name, failed)
 	}
-	r.Analyze, _, _ = strings.Cut(strings.TrimSpace(vm.Must(ctx, "systemd-analyze time")), "\n")
+	first, _, _ := strings.Cut(vm.Must(t, "systemd-analyze time"), "\n")
+	r.Analyze = strings.TrimSpace(first)
 	t.Logf("%s: agent ready %s after power-on (guest uptime %s); %s", vm.Name, r.AgentReady.Round(time.Second),
 		r.GuestUptime.Round(time.Second), r.Analyze)
 	return r
@@ -274,7 +275,7 @@ func waitBooted(t *testing.T, vm *testenv.VM) bootReport {
 // unitTimes returns, per unit, when it began starting and when it was up (monotonic µs since boot).
 func unitTimes(t *testing.T, vm *testenv.VM, units ...string) map[string][2]int64 {
 	t.Helper()
-	out := vm.Must(context.Background(), "for u in "+strings.Join(units, " ")+"; do echo \"$u $(systemctl show -P InactiveExitTimestampMonotonic $u) $(systemctl show -P ActiveEnterTimestampMonotonic $u)\"; done")
+	out := vm.Must(t, "for u in "+strings.Join(units, " ")+"; do echo \"$u $(systemctl show -P InactiveExitTimestampMonotonic $u) $(systemctl show -P ActiveEnterTimestampMonotonic $u)\"; done")
 	times := map[string][2]int64{}
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
@@ -316,21 +317,20 @@ func TestImageBoot(t *testing.T) {
 		"chainwarden-proxy":   "nginx",
 		"chainwarden-volumes": volumeName + "=ethereum/devnet/geth/1",
 	}
-	ctx := context.Background()
 
 	// --- first boot ---
 	vm := c.boot("boot-1", tags, userData)
 	first := waitBooted(t, vm)
 
 	t.Run("boot step wrote the host configs from IMDS", func(t *testing.T) {
-		consulHCL := vm.Must(ctx, "cat /etc/consul.d/host.hcl")
+		consulHCL := vm.Must(t, "cat /etc/consul.d/host.hcl")
 		mustContain(t, "consul host.hcl", consulHCL, `datacenter     = "boot"`, `node_name      = "`+instanceID+`"`,
 			`bind_addr      = "`+instanceIP+`"`,
 			"provider=aws region=us-east-1 tag_key=chainwarden-consul tag_value=boot addr_type=private_v4 endpoint=http://"+ec2Addr)
-		mustContain(t, "nomad host.hcl", vm.Must(ctx, "cat /etc/nomad.d/host.hcl"), `name       = "`+instanceID+`"`,
+		mustContain(t, "nomad host.hcl", vm.Must(t, "cat /etc/nomad.d/host.hcl"), `name       = "`+instanceID+`"`,
 			`node_class = "node-proxy"`)
-		mustContain(t, "agent.hcl", vm.Must(ctx, "cat /etc/chainwarden/agent.hcl"), `volume "`+volumeName+`"`)
-		if got := strings.Fields(vm.Must(ctx, "ls /etc/chainwarden/enabled")); strings.Join(got, " ") != "node proxy proxy-nginx" {
+		mustContain(t, "agent.hcl", vm.Must(t, "cat /etc/chainwarden/agent.hcl"), `volume "`+volumeName+`"`)
+		if got := strings.Fields(vm.Must(t, "ls /etc/chainwarden/enabled")); strings.Join(got, " ") != "node proxy proxy-nginx" {
 			t.Errorf("enabled = %v", got)
 		}
 		if c.imds.Tokens() == 0 || c.imds.Refused() != 0 {
@@ -353,7 +353,7 @@ func TestImageBoot(t *testing.T) {
 				t.Errorf("%s up at %dµs, %s started at %dµs: want it up first", o[0], before[1], o[1], after[0])
 			}
 		}
-		if user := strings.TrimSpace(vm.Must(ctx, "ps -o user= -p $(systemctl show -P MainPID chainwarden-agent)")); user != "chainwarden" {
+		if user := strings.TrimSpace(vm.Must(t, "ps -o user= -p $(systemctl show -P MainPID chainwarden-agent)")); user != "chainwarden" {
 			t.Errorf("the agent runs as %q", user)
 		}
 	})
@@ -370,19 +370,19 @@ func TestImageBoot(t *testing.T) {
 			t.Errorf("volume %+v (attachment %+v)", v, v.Attachment)
 		}
 		// The disk whose NVMe serial is the volume id (without its hyphen) is the one mounted.
-		dev := "/dev/" + strings.TrimSpace(vm.Must(ctx, "grep -lx '"+ebs.Serial(v.ID)+"' /sys/block/nvme*n1/device/serial | cut -d/ -f4"))
-		if mnt := strings.Fields(vm.Must(ctx, "findmnt -n -o SOURCE,FSTYPE /data/"+volumeName)); len(mnt) != 2 ||
+		dev := "/dev/" + strings.TrimSpace(vm.Must(t, "grep -lx '"+ebs.Serial(v.ID)+"' /sys/block/nvme*n1/device/serial | cut -d/ -f4"))
+		if mnt := strings.Fields(vm.Must(t, "findmnt -n -o SOURCE,FSTYPE /data/"+volumeName)); len(mnt) != 2 ||
 			mnt[0] != dev || mnt[1] != "xfs" {
 			t.Errorf("/data/%s mounted from %v; the volume's disk is %s", volumeName, mnt, dev)
 		}
-		journal := vm.Must(ctx, "journalctl -b -o cat -u chainwarden-volumes")
+		journal := vm.Must(t, "journalctl -b -o cat -u chainwarden-volumes")
 		mustContain(t, "chainwarden-volumes", journal, "created volume", "attaching volume", "block device present",
 			"made a filesystem on the blank disk", "formatted=true")
-		uuid = strings.TrimSpace(vm.Must(ctx, "blkid -o value -s UUID "+dev))
-		mustContain(t, "fstab", vm.Must(ctx, "cat /etc/fstab"), "UUID="+uuid+" /data/"+volumeName+" xfs")
-		mustContain(t, "nomad volume config", vm.Must(ctx, "cat /etc/nomad.d/chainwarden-volume-"+volumeName+".hcl"),
+		uuid = strings.TrimSpace(vm.Must(t, "blkid -o value -s UUID "+dev))
+		mustContain(t, "fstab", vm.Must(t, "cat /etc/fstab"), "UUID="+uuid+" /data/"+volumeName+" xfs")
+		mustContain(t, "nomad volume config", vm.Must(t, "cat /etc/nomad.d/chainwarden-volume-"+volumeName+".hcl"),
 			`host_volume "`+volumeName+`"`)
-		vm.Must(ctx, "echo written-on-boot-1 > /data/"+volumeName+"/marker && sync")
+		vm.Must(t, "echo written-on-boot-1 > /data/"+volumeName+"/marker && sync")
 	})
 
 	t.Run("consul joined the server through EC2 auto-join", func(t *testing.T) {
@@ -439,7 +439,7 @@ func TestImageBoot(t *testing.T) {
 	})
 
 	t.Run("the agent answers", func(t *testing.T) {
-		out := vm.Must(ctx, "curl -fsS --max-time 10 http://127.0.0.1:9464/v1/health")
+		out := vm.Must(t, "curl -fsS --max-time 10 http://127.0.0.1:9464/v1/health")
 		var health []any
 		if err := json.Unmarshal([]byte(out), &health); err != nil {
 			t.Errorf("/v1/health: %v: %q", err, out)
@@ -451,7 +451,7 @@ func TestImageBoot(t *testing.T) {
 			return rpcThrough(c.http, "http://"+instanceIP+":8545/geth-test")
 		})
 		for _, u := range []string{"consul-template@nginx.service", "chainwarden-nginx.service"} {
-			if got := strings.TrimSpace(vm.Must(ctx, "systemctl is-active "+u+" || true")); got != "active" {
+			if got := strings.TrimSpace(vm.Must(t, "systemctl is-active "+u+" || true")); got != "active" {
 				t.Errorf("%s is %s", u, got)
 			}
 		}
@@ -465,16 +465,16 @@ func TestImageBoot(t *testing.T) {
 	second := waitBooted(t, vm)
 
 	t.Run("the volume was mounted, not formatted", func(t *testing.T) {
-		journal := vm.Must(ctx, "journalctl -b -o cat -u chainwarden-volumes")
+		journal := vm.Must(t, "journalctl -b -o cat -u chainwarden-volumes")
 		mustContain(t, "chainwarden-volumes", journal, "disk has a filesystem: mounting it as it is", "formatted=false")
 		if strings.Contains(journal, "made a filesystem") || strings.Contains(journal, "created volume") {
 			t.Errorf("second boot made a volume or a filesystem:\n%s", journal)
 		}
-		if got := strings.TrimSpace(vm.Must(ctx, "cat /data/"+volumeName+"/marker")); got != "written-on-boot-1" {
+		if got := strings.TrimSpace(vm.Must(t, "cat /data/"+volumeName+"/marker")); got != "written-on-boot-1" {
 			t.Errorf("marker = %q", got)
 		}
-		dev := strings.TrimSpace(vm.Must(ctx, "findmnt -n -o SOURCE /data/"+volumeName))
-		if got := strings.TrimSpace(vm.Must(ctx, "blkid -o value -s UUID "+dev)); got != uuid || uuid == "" {
+		dev := strings.TrimSpace(vm.Must(t, "findmnt -n -o SOURCE /data/"+volumeName))
+		if got := strings.TrimSpace(vm.Must(t, "blkid -o value -s UUID "+dev)); got != uuid || uuid == "" {
 			t.Errorf("filesystem UUID %q, was %q", got, uuid)
 		}
 		if n := len(c.ec2.Volumes()); n != 1 || c.ec2.Calls("AttachVolume") != attaches {
@@ -482,12 +482,18 @@ func TestImageBoot(t *testing.T) {
 		}
 	})
 
+	t.Run("IMDSv2 only", func(t *testing.T) {
+		if c.imds.Tokens() == 0 || c.imds.Refused() != 0 {
+			t.Errorf("IMDS: %d session tokens, %d token-less (IMDSv1) requests refused", c.imds.Tokens(), c.imds.Refused())
+		}
+	})
+
 	t.Run("a node host runs no proxy", func(t *testing.T) {
-		if got := strings.Fields(vm.Must(ctx, "ls /etc/chainwarden/enabled")); strings.Join(got, " ") != "node" {
+		if got := strings.Fields(vm.Must(t, "ls /etc/chainwarden/enabled")); strings.Join(got, " ") != "node" {
 			t.Errorf("enabled = %v", got)
 		}
 		for _, u := range []string{"consul-template@nginx.service", "chainwarden-nginx.service"} {
-			if got := strings.TrimSpace(vm.Must(ctx, "systemctl is-active "+u+" || true")); got == "active" {
+			if got := strings.TrimSpace(vm.Must(t, "systemctl is-active "+u+" || true")); got == "active" {
 				t.Errorf("%s is active on a node host", u)
 			}
 		}

@@ -56,7 +56,6 @@ type VM struct {
 	ConsoleLog string
 	Started    time.Time
 
-	t     testing.TB
 	dir   string
 	proc  *Process
 	shell *serialShell
@@ -82,7 +81,7 @@ func StartVM(t testing.TB, cfg VMConfig) *VM {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	vm := &VM{Name: cfg.Name, ConsoleLog: filepath.Join(dir, "console.log"), t: t, dir: dir}
+	vm := &VM{Name: cfg.Name, ConsoleLog: filepath.Join(dir, "console.log"), dir: dir}
 	cpu := "max"
 	if cfg.Accel == "kvm" {
 		cpu = "host"
@@ -215,12 +214,14 @@ func (vm *VM) Run(ctx context.Context, cmd string) (string, int, error) {
 	return vm.shell.run(ctx, cmd)
 }
 
-// Must is Run that fails the test unless the command exits 0.
-func (vm *VM) Must(ctx context.Context, cmd string) string {
-	vm.t.Helper()
+// Must is Run with a 5-minute deadline that fails t (the test or subtest calling it) unless the command exits 0.
+func (vm *VM) Must(t testing.TB, cmd string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	out, code, err := vm.Run(ctx, cmd)
 	if err != nil || code != 0 {
-		vm.t.Fatalf("%s: %s: exit %d, %v\n%s", vm.Name, cmd, code, err, out)
+		t.Fatalf("%s: %s: exit %d, %v\n%s", vm.Name, cmd, code, err, out)
 	}
 	return out
 }
