@@ -304,7 +304,9 @@ func TestImageBoot(t *testing.T) {
 		t.Skip("builds (or takes from the cache) and boots a disk image of the node AMI (minutes)")
 	}
 	testenv.RequireRoot(t)
-	testenv.Bin(t, "qemu-system-x86_64")
+	for _, bin := range []string{"qemu-system-x86_64", "qemu-img", "dnsmasq"} {
+		testenv.Bin(t, bin) // before a cold image build
+	}
 	img := buildNodeImage(t)
 	t.Logf("node image %s: kernel %s, root.ext4 %d MiB allocated (%d MiB of files), initrd %d MiB",
 		img.Manifest.Key, img.Manifest.Kernel, img.Manifest.RootAllocated>>20, img.Manifest.TreeBytes>>20,
