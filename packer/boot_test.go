@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -192,7 +193,8 @@ func (c *testCloud) boot(name string, tags map[string]string, userData string) *
 		c.imds.Close()
 	}
 	c.imds = imdstest.NewOn(c.ns.MustListen(t, "tcp", imdsAddr), imdstest.Identity{InstanceID: instanceID,
-		AvailabilityZone: zone, PrivateIP: instanceIP, Tags: tags, UserData: []byte(userData), Role: "chainwarden-node"})
+		AvailabilityZone: zone, PrivateIP: instanceIP, Tags: maps.Clone(tags), UserData: []byte(userData),
+		Role: "chainwarden-node"})
 	t.Cleanup(c.imds.Close)
 	c.mu.Lock()
 	var disks []testenv.NVMeDisk
