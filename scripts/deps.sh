@@ -22,7 +22,8 @@ mkdir -p "$BIN"
 
 say() { printf 'deps: %s\n' "$*"; }
 
-APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd postgresql chromium fonts-liberation fonts-dejavu-core)
+APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd postgresql chromium fonts-liberation fonts-dejavu-core
+	qemu-system-x86 qemu-utils dnsmasq-base) # the last three: the node image boot test (make image-test)
 install_apt() {
 	local missing=()
 	for p in "${APT_PACKAGES[@]}"; do
