@@ -5,7 +5,7 @@ export PATH := $(CACHE)/bin:/usr/local/go/bin:$(PATH)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_TEST_FLAGS ?=
 
-.PHONY: help deps build test test-unit fuzz bench bench-proxy demo ami fmt vet clean
+.PHONY: help deps build test test-unit image-test fuzz bench bench-proxy demo ami fmt vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ test: deps ## every test, integration included (real Consul, Nomad, geth, CometB
 test-unit: ## the unit tier: no real component started (-short), race detector on; well under a minute warm
 	go vet ./...
 	go test -race -short -count=1 $(GO_TEST_FLAGS) ./...
+
+image-test: deps ## boot the node image in qemu (built by packer/'s provisioning, cached outside the clone) and check it joins a cluster
+	go test -race -count=1 -timeout 60m -v -run 'TestImageBoot' $(GO_TEST_FLAGS) ./packer/
 
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; a crasher lands in testdata/fuzz as a seed
 	bash scripts/fuzz.sh

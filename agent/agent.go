@@ -84,6 +84,8 @@ type Agent struct {
 	nodes   map[string]*nodeState      // by node name
 	refs    []nodespec.Reference
 	gone    []string // service/node heads to delete from KV
+	// transitions are the latest changes of the nodes' damped verdicts, oldest first (at most maxTransitions).
+	transitions []Transition
 	// pushState is where each node's push subscription stands, by node name (kept by name: a node whose state is
 	// replaced keeps its subscription). seq orders probes and pushed heads: each probe start and each head takes
 	// the next number, so the newer of the two is known without comparing clocks.
@@ -120,6 +122,7 @@ type nodeState struct {
 	report  verdict.Report
 	result  probe.Result
 	updated time.Time
+	changed time.Time // when the damped status last changed (zero: not since the agent started)
 	// client and version as last reported, kept while probes fail so a failure doesn't rewrite the catalog.
 	client, version string
 	// session keeps a Chainlink node's login and the cadence of its authenticated checks (nil for other kinds).
@@ -658,13 +661,18 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 			a.mu.Unlock()
 			continue
 		}
+		prev := st.damper.Current()
 		status, changed := st.damper.Observe(rep.Status)
 		rep.Status, rep.Holding = status, st.damper.Holding()
 		if a.restarter != nil && !poll {
 			rep.Note, rep.NoteKey = a.restarter.Note(w.cfg.Name)
 		}
-		prev := st.report.Status
-		st.report, st.updated = rep, now
+		st.report, st.result, st.updated = rep, r, now
+		if changed {
+			st.changed = now
+			a.recordTransition(Transition{Time: now, Node: w.cfg.Name, Service: w.cfg.Service, From: prev.String(),
+				To: status.String(), Output: rep.Output()})
+		}
 		if w.due {
 			if r.Version != "" {
 				st.version = r.Version

@@ -80,12 +80,13 @@ type AllocHealth struct {
 	Nodes   []NodeHealth `json:"nodes"`
 }
 
-// Handler serves /v1/health, /v1/health/{node}, /v1/health/alloc/{alloc} and /metrics.
+// Handler serves the agent's page on /, /v1/health, /v1/health/{node}, /v1/health/alloc/{alloc} and /metrics.
 //
 // /v1/health/{node} and /v1/health/alloc/{alloc} take ?warning_ok=true, which answers 200 for a warning (lagging but
 // serving) node: a load balancer or a Nomad deployment that accepts such nodes says so.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", a.servePage)
 	mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, a.Health())
 	})

@@ -108,6 +108,9 @@ type hammer struct {
 	done       sync.WaitGroup
 }
 
+// hammerWorkers is how many clients read through each proxy at once, each on its own keep-alive connection.
+const hammerWorkers = 4
+
 func startHammer(url string, workers int) *hammer {
 	h := &hammer{}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -187,7 +190,7 @@ func TestClientKeepsReadingThroughLagCrashAndFallback(t *testing.T) {
 	proxies := startProxies(t, consul, map[string]string{"clique-0": "server", "clique-1": "server", "clique-2": "server"})
 	hammers := map[string]*hammer{}
 	for _, p := range proxies {
-		hammers[p.kind] = startHammer(p.URL+"/"+service, 4)
+		hammers[p.kind] = startHammer(p.URL+"/"+service, hammerWorkers)
 	}
 	// The clients read through the whole rotation before anything happens to it.
 	readsThrough(t, hammers, 200)
@@ -236,11 +239,13 @@ func TestClientKeepsReadingThroughLagCrashAndFallback(t *testing.T) {
 			t.Errorf("%s: no read succeeded", p.kind)
 		}
 		// No read may fail for the proxy's routing. nginx 1.22 closes idle client keep-alive connections when it
-		// reloads, racing a client that is sending on one (HAProxy's idle-close-on-response avoids that): such
-		// resets are tolerated for nginx up to 0.1 % of the reads and measured in docs/BENCHMARKS.md.
+		// reloads, racing a client that is sending on one (HAProxy's idle-close-on-response avoids that): a reload
+		// can do that to each client connection at most once, so nginx is allowed one reset per connection per
+		// reload, and no other failure. (As a share of the reads, measured in docs/BENCHMARKS.md, it depends on how
+		// many reads the machine makes between reloads: under 0.1 % on a quiet machine, more on a loaded one.)
 		allowed := int64(0)
 		if p.kind == "nginx" {
-			allowed = (ok + failed) / 1000
+			allowed = int64(hammerWorkers * p.reloads())
 		}
 		if failed-resets != 0 || resets > allowed {
 			t.Errorf("%s: %d of %d reads failed (%d keep-alive resets, %d allowed): %s", p.kind, failed, ok+failed,

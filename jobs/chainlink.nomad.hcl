@@ -179,18 +179,22 @@ job "chainlink" {
 
     # The chainwarden agent's verdict on this allocation (worst of its chain nodes), asked by Nomad for deployments
     # (health_check = "checks"): 200 passing, 429 warning (200 with warning_ok), 503 critical, 404 not discovered yet.
-    service {
-      provider = "nomad"
-      name     = "${var.service}-chainwarden"
-      address  = var.agent_address
-      port     = "${var.agent_port}"
+    # Only when deployments are judged by it: a service with provider "nomad" is registered through the Nomad servers.
+    dynamic "service" {
+      for_each = var.health_check == "checks" ? [1] : []
+      content {
+        provider = "nomad"
+        name     = "${var.service}-chainwarden"
+        address  = var.agent_address
+        port     = "${var.agent_port}"
 
-      check {
-        name     = "chainwarden"
-        type     = "http"
-        path     = "/v1/health/alloc/${NOMAD_ALLOC_ID}${var.warning_ok ? "?warning_ok=true" : ""}"
-        interval = "5s"
-        timeout  = "3s"
+        check {
+          name     = "chainwarden"
+          type     = "http"
+          path     = "/v1/health/alloc/${NOMAD_ALLOC_ID}${var.warning_ok ? "?warning_ok=true" : ""}"
+          interval = "5s"
+          timeout  = "3s"
+        }
       }
     }
 

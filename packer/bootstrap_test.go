@@ -155,6 +155,36 @@ func TestBootstrapSourcesAndPrecedence(t *testing.T) {
 	mustContain(t, "log", out, "datacenter = from-tag (tag chainwarden-datacenter)", "proxy = haproxy (user-data)")
 }
 
+// An EC2 endpoint (a VPC interface endpoint, or a test's EC2 server) reaches both users of the EC2 API on a host:
+// Consul's auto-join (go-discover's endpoint option) and chainwarden's volume calls (AWS_ENDPOINT_URL_EC2 in the
+// file its units read). Without the setting the file goes again.
+func TestBootstrapEC2Endpoint(t *testing.T) {
+	f := newFakeIMDS(t)
+	f.userData = strp("#chainwarden\nec2_endpoint = https://vpce-0a1b2c3d.ec2.eu-west-1.vpce.amazonaws.com/\n")
+	url := f.start(t)
+	root := t.TempDir()
+	out, err := runBootstrap(t, url, root)
+	if err != nil {
+		t.Fatalf("bootstrap: %v\n%s", err, out)
+	}
+	mustContain(t, "consul host.hcl", readFile(t, filepath.Join(root, "etc/consul.d/host.hcl")),
+		`retry_join     = ["provider=aws region=eu-west-1 tag_key=chainwarden-consul tag_value=dc1 addr_type=private_v4 endpoint=https://vpce-0a1b2c3d.ec2.eu-west-1.vpce.amazonaws.com"]`)
+	env := filepath.Join(root, "etc/chainwarden/aws.env")
+	mustContain(t, "aws.env", readFile(t, env), "\nAWS_ENDPOINT_URL_EC2=https://vpce-0a1b2c3d.ec2.eu-west-1.vpce.amazonaws.com\n")
+
+	f = newFakeIMDS(t)
+	out, err = runBootstrap(t, f.start(t), root)
+	if err != nil {
+		t.Fatalf("bootstrap: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(env); err == nil {
+		t.Errorf("aws.env stays after the setting went:\n%s", out)
+	}
+	if consul := readFile(t, filepath.Join(root, "etc/consul.d/host.hcl")); strings.Contains(consul, "endpoint=") {
+		t.Errorf("endpoint in host.hcl without the setting:\n%s", consul)
+	}
+}
+
 func TestBootstrapProxyOnlyWithoutTagsInMetadata(t *testing.T) {
 	f := newFakeIMDS(t)
 	f.userData = strp("#chainwarden\nroles = proxy\n")
@@ -220,6 +250,8 @@ func TestBootstrapRejectsBadSettings(t *testing.T) {
 		{"glob volume", map[string]string{"chainwarden-volumes": "*"}, "", `"*"`},
 		{"duplicate volume", map[string]string{"chainwarden-volumes": "a=x/y/z,a=x/y/w"}, "", "listed twice"},
 		{"volumes on a proxy", map[string]string{"chainwarden-roles": "proxy", "chainwarden-volumes": "a=x/y/z"}, "", "has no node"},
+		{"endpoint with a join option", map[string]string{"chainwarden-ec2-endpoint": "http://10.0.0.1 tag_key=x"}, "", "an http(s)://HOST[:PORT] URL"},
+		{"endpoint not a URL", nil, "#chainwarden\nec2_endpoint = ec2.internal\n", `ec2_endpoint = "ec2.internal" (from user-data)`},
 		{"unknown user-data setting", nil, "#chainwarden\ndatacentre = eu\n", `unknown setting "datacentre"`},
 		{"user-data line without =", nil, "#chainwarden\nroles node\n", "line 2: expected setting = value"},
 	} {

@@ -33,7 +33,7 @@ func shellScripts(t *testing.T) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	scripts = append(scripts, bootstrapScript)
+	scripts = append(scripts, bootstrapScript, "testdata/ami-base.sh")
 	if len(scripts) < 5 {
 		t.Fatalf("only %d scripts found: %v", len(scripts), scripts)
 	}
@@ -225,9 +225,20 @@ func TestUnitOrdering(t *testing.T) {
 		case key == "chainwarden-bootstrap.service", key == "consul.service", key == "chainwarden-agent.service":
 			continue
 		case strings.HasSuffix(key, ".path"):
-			// A path unit only starts its service, whose own condition decides.
-			if got := u.get("Path", "Unit"); len(got) != 1 || units[got[0]] == nil {
+			// A path unit carries its service's role condition, checked once the boot step has written the
+			// markers: a path unit whose service is skipped by its condition retriggers it until systemd fails
+			// the path unit (trigger-limit-hit), as booting the image showed on a host that was a proxy before.
+			got := u.get("Path", "Unit")
+			if len(got) != 1 || units[got[0]] == nil {
 				t.Errorf("%s starts %v, not a unit of the image", key, got)
+				continue
+			}
+			want := units[got[0]].get("Unit", "ConditionPathExists")
+			if len(want) == 0 || !strings.Contains(cond, want[0]) {
+				t.Errorf("%s has condition %q, not its service's %v", key, cond, want)
+			}
+			if !u.has("Unit", "After", "chainwarden-bootstrap.service") || !u.has("Unit", "DefaultDependencies", "no") {
+				t.Errorf("%s is not ordered after the boot step (with DefaultDependencies=no: paths.target comes first)", key)
 			}
 			continue
 		}

@@ -96,9 +96,9 @@ func killChrooted(dir string) {
 	}
 }
 
-// removeRootfs unmounts everything below dir and removes it. It never removes a tree that still has a mount in
-// it (a bind-mounted /dev would take the host's devices with it).
-func removeRootfs(t testing.TB, dir string) {
+// unmountRootfs kills what runs in the tree and unmounts everything below dir; false (and the test marked failed)
+// when something stays mounted.
+func unmountRootfs(t testing.TB, dir string) bool {
 	killChrooted(dir)
 	for _, m := range mountsUnder(dir) {
 		if err := syscall.Unmount(m, 0); err != nil {
@@ -106,7 +106,17 @@ func removeRootfs(t testing.TB, dir string) {
 		}
 	}
 	if left := mountsUnder(dir); len(left) > 0 {
-		t.Errorf("not removing %s: still mounted: %v", dir, left)
+		t.Errorf("%s: still mounted: %v", dir, left)
+		return false
+	}
+	return true
+}
+
+// removeRootfs unmounts everything below dir and removes it. It never removes a tree that still has a mount in
+// it (a bind-mounted /dev would take the host's devices with it).
+func removeRootfs(t testing.TB, dir string) {
+	if !unmountRootfs(t, dir) {
+		t.Errorf("not removing %s", dir)
 		return
 	}
 	if err := os.RemoveAll(dir); err != nil {
@@ -245,53 +255,41 @@ func (c *chroot) copyInto(src, dst string) {
 	}
 }
 
-// TestProvisionDebian12 runs the image's provisioning for real: the scripts Packer runs on the build instance run
-// here as root in a chroot of a debootstrapped Debian 12, with Debian's packages (docker.io, nginx, HAProxy) from
-// the Debian mirror and the Go-built consul, nomad, consul-template and chainwarden as the "prebuilt binaries
-// uploaded from the build machine". Then it checks the image: binaries, units, users, the boot step and the
-// configs it writes, validated by the real tools inside the chroot.
-func TestProvisionDebian12(t *testing.T) {
-	if testing.Short() {
-		t.Skip("provisions a Debian root filesystem (minutes)")
-	}
-	testenv.RequireRoot(t)
-	testenv.Bin(t, "chroot")
+// uploadDir is where Packer's file provisioners put the build machine's uploads (provision.sh's UPLOAD_DIR).
+const uploadDir = "/tmp/chainwarden-upload"
+
+// provisioningBinaries are the prebuilt binaries the build machine uploads: the Go-built consul, nomad and
+// consul-template from the deps cache, and chainwarden built from this tree reporting version (without VCS
+// stamping, so the same source gives the same binary).
+func provisioningBinaries(t *testing.T, version string) map[string]string {
+	t.Helper()
 	bins := map[string]string{}
 	for _, name := range []string{"consul", "nomad", "consul-template"} {
 		bins[name] = testenv.Bin(t, name)
 	}
-	systemdAnalyze := testenv.Bin(t, "systemd-analyze")
-	systemctl := testenv.Bin(t, "systemctl")
-	bins["chainwarden"] = testenv.GoBuild(t, "./cmd/chainwarden", "-ldflags", "-X main.version="+chainwardenTestVersion)
+	bins["chainwarden"] = testenv.GoBuild(t, "./cmd/chainwarden", "-buildvcs=false", "-ldflags", "-X main.version="+version)
+	return bins
+}
 
-	c := newChroot(t)
-	upload := "/tmp/chainwarden-upload"
+// provision does what the template's build does on the build instance: the file provisioners upload the binaries,
+// scripts/, files/ and the repository's consul-templates/, then the shell provisioner runs scripts/provision.sh as
+// root, here with Debian's docker.io (Docker's repository is not reachable). It fails the test when a step fails
+// or did not run, and returns provision.sh's output.
+func provision(t *testing.T, c *chroot, bins map[string]string, version string) string {
+	t.Helper()
 	for name, p := range bins {
-		c.copyInto(p, upload+"/bin/"+name)
+		c.copyInto(p, uploadDir+"/bin/"+name)
 	}
-	c.copyInto("scripts", upload+"/scripts")
-	c.copyInto("files", upload+"/files")
+	c.copyInto("scripts", uploadDir+"/scripts")
+	c.copyInto("files", uploadDir+"/files")
 	if _, err := os.Stat("../consul-templates"); err == nil {
-		c.copyInto("../consul-templates", upload+"/consul-templates")
+		c.copyInto("../consul-templates", uploadDir+"/consul-templates")
 	}
-
-	// What a build instance has and the image must not keep: the build's SSH key, the instance's host keys.
-	for p, content := range map[string]string{
-		"/root/.ssh/authorized_keys":        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPackerTemporaryKey packer_temporary\n",
-		"/etc/ssh/ssh_host_ed25519_key":     "-----BEGIN OPENSSH PRIVATE KEY-----\nbuild instance host key\n",
-		"/etc/ssh/ssh_host_ed25519_key.pub": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildHostKey root@build\n",
-	} {
-		os.MkdirAll(filepath.Dir(c.path(p)), 0o700)
-		if err := os.WriteFile(c.path(p), []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	out, err := c.run(ctx, "", []string{"DOCKER_SOURCE=distro", "CHAINWARDEN_VERSION=" + chainwardenTestVersion},
-		"bash", upload+"/scripts/provision.sh")
+	out, err := c.run(ctx, "", []string{"DOCKER_SOURCE=distro", "CHAINWARDEN_VERSION=" + version},
+		"bash", uploadDir+"/scripts/provision.sh")
 	if err != nil {
 		t.Fatalf("provision.sh: %v\n%s", err, tail(out, 60))
 	}
@@ -306,6 +304,40 @@ func TestProvisionDebian12(t *testing.T) {
 			t.Errorf("%s was not installed from the uploaded binary", name)
 		}
 	}
+	return out
+}
+
+// TestProvisionDebian12 runs the image's provisioning for real: the scripts Packer runs on the build instance run
+// here as root in a chroot of a debootstrapped Debian 12, with Debian's packages (docker.io, nginx, HAProxy) from
+// the Debian mirror and the Go-built consul, nomad, consul-template and chainwarden as the "prebuilt binaries
+// uploaded from the build machine". Then it checks the image: binaries, units, users, the boot step and the
+// configs it writes, validated by the real tools inside the chroot.
+func TestProvisionDebian12(t *testing.T) {
+	if testing.Short() {
+		t.Skip("provisions a Debian root filesystem (minutes)")
+	}
+	testenv.RequireRoot(t)
+	testenv.Bin(t, "chroot")
+	systemdAnalyze := testenv.Bin(t, "systemd-analyze")
+	systemctl := testenv.Bin(t, "systemctl")
+	bins := provisioningBinaries(t, chainwardenTestVersion)
+
+	c := newChroot(t)
+	const upload = uploadDir
+
+	// What a build instance has and the image must not keep: the build's SSH key, the instance's host keys.
+	for p, content := range map[string]string{
+		"/root/.ssh/authorized_keys":        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPackerTemporaryKey packer_temporary\n",
+		"/etc/ssh/ssh_host_ed25519_key":     "-----BEGIN OPENSSH PRIVATE KEY-----\nbuild instance host key\n",
+		"/etc/ssh/ssh_host_ed25519_key.pub": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBuildHostKey root@build\n",
+	} {
+		os.MkdirAll(filepath.Dir(c.path(p)), 0o700)
+		if err := os.WriteFile(c.path(p), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	provision(t, c, bins, chainwardenTestVersion)
 
 	t.Run("binaries", func(t *testing.T) {
 		for _, tc := range []struct {

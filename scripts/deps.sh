@@ -14,6 +14,7 @@ CONSUL_TEMPLATE_VERSION=v0.41.1
 PACKER_VERSION=v1.9.4
 PACKER_PLUGIN_AMAZON_VERSION=v1.2.9
 CHAINLINK_VERSION=v2.23.0
+PLAYWRIGHT_CORE_VERSION=1.65.1
 
 CACHE=${CHAINWARDEN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chainwarden}
 BIN=$CACHE/bin
@@ -21,7 +22,8 @@ mkdir -p "$BIN"
 
 say() { printf 'deps: %s\n' "$*"; }
 
-APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd postgresql)
+APT_PACKAGES=(nginx libnginx-mod-http-js haproxy lua-cjson docker.io xfsprogs iproute2 util-linux e2fsprogs shellcheck curl procps psmisc prometheus debootstrap systemd postgresql chromium fonts-liberation fonts-dejavu-core
+	qemu-system-x86 qemu-utils dnsmasq-base) # the last three: the node image boot test (make image-test)
 install_apt() {
 	local missing=()
 	for p in "${APT_PACKAGES[@]}"; do
@@ -171,9 +173,27 @@ build_packer_plugin_amazon() {
 	say "packer-plugin-amazon $PACKER_PLUGIN_AMAZON_VERSION ready"
 }
 
+# playwright-core (npm) drives Debian's chromium in the browser tests (internal/browsertest); it goes into the
+# cache, outside the clone, and is left alone when the pinned version is there.
+install_playwright() {
+	local dir=$CACHE/node have_version
+	have_version=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' "$dir/node_modules/playwright-core/package.json" 2>/dev/null || true)
+	if [ "$have_version" != "$PLAYWRIGHT_CORE_VERSION" ]; then
+		if ! command -v npm >/dev/null; then
+			say "apt-get install nodejs npm"
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+		fi
+		say "npm install playwright-core@$PLAYWRIGHT_CORE_VERSION into $dir"
+		mkdir -p "$dir"
+		npm install --prefix "$dir" --no-audit --no-fund --loglevel=error "playwright-core@$PLAYWRIGHT_CORE_VERSION" >/dev/null
+	fi
+	say "playwright-core $PLAYWRIGHT_CORE_VERSION ready"
+}
+
 main() {
 	local what=${1:-all}
 	install_apt
+	install_playwright
 	build_consul
 	go_install geth $GETH_VERSION github.com/ethereum/go-ethereum/cmd/geth && link geth $GETH_VERSION
 	# Clique (proof of authority) sealing was removed in geth v1.14: multi-node test networks use v1.13.

@@ -24,6 +24,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chainwarden/chainwarden/agent"
+	"github.com/chainwarden/chainwarden/agent/alerts"
 	"github.com/chainwarden/chainwarden/agent/config"
 	"github.com/chainwarden/chainwarden/internal/devnet"
 	"github.com/chainwarden/chainwarden/internal/discovery"
@@ -48,6 +49,8 @@ type options struct {
 	nomadAddr  string
 	withNomad  bool
 	proxyPort  int
+	promPort   int
+	alertFor   time.Duration
 }
 
 func parseFlags(args []string, stderr *console) (options, error) {
@@ -62,8 +65,13 @@ func parseFlags(args []string, stderr *console) (options, error) {
 	fs.StringVar(&o.nomadAddr, "nomad", "", "also discover chain nodes from this Nomad agent (e.g. http://127.0.0.1:4646)")
 	fs.BoolVar(&o.withNomad, "with-nomad", false, "also start dockerd and a Nomad dev agent running the geth and cometbft jobs (scripts/demo-nomad.sh) and discover them")
 	fs.IntVar(&o.proxyPort, "proxy-port", 0, "also run consul-template + nginx in front of every service on this port (scripts/demo-proxy.sh); 0: none")
+	fs.IntVar(&o.promPort, "prometheus-port", 9090, "also run Prometheus on this port, scraping the agent with chainwarden's alert rules loaded; 0: none")
+	fs.DurationVar(&o.alertFor, "alert-for", time.Minute, "the demo's Prometheus loads the alert rules with every `for:` longer than this shortened to it")
 	if err := fs.Parse(args); err != nil {
 		return o, err
+	}
+	if o.alertFor <= 0 {
+		return o, fmt.Errorf("-alert-for must be positive")
 	}
 	if o.gethNodes < 1 || o.cometNodes < 1 {
 		return o, fmt.Errorf("-geth and -cometbft must be at least 1")
@@ -141,6 +149,7 @@ type demo struct {
 	td          *teardown
 
 	consul    *devnet.Consul
+	prom      *devnet.Prometheus
 	clique    *devnet.Clique
 	comet     *devnet.CometNet
 	agent     *agent.Agent
@@ -189,6 +198,20 @@ func (d *demo) start(ctx context.Context) error {
 	}
 	if err := d.startAgent(ctx); err != nil {
 		return err
+	}
+	if o.promPort != 0 {
+		rules, n := devnet.ShortenFor(alerts.Rules, o.alertFor)
+		d.step("starting Prometheus on 127.0.0.1:%d: it scrapes the agent every 2s with agent/alerts/chainwarden.rules.yml loaded (%d for: durations shortened to %s for the demo)",
+			o.promPort, n, shortDuration(o.alertFor))
+		d.prom, err = devnet.StartPrometheus(ctx, filepath.Join(o.dir, "prometheus"), devnet.PrometheusOptions{
+			Port: o.promPort, Targets: []string{o.listen}, Interval: 2 * time.Second, Rules: rules})
+		if d.prom != nil {
+			d.td.process(d.prom.Proc)
+			d.td.add(d.prom.Stop)
+		}
+		if err != nil {
+			return fmt.Errorf("prometheus: %w", err)
+		}
 	}
 	if o.withNomad {
 		d.step("starting dockerd and a Nomad dev agent running jobs/geth and jobs/cometbft (scripts/demo-nomad.sh)")
@@ -304,15 +327,16 @@ func (d *demo) tour(ctx context.Context) {
 The demo is running. Everything above is real: Consul, geth, CometBFT, and the agent judging them.
 
   Consul UI:        http://%s/ui/dc1/services   (services eth-devnet and cometbft-devnet)
+  Agent page:       http://%s/   (every node, its status, why, its figures, recent transitions)
   Agent health:     curl -s http://%s/v1/health | less
   Metrics:          curl -s http://%s/metrics | grep chainwarden_node_
-  Fleet:            CONSUL_HTTP_ADDR=%s chainwarden status
+%s  Fleet:            CONSUL_HTTP_ADDR=%s chainwarden status
   Logs and data:    %s
 
 Make a geth node fall behind (remove its peer, as a node that lost its peers would):
   curl -s -H 'content-type: application/json' %s \
     -d '{"jsonrpc":"2.0","id":1,"method":"admin_removePeer","params":["%s"]}'
-  -> %s turns warning after ~3 blocks behind, critical after 10; to let it catch up again:
+  -> %s turns warning after ~3 blocks behind, critical after 10%s; to let it catch up again:
   curl -s -H 'content-type: application/json' %s \
     -d '{"jsonrpc":"2.0","id":1,"method":"admin_addPeer","params":["%s"]}'
 
@@ -321,8 +345,33 @@ Stop a CometBFT validator (the others keep the chain going):
 
 %s
 Press Ctrl-C to stop everything the demo started.
-`, d.consul.Addr, o.listen, o.listen, d.consul.Addr, o.dir, lagger.RPC, d.clique.Nodes[0].Enode, lagger.Name, lagger.RPC,
-		d.clique.Nodes[0].Enode, frozen, frozen, extras(o.proxyPort, o.withNomad))
+`, d.consul.Addr, o.listen, o.listen, o.listen, d.promLines(), d.consul.Addr, o.dir, lagger.RPC, d.clique.Nodes[0].Enode,
+		lagger.Name, d.alertLine(), lagger.RPC, d.clique.Nodes[0].Enode, frozen, frozen, extras(o.proxyPort, o.withNomad))
+}
+
+// promLines are the tour's lines about Prometheus, when it runs.
+func (d *demo) promLines() string {
+	if d.prom == nil {
+		return ""
+	}
+	return fmt.Sprintf("  Prometheus:       %s   (graph: %s; dashboards to import into Grafana: agent/dashboards/)\n",
+		d.prom.AlertsPage(), d.prom.UIPage("graph"))
+}
+
+// alertLine is what Prometheus shows when a node falls behind, when it runs.
+func (d *demo) alertLine() string {
+	if d.prom == nil {
+		return ""
+	}
+	return fmt.Sprintf(";\n     on %s its ChainNodeOutOfSync alert goes pending as it turns warning, firing %s later,\n     and is gone again once the node passes", d.prom.AlertsPage(), shortDuration(d.opts.alertFor))
+}
+
+// shortDuration writes whole minutes as "1m", not "1m0s".
+func shortDuration(d time.Duration) string {
+	if d >= time.Minute && d%time.Minute == 0 {
+		return fmt.Sprintf("%dm", d/time.Minute)
+	}
+	return d.String()
 }
 
 // extras is the part of the tour about the proxy and Nomad, when they run.

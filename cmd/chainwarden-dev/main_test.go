@@ -19,10 +19,10 @@ import (
 // TestCtrlCWithClosedStdoutStopsEverything runs the demo as `make demo 2>&1 | tee demo.log` does and stops it as
 // Ctrl-C in that terminal does: SIGINT to the whole foreground process group, which ends tee too, so the demo's
 // output goes to a pipe nobody reads any more. The demo must still stop every process it started (the chain
-// nodes, Consul, and the proxy script's consul-template and nginx) and exit cleanly, also when a second Ctrl-C
+// nodes, Consul, Prometheus, and the proxy script's consul-template and nginx) and exit cleanly, also when a second Ctrl-C
 // comes while it is stopping.
 func TestCtrlCWithClosedStdoutStopsEverything(t *testing.T) {
-	for _, name := range []string{"consul", "geth-clique", "cometbft", "consul-template", "nginx"} {
+	for _, name := range []string{"consul", "geth-clique", "cometbft", "consul-template", "nginx", "prometheus"} {
 		testenv.Bin(t, name)
 	}
 	bin := testenv.GoBuild(t, "./cmd/chainwarden-dev")
@@ -41,7 +41,7 @@ func ctrlC(t *testing.T, bin string, signals int) {
 	defer r.Close()
 	cmd := exec.Command(bin, "-dir", t.TempDir(), "-geth", "1", "-cometbft", "1",
 		"-consul-port", strconv.Itoa(testenv.FreePort(t)), "-listen", fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t)),
-		"-proxy-port", strconv.Itoa(testenv.FreePort(t)))
+		"-proxy-port", strconv.Itoa(testenv.FreePort(t)), "-prometheus-port", strconv.Itoa(testenv.FreePort(t)))
 	cmd.Dir = filepath.Join("..", "..") // the repository root, as make runs it
 	cmd.Stdout, cmd.Stderr = w, w
 	// A process group of its own, standing for the terminal's foreground group; killed if this test dies first.
@@ -80,7 +80,7 @@ func ctrlC(t *testing.T, bin string, signals int) {
 		}
 	}
 	started := testenv.Tree(cmd.Process.Pid)
-	for _, want := range []string{"consul agent", "geth", "cometbft start", "demo-proxy.sh", "consul-template", "nginx: master"} {
+	for _, want := range []string{"consul agent", "geth", "cometbft start", "demo-proxy.sh", "consul-template", "nginx: master", "prometheus --config.file"} {
 		if !hasProc(started, want) {
 			t.Fatalf("no %q among the demo's processes %v", want, started)
 		}

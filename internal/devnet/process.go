@@ -1,5 +1,5 @@
 // Package devnet starts real local chain networks and their companions (a Consul dev agent, a geth Clique network,
-// a CometBFT testnet) on loopback ports: the demo (cmd/chainwarden-dev) and the integration tests (internal/testenv)
+// a CometBFT testnet, a Prometheus with chainwarden's alert rules) on loopback ports: the demo (cmd/chainwarden-dev) and the integration tests (internal/testenv)
 // both build on it, so there is one way of doing it. It is never linked into the chainwarden binary.
 package devnet
 

@@ -69,9 +69,10 @@ func TestRestoreSwapsTheVolume(t *testing.T) {
 	}
 	stopHolder := func() { _ = holder.Process.Kill(); _ = holder.Wait() }
 	t.Cleanup(stopHolder)
-	eventually(t, "the holder's namespace", func() bool {
+	eventually(t, "the holder's namespace", func() bool { // and unshare has become the sleep it runs
 		b, _ := os.ReadFile("/proc/" + strconv.Itoa(holder.Process.Pid) + "/mountinfo")
-		return strings.Contains(string(b), vol.MountPath)
+		comm, _ := os.ReadFile("/proc/" + strconv.Itoa(holder.Process.Pid) + "/comm")
+		return strings.Contains(string(b), vol.MountPath) && strings.TrimSpace(string(comm)) == "sleep"
 	})
 	_, err = e.m.Restore(ctxT(t, time.Minute), vol, snapID)
 	if !errors.Is(err, ebs.ErrVolumeBusy) || !strings.Contains(err.Error(), "(sleep)") || !strings.Contains(err.Error(), "stop the job using it first") {

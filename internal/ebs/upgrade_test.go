@@ -43,6 +43,8 @@ type upgradeRig struct {
 	agent  *agent.Agent
 	logs   *syncBuffer
 	image  string
+	// agentPort is where the agent listens: the job's deployment check asks it for the allocation's verdict.
+	agentPort int
 	// snapshotImage is the disk as it was while frozen for the last snapshot: what the EBS snapshot holds.
 	snapshotImage string
 }
@@ -72,8 +74,9 @@ func newUpgradeRig(t *testing.T) *upgradeRig {
 		Ops: &volops.Client{KV: r.consul.Client.KV(), Txn: r.consul.Client.Txn(), Layout: layout, Who: "test", Accept: 30 * time.Second}}
 
 	// The agent of this host: discovery from Nomad, verdicts to Consul, restore marks from the state dir.
+	r.agentPort = testenv.FreePort(t)
 	src := fmt.Sprintf("consul {\n  address = %q\n}\nlisten = \"127.0.0.1:%d\"\ninterval = \"500ms\"\nhead_max_age = \"20s\"\nstate_dir = %q\n",
-		r.consul.Addr, testenv.FreePort(t), e.m.Paths.StateDir)
+		r.consul.Addr, r.agentPort, e.m.Paths.StateDir)
 	cfg, err := config.Parse([]byte(src), "agent.hcl")
 	if err != nil {
 		t.Fatal(err)
@@ -112,6 +115,8 @@ func (r *upgradeRig) vars(extraArgs string) map[string]string {
 		"image": r.image, "host_volume": "geth-up", "network": "dev", "chain_id": "1337", "service": "eth-up",
 		"p2p_port": strconv.Itoa(testenv.FreePort(r.e.t)), "cpu": "500", "memory": "1024", "min_healthy_time": "2s",
 		"kill_timeout": "20s", "extra_args": extraArgs, "min_peers": "0",
+		// The deployment is judged by this host's agent (health_check = "checks"): it listens on its own port here.
+		"agent_port": strconv.Itoa(r.agentPort),
 	}
 }
 

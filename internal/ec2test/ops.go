@@ -268,10 +268,11 @@ func (s *Server) attachVolume(region string, f form) (any, *apiError) {
 	if v == nil || v.Region != region {
 		return nil, errf("InvalidVolume.NotFound", "The volume '%s' does not exist.", volID)
 	}
-	az, ok := s.instances[inst]
-	if !ok || regionOf(az) != region {
+	in, ok := s.instances[inst]
+	if !ok || regionOf(in.AZ) != region {
 		return nil, errf("InvalidInstanceID.NotFound", "The instance ID '%s' does not exist", inst)
 	}
+	az := in.AZ
 	if !deviceName.MatchString(dev) {
 		return nil, errf("InvalidParameterValue", "Value (%s) for parameter device is invalid. %s is not a valid EBS device name.", dev, dev)
 	}
@@ -455,4 +456,96 @@ func paginate[T any](all []T, p page) ([]T, string, *apiError) {
 		return all, "", nil
 	}
 	return all[:p.max], tokenPrefix + strconv.Itoa(p.offset+p.max), nil
+}
+
+type xmlInstanceState struct {
+	Code int    `xml:"code"`
+	Name string `xml:"name"`
+}
+
+type xmlInstance struct {
+	InstanceID       string           `xml:"instanceId"`
+	State            xmlInstanceState `xml:"instanceState"`
+	PrivateIPAddress string           `xml:"privateIpAddress,omitempty"`
+	AvailabilityZone string           `xml:"placement>availabilityZone"`
+	Tags             []xmlTag         `xml:"tagSet>item,omitempty"`
+}
+
+type xmlReservation struct {
+	ReservationID string        `xml:"reservationId"`
+	OwnerID       string        `xml:"ownerId"`
+	Instances     []xmlInstance `xml:"instancesSet>item"`
+}
+
+// instanceStateCodes are EC2's codes for the instance states (the low byte of instanceState.code).
+var instanceStateCodes = map[string]int{"pending": 0, "running": 16, "shutting-down": 32, "terminated": 48,
+	"stopping": 64, "stopped": 80}
+
+func (s *Server) describeInstances(region string, f form) (any, *apiError) {
+	ids := f.list("InstanceId")
+	filters := f.filters()
+	for name := range filters {
+		switch name {
+		case "instance-id", "instance-state-name", "availability-zone", "private-ip-address", "tag-key":
+		default:
+			if !strings.HasPrefix(name, "tag:") {
+				return nil, errf("InvalidParameterValue", "The filter '%s' is invalid", name)
+			}
+		}
+	}
+	for _, id := range ids {
+		if in := s.instances[id]; in == nil || regionOf(in.AZ) != region {
+			return nil, errf("InvalidInstanceID.NotFound", "The instance ID '%s' does not exist", id)
+		}
+	}
+	pg, aerr := f.page(len(ids) > 0, "instanceIds", 1000)
+	if aerr != nil {
+		return nil, aerr
+	}
+	var found []*Instance
+	for _, in := range s.instances {
+		if regionOf(in.AZ) != region || (len(ids) > 0 && !contains(ids, in.ID)) || !matchTags(in.Tags, filters) {
+			continue
+		}
+		ok := true
+		for name, vals := range filters {
+			var have string
+			switch name {
+			case "instance-id":
+				have = in.ID
+			case "instance-state-name":
+				have = in.State
+			case "availability-zone":
+				have = in.AZ
+			case "private-ip-address":
+				have = in.PrivateIP
+			default:
+				continue
+			}
+			if !contains(vals, have) {
+				ok = false
+			}
+		}
+		if ok {
+			found = append(found, in)
+		}
+	}
+	slices.SortFunc(found, func(a, b *Instance) int { return cmp.Compare(a.ID, b.ID) })
+	found, next, aerr := paginate(found, pg)
+	if aerr != nil {
+		return nil, aerr
+	}
+	// One reservation per instance, as instances launched one at a time have.
+	out := struct {
+		Reservations []xmlReservation `xml:"reservationSet>item"`
+		NextToken    string           `xml:"nextToken,omitempty"`
+	}{NextToken: next}
+	for _, in := range found {
+		out.Reservations = append(out.Reservations, xmlReservation{
+			ReservationID: "r-" + strings.TrimPrefix(in.ID, "i-"), OwnerID: Account,
+			Instances: []xmlInstance{{InstanceID: in.ID, State: xmlInstanceState{instanceStateCodes[in.State], in.State},
+				PrivateIPAddress: in.PrivateIP, AvailabilityZone: in.AZ, Tags: xmlTags(in.Tags)}},
+		})
+	}
+	return out, nil
 }

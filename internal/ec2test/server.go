@@ -1,6 +1,7 @@
-// Package ec2test is an in-process EC2 Query-API server for tests: volumes, snapshots, attachments and tags with
-// their state transitions (creating -> available, attaching -> attached, detaching -> detached, pending ->
-// completed with progress, volume modifications modifying -> optimizing -> completed), the
+// Package ec2test is an in-process EC2 Query-API server for tests: volumes, snapshots, attachments, tags and the
+// instances DescribeInstances lists (what Consul's cloud auto-join reads), with their state transitions
+// (creating -> available, attaching -> attached, detaching -> detached, pending -> completed with progress, volume
+// modifications modifying -> optimizing -> completed), the
 // real form-encoded request and XML response wire format (2016-11-15), MaxResults/NextToken pagination,
 // ClientToken idempotency, per-region state (the region is read from the SigV4 credential scope, so a client of
 // another region sees nothing of this one), and injectable AWS errors such as RequestLimitExceeded. The real
@@ -16,6 +17,7 @@ import (
 	"encoding/hex"
 	"encoding/xml"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -98,6 +100,16 @@ type Delays struct {
 	Detach   time.Duration // detaching -> detached
 }
 
+// Instance is an EC2 instance as the server knows it: enough for AttachVolume (its AZ) and for DescribeInstances
+// (Consul's cloud auto-join reads the private address of the running instances with a tag).
+type Instance struct {
+	ID        string
+	AZ        string
+	PrivateIP string
+	State     string // pending, running, stopped, ...; default running
+	Tags      []Tag
+}
+
 // Server is the fake EC2 endpoint. Its exported fields may be set before the first request.
 type Server struct {
 	URL string
@@ -119,25 +131,33 @@ type Server struct {
 	delays    Delays
 	volumes   map[string]*Volume
 	snapshots map[string]*Snapshot
-	instances map[string]string // instance id -> AZ
+	instances map[string]*Instance
 	tokens    map[string]string // region/clientToken -> volume id
 	faults    map[string][]string
 	calls     map[string]int
 	requests  []string
 }
 
-// New starts a server with the given transition delays.
-func New(d Delays) *Server {
+// New starts a server on a loopback port with the given transition delays.
+func New(d Delays) *Server { return NewOn(nil, d) }
+
+// NewOn is New serving on l (e.g. a listener in a test's network namespace); nil is a loopback port.
+func NewOn(l net.Listener, d Delays) *Server {
 	s := &Server{
 		delays:    d,
 		volumes:   map[string]*Volume{},
 		snapshots: map[string]*Snapshot{},
-		instances: map[string]string{},
+		instances: map[string]*Instance{},
 		tokens:    map[string]string{},
 		faults:    map[string][]string{},
 		calls:     map[string]int{},
 	}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.handle))
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.handle))
+	if l != nil {
+		s.srv.Listener.Close()
+		s.srv.Listener = l
+	}
+	s.srv.Start()
 	s.URL = s.srv.URL
 	return s
 }
@@ -192,11 +212,18 @@ func runHooks(hooks []func()) {
 	}
 }
 
-// AddInstance makes an instance known in an availability zone (the region is the AZ without its letter).
-func (s *Server) AddInstance(instanceID, az string) {
+// AddInstance makes a running instance known in an availability zone (the region is the AZ without its letter).
+func (s *Server) AddInstance(instanceID, az string) { s.PutInstance(Instance{ID: instanceID, AZ: az}) }
+
+// PutInstance stores an instance as given (State defaults to running).
+func (s *Server) PutInstance(in Instance) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.instances[instanceID] = az
+	if in.State == "" {
+		in.State = "running"
+	}
+	in.Tags = append([]Tag(nil), in.Tags...)
+	s.instances[in.ID] = &in
 }
 
 // PutVolume stores a volume as given (an id is generated when empty) and returns its id.
@@ -389,6 +416,8 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 		resp, aerr = s.detachVolume(region, f)
 	case "CreateTags":
 		resp, aerr = s.createTags(region, f)
+	case "DescribeInstances":
+		resp, aerr = s.describeInstances(region, f)
 	default:
 		aerr = errf("InvalidAction", "The action %s is not valid for this web service.", action)
 	}

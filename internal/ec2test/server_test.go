@@ -274,3 +274,60 @@ func TestWireErrors(t *testing.T) {
 		t.Fatalf("bad filter: %v", err)
 	}
 }
+
+// TestDescribeInstances answers the call Consul's cloud auto-join makes (go-discover's aws provider: the running
+// instances with a tag, their private addresses), read by the real SDK's paginator.
+func TestDescribeInstances(t *testing.T) {
+	srv := ec2test.New(ec2test.Delays{})
+	defer srv.Close()
+	consulTag := []ec2test.Tag{{Key: "chainwarden-consul", Value: "use1"}}
+	srv.PutInstance(ec2test.Instance{ID: "i-0000000000000000a", AZ: "us-east-1a", PrivateIP: "10.0.1.10", Tags: consulTag})
+	srv.PutInstance(ec2test.Instance{ID: "i-0000000000000000b", AZ: "us-east-1b", PrivateIP: "10.0.2.10", Tags: consulTag})
+	srv.PutInstance(ec2test.Instance{ID: "i-0000000000000000c", AZ: "us-east-1a", PrivateIP: "10.0.1.11", Tags: consulTag,
+		State: "stopped"})
+	srv.PutInstance(ec2test.Instance{ID: "i-0000000000000000d", AZ: "us-east-1a", PrivateIP: "10.0.1.12",
+		Tags: []ec2test.Tag{{Key: "chainwarden-consul", Value: "euw1"}}})
+	srv.PutInstance(ec2test.Instance{ID: "i-0000000000000000e", AZ: "eu-west-1a", PrivateIP: "10.9.0.1", Tags: consulTag})
+	srv.AddInstance("i-0000000000000000f", "us-east-1c")
+	ctx := context.Background()
+
+	in := &ec2.DescribeInstancesInput{MaxResults: aws.Int32(5), Filters: []types.Filter{
+		{Name: aws.String("tag:chainwarden-consul"), Values: []string{"use1"}},
+		{Name: aws.String("instance-state-name"), Values: []string{"running"}},
+	}}
+	var addrs []string
+	p := ec2.NewDescribeInstancesPaginator(client(srv, "us-east-1"), in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page.Reservations {
+			for _, i := range r.Instances {
+				if i.State == nil || i.State.Name != types.InstanceStateNameRunning || aws.ToInt32(i.State.Code) != 16 {
+					t.Errorf("%s: state %+v", aws.ToString(i.InstanceId), i.State)
+				}
+				if len(i.Tags) != 1 || aws.ToString(i.Tags[0].Key) != "chainwarden-consul" {
+					t.Errorf("%s: tags %+v", aws.ToString(i.InstanceId), i.Tags)
+				}
+				addrs = append(addrs, aws.ToString(i.PrivateIpAddress)+" "+aws.ToString(i.Placement.AvailabilityZone))
+			}
+		}
+	}
+	// The stopped one, another tag value and another region are left out.
+	if want := []string{"10.0.1.10 us-east-1a", "10.0.2.10 us-east-1b"}; !slices.Equal(addrs, want) {
+		t.Errorf("running use1 instances = %v, want %v", addrs, want)
+	}
+
+	out, err := client(srv, "us-east-1").DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{"i-0000000000000000c"}})
+	if err != nil || len(out.Reservations) != 1 || out.Reservations[0].Instances[0].State.Name != types.InstanceStateNameStopped {
+		t.Errorf("by id: %+v, %v", out, err)
+	}
+	if _, err := client(srv, "eu-west-1").DescribeInstances(ctx, &ec2.DescribeInstancesInput{InstanceIds: []string{"i-0000000000000000c"}}); code(err) != "InvalidInstanceID.NotFound" {
+		t.Errorf("another region's instance: %v", err)
+	}
+	if _, err := client(srv, "us-east-1").DescribeInstances(ctx, &ec2.DescribeInstancesInput{Filters: []types.Filter{
+		{Name: aws.String("no-such-filter"), Values: []string{"x"}}}}); code(err) != "InvalidParameterValue" {
+		t.Errorf("unknown filter: %v", err)
+	}
+}

@@ -36,6 +36,8 @@ type Node struct {
 	HeightFunc func() (uint64, time.Time)
 	// Now stamps the latest block one second before it when HeightFunc is nil.
 	Now func() time.Time
+	// ClientVersion is what web3_clientVersion answers; default a geth v1.16.7's. Set it before serving.
+	ClientVersion string
 }
 
 // New returns a node at height on chainID with 5 peers.
@@ -115,6 +117,9 @@ func (n *Node) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 		case "web3_clientVersion":
 			res = "Geth/v1.16.7-stable/linux-amd64/go1.26"
+			if n.ClientVersion != "" {
+				res = n.ClientVersion
+			}
 		default:
 			out = append(out, map[string]any{"jsonrpc": "2.0", "id": q.ID,
 				"error": map[string]any{"code": -32601, "message": "the method " + q.Method + " does not exist/is not available"}})

@@ -1,6 +1,7 @@
 // Package imdstest is an IMDSv2 (EC2 instance metadata service) server for tests: a session token from
 // PUT /latest/api/token, then token-authenticated GETs of the instance identity document, a few meta-data paths,
-// the instance's tags (when tags in metadata are on) and its user data. Like a real instance configured with
+// the instance's tags (when tags in metadata are on), its user data and its instance role's credentials (when it
+// has a role). Like a real instance configured with
 // HttpTokens=required, it refuses IMDSv1 (token-less) requests with 401, so a client that falls back to v1 fails.
 // The real aws-sdk-go-v2 imds client, and curl in the AMI's boot script, talk to it through its URL.
 package imdstest
@@ -10,6 +11,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -33,6 +35,16 @@ type Identity struct {
 	Tags map[string]string
 	// UserData is what user-data answers; nil: the instance has none (not found).
 	UserData []byte
+	// Role is the name of the instance profile's role, whose temporary credentials meta-data/iam/security-credentials/
+	// hands out (the SDKs' instance role provider reads them); "": the instance has no role (not found).
+	Role string
+}
+
+// Credentials are the instance role's temporary credentials the server hands out: made up, good only for the
+// test servers (which read the region from a signature, never check it).
+type Credentials struct {
+	AccessKeyID, SecretAccessKey, Token string
+	Expiration                          time.Time
 }
 
 // Server is the fake metadata endpoint.
@@ -42,14 +54,19 @@ type Server struct {
 	srv      *httptest.Server
 	mu       sync.Mutex
 	id       Identity
+	creds    Credentials
 	tokens   map[string]time.Time
 	v1       int // token-less requests refused
 	rejected int // every refused request: v1, wrong method, bad TTL, proxied token request
 	gets     int
 }
 
-// New starts a server answering for id.
-func New(id Identity) *Server {
+// New starts a server answering for id on a loopback port.
+func New(id Identity) *Server { return NewOn(nil, id) }
+
+// NewOn is New serving on l, e.g. a listener on 169.254.169.254:80 in a test's network namespace, the address an
+// instance reaches; nil is a loopback port.
+func NewOn(l net.Listener, id Identity) *Server {
 	if id.Region == "" && len(id.AvailabilityZone) > 1 {
 		id.Region = id.AvailabilityZone[:len(id.AvailabilityZone)-1]
 	}
@@ -66,10 +83,28 @@ func New(id Identity) *Server {
 		id.PrivateIP = "10.0.1.23"
 	}
 	s := &Server{id: id, tokens: map[string]time.Time{}}
-	s.srv = httptest.NewServer(http.HandlerFunc(s.handle))
+	if id.Role != "" {
+		s.creds = Credentials{AccessKeyID: "ASIA" + strings.ToUpper(randomHex(8)), SecretAccessKey: randomHex(20),
+			Token: randomHex(48), Expiration: time.Now().Add(6 * time.Hour).UTC().Truncate(time.Second)}
+	}
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.handle))
+	if l != nil {
+		s.srv.Listener.Close()
+		s.srv.Listener = l
+	}
+	s.srv.Start()
 	s.URL = s.srv.URL
 	return s
 }
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// RoleCredentials returns the instance role's credentials (zero when the instance has no role).
+func (s *Server) RoleCredentials() Credentials { return s.creds }
 
 // Close stops the server.
 func (s *Server) Close() { s.srv.Close() }
@@ -126,9 +161,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) {
 			s.reject(w, http.StatusBadRequest)
 			return
 		}
-		b := make([]byte, 24)
-		_, _ = rand.Read(b)
-		tok := hex.EncodeToString(b)
+		tok := randomHex(24)
 		s.mu.Lock()
 		s.tokens[tok] = time.Now().Add(time.Duration(ttl) * time.Second)
 		s.mu.Unlock()
@@ -181,6 +214,26 @@ func (s *Server) answer(path string) ([]byte, bool) {
 			return nil, false
 		}
 		return []byte(strings.Join(slices.Sorted(maps.Keys(id.Tags)), "\n")), true
+	}
+	if id.Role != "" {
+		switch path {
+		case "meta-data/iam/security-credentials", "meta-data/iam/security-credentials/":
+			return []byte(id.Role), true
+		case "meta-data/iam/security-credentials/" + id.Role:
+			b, _ := json.MarshalIndent(map[string]string{
+				"Code": "Success", "LastUpdated": time.Now().UTC().Format(time.RFC3339), "Type": "AWS-HMAC",
+				"AccessKeyId": s.creds.AccessKeyID, "SecretAccessKey": s.creds.SecretAccessKey, "Token": s.creds.Token,
+				"Expiration": s.creds.Expiration.Format(time.RFC3339),
+			}, "", "  ")
+			return b, true
+		case "meta-data/iam/info":
+			b, _ := json.MarshalIndent(map[string]string{
+				"Code": "Success", "LastUpdated": time.Now().UTC().Format(time.RFC3339),
+				"InstanceProfileArn": "arn:aws:iam::" + id.AccountID + ":instance-profile/" + id.Role,
+				"InstanceProfileId":  "AIPA" + strings.ToUpper(randomHex(8)),
+			}, "", "  ")
+			return b, true
+		}
 	}
 	if key, ok := strings.CutPrefix(path, "meta-data/tags/instance/"); ok {
 		v, found := id.Tags[key]

@@ -4,10 +4,12 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 
 	"github.com/chainwarden/chainwarden/internal/imdstest"
@@ -100,5 +102,38 @@ func TestTagsUserDataAndRefusals(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized || bare.Refused() != 1 || bare.Rejected() != 1 {
 		t.Fatalf("IMDSv1 GET: status %d, refused %d, rejected %d", resp.StatusCode, bare.Refused(), bare.Rejected())
+	}
+}
+
+// The instance role's credentials, as the SDK's instance role provider (the default chain's last link on EC2) reads
+// them; an instance without a role has none.
+func TestInstanceRoleCredentials(t *testing.T) {
+	srv := imdstest.New(imdstest.Identity{InstanceID: "i-0abc", AvailabilityZone: "us-east-1a", Role: "chainwarden-node"})
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	provider := ec2rolecreds.New(func(o *ec2rolecreds.Options) {
+		o.Client = imds.New(imds.Options{Endpoint: srv.URL, EnableFallback: aws.FalseTernary})
+	})
+	creds, err := provider.Retrieve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := srv.RoleCredentials()
+	if creds.AccessKeyID != want.AccessKeyID || creds.SecretAccessKey != want.SecretAccessKey ||
+		creds.SessionToken != want.Token || !creds.CanExpire || creds.Expires.After(want.Expiration) {
+		t.Errorf("retrieved %+v, served %+v", creds, want)
+	}
+	if !strings.HasPrefix(creds.AccessKeyID, "ASIA") || srv.Refused() != 0 {
+		t.Errorf("access key %q, refused %d", creds.AccessKeyID, srv.Refused())
+	}
+
+	bare := imdstest.New(imdstest.Identity{InstanceID: "i-1", AvailabilityZone: "us-east-1a"})
+	defer bare.Close()
+	provider = ec2rolecreds.New(func(o *ec2rolecreds.Options) {
+		o.Client = imds.New(imds.Options{Endpoint: bare.URL, EnableFallback: aws.FalseTernary})
+	})
+	if _, err := provider.Retrieve(ctx); err == nil {
+		t.Error("credentials retrieved for an instance without a role")
 	}
 }

@@ -81,6 +81,9 @@ func TestIntegrationGeth(t *testing.T) {
 		if first.Err == nil && first.Syncing {
 			return fmt.Errorf("syncing at height %d", first.Height)
 		}
+		if first.Err == nil && first.Height == 0 { // the genesis block has no parent to check
+			return fmt.Errorf("at the genesis block")
+		}
 		return first.Err
 	})
 	if err := check(first); err != nil {

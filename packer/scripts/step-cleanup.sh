@@ -10,7 +10,8 @@ rm -rf /var/lib/apt/lists/*
 rm -rf /opt/consul/* /var/lib/chainwarden-agent
 # Nomad's state goes, its host volume plugins stay.
 find /opt/nomad -mindepth 1 -maxdepth 1 ! -name host_volume_plugins -exec rm -rf {} +
-rm -f /etc/consul.d/host.hcl /etc/nomad.d/host.hcl /etc/nomad.d/chainwarden-volume-*.hcl /etc/chainwarden/enabled/*
+rm -f /etc/consul.d/host.hcl /etc/nomad.d/host.hcl /etc/nomad.d/chainwarden-volume-*.hcl /etc/chainwarden/enabled/* \
+	/etc/chainwarden/aws.env
 rm -f /etc/ssh/ssh_host_*
 # The build's temporary SSH key: instances get their own key pair's key from cloud-init.
 rm -f /root/.ssh/authorized_keys /home/*/.ssh/authorized_keys
