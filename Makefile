@@ -30,7 +30,7 @@ image-test: deps ## boot the node image in qemu (built by packer/'s provisioning
 fuzz: ## run every fuzz target for FUZZTIME (default 30s) each; a crasher lands in testdata/fuzz as a seed
 	bash scripts/fuzz.sh
 
-bench: deps build ## the agent benchmark (1,000 nodes at 1 s); figures go to docs/BENCHMARKS.md
+bench: deps build ## the agent benchmark (1,000 nodes, 1 s interval: push at 12 s and 1 s blocks, polling); docs/BENCHMARKS.md
 	bash scripts/bench-agent.sh
 
 bench-proxy: deps ## RPC proxy benchmarks (failover time, failed reads, overhead); figures for docs/BENCHMARKS.md

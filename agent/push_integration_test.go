@@ -162,7 +162,8 @@ func TestAgentPushClique(t *testing.T) {
 	}
 }
 
-// A real CometBFT validator: NewBlock events on /websocket are judged as they arrive.
+// A real CometBFT validator: NewBlock events on /websocket are judged as they arrive; a cut WebSocket resubscribes;
+// the same node under a wrong ws port is judged by polling.
 func TestAgentPushCometBFT(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration")
@@ -170,11 +171,31 @@ func TestAgentPushCometBFT(t *testing.T) {
 	c := testenv.StartConsul(t)
 	net := testenv.StartCometNetwork(t, 1)
 	v := net.Nodes[0]
-	ws := fmt.Sprintf("ws://127.0.0.1:%d/websocket", v.RPCPort)
-	a, _ := startPushAgent(t, c, pushBlock(v.Name, "cometbft", v.RPC, ws, "comet-devnet", fmt.Sprintf("  network = %q\n", net.ChainID)))
+	proxy := testenv.StartTCPProxy(t, strings.TrimPrefix(v.RPC, "http://"))
+	wrongWS := fmt.Sprintf("ws://127.0.0.1:%d/websocket", testenv.FreePort(t))
+	network := fmt.Sprintf("  network = %q\n", net.ChainID)
+	a, logs := startPushAgent(t, c, pushBlock(v.Name, "cometbft", v.RPC, "ws://"+proxy.Addr+"/websocket", "comet-devnet", network)+
+		pushBlock("comet-nows", "cometbft", v.RPC, wrongWS, "comet-devnet", network))
 	c.WaitCheck(t, v.Name, 60*time.Second, "passing")
 	pushJudgedAbove(t, a, v.Name, 2, health(t, a, v.Name).Height+1)
-	if h := health(t, a, v.Name); h.Push != "subscribed to ws://"+strings.TrimPrefix(v.RPC, "http://") || h.Status != "passing" {
+	if h := health(t, a, v.Name); h.Push != "subscribed to ws://"+proxy.Addr || h.Status != "passing" {
 		t.Fatalf("%+v", h)
 	}
+	c.WaitCheck(t, "comet-nows", 60*time.Second, "passing")
+	if h := health(t, a, "comet-nows"); !strings.HasPrefix(h.Push, "push unavailable: dial "+strings.TrimSuffix(wrongWS, "/websocket")) {
+		t.Fatalf("comet-nows push detail %q", h.Push)
+	}
+
+	proxy.Cut()
+	testenv.Eventually(t, 30*time.Second, "the drop and the resubscription", func() error {
+		out := logs.String()
+		lost := strings.Index(out, "push subscription lost, polling instead: node="+v.Name)
+		back := strings.LastIndex(out, "push subscription back: node="+v.Name)
+		if lost < 0 || back < lost {
+			return fmt.Errorf("lost at %d, back at %d", lost, back)
+		}
+		return nil
+	})
+	after := testutil.ToFloat64(a.metrics.pushJudged)
+	pushJudgedAbove(t, a, v.Name, after+1, health(t, a, v.Name).Height)
 }

@@ -370,7 +370,11 @@ func TestLoopJudgesWhenBehindCrossesWarnBehind(t *testing.T) {
 		}
 		return nil
 	})
-	if st, out := a.check(t, "geth-a"); st != "warning" {
-		t.Fatalf("consul: %s %q", st, out)
-	}
+	// The push pass writes the status change to Consul right after it records it.
+	testenv.Eventually(t, 10*time.Second, "geth-a warning in consul", func() error {
+		if st, out := a.check(t, "geth-a"); st != "warning" {
+			return fmt.Errorf("consul: %s %q", st, out)
+		}
+		return nil
+	})
 }

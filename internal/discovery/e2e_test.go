@@ -331,8 +331,8 @@ func TestGethOnNomad(t *testing.T) {
 		n.Address != "127.0.0.1" || n.Port == 0 || n.RPC != fmt.Sprintf("http://127.0.0.1:%d", n.Port) || n.Source != "nomad" {
 		t.Fatalf("discovered node: %+v", n)
 	}
-	if len(n.Tags) != 1 || !strings.HasPrefix(n.Tags[0], "ws_port=") {
-		t.Errorf("ws tag: %v", n.Tags)
+	if len(n.Tags) != 1 || !strings.HasPrefix(n.Tags[0], "ws_port=") || n.WS != "ws://127.0.0.1:"+strings.TrimPrefix(n.Tags[0], "ws_port=") {
+		t.Errorf("ws tag %v, ws URL %q", n.Tags, n.WS)
 	}
 	before := waitHeight(t, "geth mining through its discovered RPC", 4, false, func() (int64, error) { return gethHeight(n.RPC) })
 	if _, err := os.Stat(filepath.Join(c.Nomad.HostVolumes["geth-dev"], "geth", "chaindata")); err != nil {
@@ -399,7 +399,8 @@ func TestCometBFTOnNomad(t *testing.T) {
 	c.Run(t, "cometbft", vars)
 
 	n := waitNode(t, nodes, "cometbft-cometbft-0")
-	if n.Kind != probe.CometBFT || n.Network != "cw-test" || n.Service != "cometbft-test" || n.Address != "127.0.0.1" {
+	if n.Kind != probe.CometBFT || n.Network != "cw-test" || n.Service != "cometbft-test" || n.Address != "127.0.0.1" ||
+		n.WS != fmt.Sprintf("ws://127.0.0.1:%d/websocket", n.Port) {
 		t.Fatalf("discovered node: %+v", n)
 	}
 	before := waitHeight(t, "cometbft making blocks", 2, false, cometHeight(t, n.RPC, "cw-test"))
