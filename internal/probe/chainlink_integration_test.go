@@ -50,7 +50,7 @@ func TestChainlinkRealNode(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	geth := testenv.StartGethWS(t, "geth")
 	cl := testenv.StartChainlink(t, testenv.ChainlinkOptions{
-		DatabaseURL: pg.CreateDatabase("chainlink", "Db-Passw0rd-for-Tests-7"), Geth: geth, NoLock: true})
+		DatabaseURL: pg.CreateDatabase("chainlink", testenv.NewPassword()), Geth: geth, NoLock: true})
 	t.Logf("chainlink booted in %s (process start to /health answering)", cl.Boot.Round(100*time.Millisecond))
 	api := cl.Login()
 	key, secret := api.Token()
@@ -162,7 +162,7 @@ fetch -> parse;
 func TestChainlinkStandbyTakesOver(t *testing.T) {
 	pg := testenv.StartPostgres(t)
 	geth := testenv.StartGethWS(t, "geth")
-	db := pg.CreateDatabase("chainlink", "Db-Passw0rd-for-Tests-7")
+	db := pg.CreateDatabase("chainlink", testenv.NewPassword())
 	active := testenv.StartChainlink(t, testenv.ChainlinkOptions{Name: "chainlink-a", DatabaseURL: db, Geth: geth})
 	standby := testenv.StartChainlink(t, testenv.ChainlinkOptions{Name: "chainlink-b", DatabaseURL: db, Geth: geth, NoWait: true})
 

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,20 +11,49 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/chainwarden/chainwarden/internal/devnet"
 )
 
-// Credentials of the test Chainlink nodes' API user. Chainlink wants a password of 16+ characters, and a keystore
-// password with upper- and lower-case letters, digits and symbols.
-const (
-	ChainlinkAPIEmail    = "ops@chainwarden.test"
-	ChainlinkAPIPassword = "Api-Passw0rd-for-Tests-9"
-	chainlinkKeystorePW  = "Ks7#Lm9$Pq2&Rt5!Wv8@xZ"
-	chainlinkDBPassword  = "Db-Passw0rd-for-Tests-7"
+// ChainlinkAPIEmail is the test Chainlink nodes' API user.
+const ChainlinkAPIEmail = "ops@chainwarden.test"
+
+// Passwords of the test Chainlink nodes and their databases: made for each test run, never written in the repo.
+var (
+	ChainlinkAPIPassword = NewPassword()
+	chainlinkKeystorePW  = NewPassword()
 )
+
+// NewPassword makes a random password that Chainlink accepts for its API user and its keystore: 16+ characters
+// with at least three each of upper- and lower-case letters, digits and symbols, and no character four times in a
+// row.
+func NewPassword() string {
+	for {
+		t := rand.Text() // 26 characters of A-Z and 2-7
+		pw := "Cw#1" + t[:10] + "-x2!" + strings.ToLower(t[10:20]) + "$Q3" + t[20:]
+		if !repeats(pw, 4) {
+			return pw
+		}
+	}
+}
+
+// repeats says whether some character of s stands n times in a row.
+func repeats(s string, n int) bool {
+	run := 1
+	for i := 1; i < len(s); i++ {
+		if s[i] == s[i-1] {
+			if run++; run >= n {
+				return true
+			}
+		} else {
+			run = 1
+		}
+	}
+	return false
+}
 
 // GethWS is a `geth --dev --dev.period 1` with HTTP and WebSocket RPC, which a Chainlink node needs (chain 1337).
 type GethWS struct {

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -140,7 +141,9 @@ func (pg *Postgres) CreateDatabase(name, password string) string {
 	pg.t.Helper()
 	pg.SQL("postgres", fmt.Sprintf("CREATE USER %s WITH PASSWORD '%s'", name, password))
 	pg.SQL("postgres", fmt.Sprintf("CREATE DATABASE %s OWNER %s", name, name))
-	return fmt.Sprintf("postgresql://%s:%s@127.0.0.1:%d/%s?sslmode=disable", name, password, pg.Port, name)
+	u := url.URL{Scheme: "postgresql", User: url.UserPassword(name, password), Host: fmt.Sprintf("127.0.0.1:%d", pg.Port),
+		Path: "/" + name, RawQuery: "sslmode=disable"}
+	return u.String()
 }
 
 // WaitStopped waits until the server no longer accepts TCP connections.
