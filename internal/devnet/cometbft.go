@@ -224,6 +224,10 @@ func setGenesisChainID(path, chainID string) error {
 var tomlHeader = regexp.MustCompile(`^\[([a-z0-9_.]+)\]\s*$`)
 
 // setTOML sets key = value in [section] ("" = top level) of a CometBFT config.toml.
+// SetTOML sets key in section ("" for the top level) of a CometBFT config.toml's text to value (TOML, quoted as
+// needed), as StartComet does for its own nodes.
+func SetTOML(s, section, key, value string) (string, error) { return setTOML(s, section, key, value) }
+
 func setTOML(s, section, key, value string) (string, error) {
 	lines := strings.Split(s, "\n")
 	cur := ""

@@ -147,7 +147,7 @@ func StartClique(ctx context.Context, dir string, n int) (*Clique, error) {
 	}
 	signer := crypto.PubkeyToAddress(key.PublicKey)
 	genesisPath := filepath.Join(dir, "genesis.json")
-	b, _ := json.MarshalIndent(cliqueGenesis(signer), "", "  ")
+	b, _ := json.MarshalIndent(CliqueGenesis(signer), "", "  ")
 	if err := os.WriteFile(genesisPath, b, 0o644); err != nil {
 		return nil, err
 	}
@@ -246,10 +246,16 @@ func (c *Clique) InSync(tolerance uint64) error {
 	return nil
 }
 
-func cliqueGenesis(signer common.Address) map[string]any {
-	extra := make([]byte, 32+20+65)
-	copy(extra[32:], signer.Bytes())
+// CliqueGenesis is the genesis of a local Clique network (chain id 4242, a block a second) whose sealers are signers
+// (in the order given; Clique sorts them), each funded.
+func CliqueGenesis(signers ...common.Address) map[string]any {
+	extra := make([]byte, 32+20*len(signers)+65)
+	alloc := map[string]any{}
 	balance := new(big.Int).Exp(big.NewInt(10), big.NewInt(24), nil)
+	for i, s := range signers {
+		copy(extra[32+20*i:], s.Bytes())
+		alloc[s.Hex()] = map[string]any{"balance": hexutil.EncodeBig(balance)}
+	}
 	return map[string]any{
 		"config": map[string]any{
 			"chainId": CliqueChainID, "homesteadBlock": 0, "eip150Block": 0, "eip155Block": 0, "eip158Block": 0,
@@ -260,7 +266,7 @@ func cliqueGenesis(signer common.Address) map[string]any {
 		"difficulty": "0x1",
 		"gasLimit":   "0x1c9c380",
 		"extradata":  hexutil.Encode(extra),
-		"alloc":      map[string]any{signer.Hex(): map[string]any{"balance": hexutil.EncodeBig(balance)}},
+		"alloc":      alloc,
 	}
 }
 

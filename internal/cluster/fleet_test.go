@@ -1,0 +1,477 @@
+package cluster_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/internal/cluster"
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+// TestFleet builds a whole fleet in network namespaces (3 Consul servers, 4 chain hosts, a proxy host) and puts it
+// through the faults operators meet, one after another, with a client reading through both proxies the whole time.
+// Each fault's figures (how long until the proxies stop or start routing to a host, failed reads per proxy) are
+// measured and logged, never asserted; what is asserted could fail: no other node changes status, failed reads only
+// while a fault is in effect, the upstreams the proxies run.
+func TestFleet(t *testing.T) {
+	testenv.RequireRoot(t)
+	for _, c := range []string{"ip", "consul", "geth-clique", "cometbft", "consul-template", "nginx", "haproxy"} {
+		testenv.Bin(t, c)
+	}
+	agent := testenv.GoBuild(t, "./cmd/chainwarden")
+	ctx := context.Background()
+	started := time.Now()
+	f, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AgentBin: agent,
+		Log: hclog.New(&hclog.LoggerOptions{Name: "fleet", Output: t.Output(), Level: hclog.Info})})
+	if f != nil {
+		t.Cleanup(func() {
+			if t.Failed() {
+				for _, h := range f.Hosts() {
+					t.Logf("%s", h.Logs(15))
+				}
+			}
+			if err := f.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
+			out, _ := exec.Command("ip", "netns", "list").CombinedOutput()
+			if strings.Contains(string(out), f.Prefix()) {
+				t.Errorf("namespaces left behind:\n%s", out)
+			}
+		})
+	}
+	if err != nil {
+		t.Fatalf("start fleet: %v", err)
+	}
+	t.Logf("fleet up in %s: %d servers, %d chain hosts, 1 proxy host", time.Since(started).Round(100*time.Millisecond),
+		len(f.Servers), len(f.Chains))
+
+	w := watch(t, f)
+
+	t.Run("chain host dies", func(t *testing.T) {
+		victim := f.Chains[1]
+		start := w.mark()
+		if err := victim.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		left := waitRouted(t, f, without(f, victim), start)
+		critical := w.firstChange(victim.NodeIDs(), start)
+		t.Logf("FIGURE host death: catalog shows %s critical after %s (serf failure detection), proxies stop routing to it after %s",
+			victim.Name, critical, left)
+		w.assertQuiet(t, start, victim)
+		w.assertReadsOnlyFailedIn(t, start, start.Add(left))
+		t.Logf("FIGURE host death: failed reads nginx %d, haproxy %d of %d", w.failed("nginx", start), w.failed("haproxy", start), w.reads(start))
+
+		back := w.mark()
+		if err := victim.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		rejoin := waitRouted(t, f, f.AllNodes(), back)
+		t.Logf("FIGURE host restart: every process back and both proxies route to %s again %s after the restart began", victim.Name, rejoin)
+		w.assertQuiet(t, back, victim)
+		w.assertReadsOnlyFailedIn(t, back, back) // the host's return itself must cost no read
+	})
+
+	t.Run("chain host partitioned and healed", func(t *testing.T) {
+		victim := f.Chains[2]
+		start := w.mark()
+		if err := victim.Partition(); err != nil {
+			t.Fatal(err)
+		}
+		left := waitRouted(t, f, without(f, victim), start)
+		t.Logf("FIGURE partition (link down): catalog shows %s critical after %s, proxies stop routing to it after %s",
+			victim.Name, w.firstChange(victim.NodeIDs(), start), left)
+		heal := w.mark()
+		if err := victim.Heal(); err != nil {
+			t.Fatal(err)
+		}
+		rejoin := waitRouted(t, f, f.AllNodes(), heal)
+		t.Logf("FIGURE partition healed: both proxies route to %s again %s after the heal, no manual step", victim.Name, rejoin)
+		w.assertQuiet(t, start, victim)
+		w.assertReadsOnlyFailedIn(t, start, start.Add(left))
+		t.Logf("FIGURE partition: failed reads nginx %d, haproxy %d of %d", w.failed("nginx", start), w.failed("haproxy", start), w.reads(start))
+	})
+
+	t.Run("consul leader killed, then servers restarted one at a time", func(t *testing.T) {
+		start := w.mark()
+		upstreams := w.upstreamChanges(start)
+		leader, err := f.Leader(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		index := kvIndex(t, f)
+		if err := leader.Stop("consul", syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		next, err := f.WaitLeader(ctx, leader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		elected := time.Since(start)
+		// Heads the agents publish go through the new leader: the KV index moves on.
+		testenv.Eventually(t, timeout, "heads written through the new leader", func() error {
+			if i := kvIndex(t, f); i <= index {
+				return fmt.Errorf("KV index still %d", i)
+			}
+			return nil
+		})
+		t.Logf("FIGURE leader loss: %s killed, %s elected after %s, heads written through it after %s",
+			leader.Name, next.Name, elected.Round(10*time.Millisecond), time.Since(start).Round(10*time.Millisecond))
+		if err := leader.Restart(ctx, "consul"); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.WaitRaftHealthy(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range f.Servers {
+			t0 := time.Now()
+			if err := s.Stop("consul", syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Restart(ctx, "consul"); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.WaitRaftHealthy(ctx); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("FIGURE rolling restart: %s stopped, restarted and raft healthy with 3 voters after %s", s.Name, time.Since(t0).Round(10*time.Millisecond))
+		}
+		index = kvIndex(t, f)
+		testenv.Eventually(t, timeout, "heads still written after the rolling restart", func() error {
+			if i := kvIndex(t, f); i <= index {
+				return fmt.Errorf("KV index still %d", i)
+			}
+			return nil
+		})
+		w.assertQuiet(t, start, nil)
+		if n := upstreams(); n != 0 {
+			t.Errorf("the proxies' upstreams changed %d times while the servers were killed and restarted", n)
+		}
+		w.assertReadsOnlyFailedIn(t, start, start)
+		t.Logf("FIGURE leader loss and rolling restart: failed reads nginx %d, haproxy %d of %d", w.failed("nginx", start), w.failed("haproxy", start), w.reads(start))
+	})
+
+	t.Run("consul client agent restarted with its data wiped", func(t *testing.T) {
+		victim := f.Chains[0]
+		agentPID := victim.PID("chainwarden")
+		start := w.mark()
+		if err := victim.Stop("consul", syscall.SIGTERM); err != nil { // as systemd stops it: leave_on_terminate
+			t.Fatal(err)
+		}
+		left := waitRouted(t, f, without(f, victim), start)
+		if err := os.RemoveAll(victim.ConsulDataDir()); err != nil {
+			t.Fatal(err)
+		}
+		up := w.mark()
+		if err := victim.Restart(ctx, "consul"); err != nil {
+			t.Fatal(err)
+		}
+		joined := time.Since(up)
+		registered := waitRegistered(t, f, victim, up)
+		routed := waitRouted(t, f, f.AllNodes(), up)
+		t.Logf("FIGURE client agent wiped: proxies stopped routing to %s %s after it left; the new agent knew a leader after %s, the chainwarden agent's registrations were back in the catalog and passing after %s, routed after %s",
+			victim.Name, left, joined.Round(10*time.Millisecond), registered, routed)
+		if pid := victim.PID("chainwarden"); pid != agentPID {
+			t.Errorf("the chainwarden agent restarted (pid %d, was %d): it must re-register on its own", pid, agentPID)
+		}
+		w.assertQuiet(t, start, victim)
+		w.assertReadsOnlyFailedIn(t, start, start)
+		t.Logf("FIGURE client agent wiped: failed reads nginx %d, haproxy %d of %d", w.failed("nginx", start), w.failed("haproxy", start), w.reads(start))
+	})
+}
+
+const timeout = 3 * time.Minute
+
+func without(f *cluster.Fleet, h *cluster.Host) []string {
+	var out []string
+	for _, n := range f.AllNodes() {
+		if !slices.Contains(h.NodeIDs(), n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// waitRouted waits until both proxies route to exactly nodes and returns how long after since that was.
+func waitRouted(t *testing.T, f *cluster.Fleet, nodes []string, since time.Time) time.Duration {
+	t.Helper()
+	testenv.Eventually(t, timeout, "proxies route to "+strings.Join(nodes, ","), func() error { return f.Routed(nodes) })
+	return time.Since(since).Round(10 * time.Millisecond)
+}
+
+// waitRegistered waits until the host's nodes are in the catalog again, passing, and returns how long after since.
+func waitRegistered(t *testing.T, f *cluster.Fleet, h *cluster.Host, since time.Time) time.Duration {
+	t.Helper()
+	c := f.Proxy.Consul()
+	testenv.Eventually(t, timeout, h.Name+"'s services registered and passing", func() error {
+		for _, svc := range []string{cluster.EthService, cluster.CometService} {
+			entries, _, err := c.Health().Service(svc, "", true, &consulapi.QueryOptions{AllowStale: true})
+			if err != nil {
+				return err
+			}
+			found := false
+			for _, e := range entries {
+				if e.Node.Node == h.Name {
+					found = true
+				}
+			}
+			if !found {
+				return fmt.Errorf("%s has no passing %s", h.Name, svc)
+			}
+		}
+		return nil
+	})
+	return time.Since(since).Round(10 * time.Millisecond)
+}
+
+// kvIndex is the highest modify index of the agents' KV entries, read from any server.
+func kvIndex(t *testing.T, f *cluster.Fleet) uint64 {
+	t.Helper()
+	var max uint64
+	testenv.Eventually(t, timeout, "KV read", func() error {
+		pairs, _, err := f.Proxy.Consul().KV().List("chainwarden/heads/", &consulapi.QueryOptions{AllowStale: true})
+		if err != nil {
+			return err
+		}
+		if len(pairs) == 0 {
+			return fmt.Errorf("no heads in KV")
+		}
+		max = 0
+		for _, p := range pairs {
+			if p.ModifyIndex > max {
+				max = p.ModifyIndex
+			}
+		}
+		return nil
+	})
+	return max
+}
+
+// watcher follows the fleet during the faults: every node's status in the catalog (as the proxy host's Consul agent
+// serves it), the upstreams both proxies run, and a client reading through both proxies.
+type watcher struct {
+	mu          sync.Mutex
+	status      map[string]string // node -> passing, warning, critical, absent
+	transitions []transition
+	upstreams   []time.Time // when the proxies' upstreams changed
+	readLog     []read
+}
+
+type transition struct {
+	node, from, to string
+	at             time.Time
+}
+
+type read struct {
+	proxy, service string
+	at             time.Time
+	err            error
+}
+
+func watch(t *testing.T, f *cluster.Fleet) *watcher {
+	w := &watcher{status: map[string]string{}}
+	consul := f.Proxy.Consul()
+	poll := func(ctx context.Context, every time.Duration, fn func()) error {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			fn()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-tick.C:
+			}
+		}
+	}
+	testenv.Background(t, "status watch", func(ctx context.Context) error {
+		return poll(ctx, 200*time.Millisecond, func() {
+			now := map[string]string{}
+			for _, n := range f.AllNodes() {
+				now[n] = "absent"
+			}
+			for _, svc := range []string{cluster.EthService, cluster.CometService} {
+				entries, _, err := consul.Health().Service(svc, "", false, &consulapi.QueryOptions{AllowStale: true})
+				if err != nil {
+					return // no answer (e.g. this agent's server restarting): no news
+				}
+				for _, e := range entries {
+					now[e.Service.ID] = e.Checks.AggregatedStatus()
+				}
+			}
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			for n, s := range now {
+				if old, ok := w.status[n]; ok && old != s {
+					w.transitions = append(w.transitions, transition{n, old, s, time.Now()})
+				}
+				w.status[n] = s
+			}
+		})
+	})
+	var last string
+	testenv.Background(t, "upstream watch", func(ctx context.Context) error {
+		return poll(ctx, 200*time.Millisecond, func() {
+			ng, hp, err := f.Upstreams()
+			if err != nil {
+				return
+			}
+			s := strings.Join(ng, ",") + "|" + strings.Join(hp, ",")
+			w.mu.Lock()
+			if last != "" && s != last {
+				w.upstreams = append(w.upstreams, time.Now())
+			}
+			last = s
+			w.mu.Unlock()
+		})
+	})
+	client := f.Proxy.HTTPClient(5 * time.Second)
+	client.Transport.(*http.Transport).DisableKeepAlives = true
+	for proxy, url := range map[string]string{"nginx": f.NginxURL, "haproxy": f.HAProxyURL} {
+		testenv.Background(t, proxy+" reader", func(ctx context.Context) error {
+			return poll(ctx, 100*time.Millisecond, func() {
+				for _, svc := range []string{cluster.EthService, cluster.CometService} {
+					at := time.Now()
+					err := rpcRead(ctx, client, url+"/"+svc, svc)
+					if ctx.Err() != nil {
+						return
+					}
+					w.mu.Lock()
+					w.readLog = append(w.readLog, read{proxy, svc, at, err})
+					w.mu.Unlock()
+				}
+			})
+		})
+	}
+	return w
+}
+
+// rpcRead makes one read of a chain through a proxy: eth_blockNumber, or CometBFT's status, over JSON-RPC.
+func rpcRead(ctx context.Context, c *http.Client, url, service string) error {
+	method := "eth_blockNumber"
+	if service == cluster.CometService {
+		method = "status"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url,
+		strings.NewReader(fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":%q,"params":[]}`, method)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Result json.RawMessage `json:"result"`
+		Error  json.RawMessage `json:"error"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return fmt.Errorf("HTTP %d: %w", resp.StatusCode, err)
+	}
+	if resp.StatusCode != http.StatusOK || len(r.Result) == 0 {
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, r.Error)
+	}
+	return nil
+}
+
+// mark is the start of a phase.
+func (w *watcher) mark() time.Time { return time.Now() }
+
+// firstChange is how long after since the first of nodes left passing in the catalog ("never" when none did).
+func (w *watcher) firstChange(nodes []string, since time.Time) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, tr := range w.transitions {
+		if tr.at.After(since) && slices.Contains(nodes, tr.node) && tr.from == "passing" {
+			return tr.at.Sub(since).Round(10 * time.Millisecond).String()
+		}
+	}
+	return "never"
+}
+
+// assertQuiet fails the test if a node not on the faulted host (nil: any node) changed status since the phase began.
+func (w *watcher) assertQuiet(t *testing.T, since time.Time, faulted *cluster.Host) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, tr := range w.transitions {
+		if tr.at.Before(since) || (faulted != nil && slices.Contains(faulted.NodeIDs(), tr.node)) {
+			continue
+		}
+		t.Errorf("%s went %s -> %s %s into the phase", tr.node, tr.from, tr.to, tr.at.Sub(since).Round(10*time.Millisecond))
+	}
+}
+
+// settle is how long a proxy may take to carry out a reload once its new config is in place (nginx and HAProxy
+// reload asynchronously after the signal): reads that began within it may still meet the old upstreams.
+const settle = 2 * time.Second
+
+// assertReadsOnlyFailedIn fails the test for a read that failed having begun after since but outside the window
+// [from, to+settle], in which the fault (a host's nodes in the upstreams while unreachable) explains failures.
+func (w *watcher) assertReadsOnlyFailedIn(t *testing.T, since, to time.Time) {
+	t.Helper()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range w.readLog {
+		if r.err == nil || r.at.Before(since) {
+			continue
+		}
+		if to.After(since) && !r.at.After(to.Add(settle)) {
+			continue
+		}
+		t.Errorf("a read of %s through %s failed %s into the phase, outside the fault's window: %v", r.service, r.proxy,
+			r.at.Sub(since).Round(10*time.Millisecond), r.err)
+	}
+}
+
+func (w *watcher) failed(proxy string, since time.Time) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, r := range w.readLog {
+		if r.proxy == proxy && r.err != nil && !r.at.Before(since) {
+			n++
+		}
+	}
+	return n
+}
+
+func (w *watcher) reads(since time.Time) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, r := range w.readLog {
+		if !r.at.Before(since) {
+			n++
+		}
+	}
+	return n
+}
+
+// upstreamChanges returns a func counting the upstream changes since now.
+func (w *watcher) upstreamChanges(since time.Time) func() int {
+	return func() int {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		n := 0
+		for _, at := range w.upstreams {
+			if at.After(since) {
+				n++
+			}
+		}
+		return n
+	}
+}

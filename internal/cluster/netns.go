@@ -1,0 +1,142 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/chainwarden/chainwarden/internal/devnet"
+)
+
+// netns is one network namespace (`ip netns add`). The harness dials into it from an OS thread that entered it
+// (the way testenv.Netns does for tests), so nothing of the fleet is reachable from, or changes, the machine's own
+// namespace.
+type netns struct {
+	name string
+	ip   string // the ip binary
+}
+
+func newNetns(ipBin, name string) (*netns, error) {
+	n := &netns{name: name, ip: ipBin}
+	if out, err := devnet.Output(ipBin, "netns", "add", name); err != nil {
+		return nil, fmt.Errorf("ip netns add %s: %w\n%s", name, err, out)
+	}
+	if err := n.run("ip", "link", "set", "lo", "up"); err != nil {
+		_ = n.remove()
+		return nil, err
+	}
+	return n, nil
+}
+
+// run runs a command inside the namespace.
+func (n *netns) run(args ...string) error {
+	if args[0] == "ip" { // `ip -n NAME ...` needs no exec
+		args = append([]string{"-n", n.name}, args[1:]...)
+		_, err := devnet.Output(n.ip, args...)
+		return err
+	}
+	_, err := devnet.Output(n.ip, append([]string{"netns", "exec", n.name}, args...)...)
+	return err
+}
+
+// pids lists the processes running in the namespace.
+func (n *netns) pids() ([]int, error) {
+	out, err := devnet.Output(n.ip, "netns", "pids", n.name)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, f := range strings.Fields(out) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+// killAll sends SIGKILL to every process in the namespace: the host "dies".
+func (n *netns) killAll() (int, error) {
+	pids, err := n.pids()
+	if err != nil {
+		return 0, err
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return len(pids), nil
+}
+
+// remove kills what still runs in the namespace and deletes it.
+func (n *netns) remove() error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		k, err := n.killAll()
+		if err != nil || k == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond) // waiting for killed processes to be reaped by their parents
+	}
+	if out, err := devnet.Output(n.ip, "netns", "del", n.name); err != nil {
+		return fmt.Errorf("ip netns del %s: %w\n%s", n.name, err, out)
+	}
+	return nil
+}
+
+// in runs fn on an OS thread that entered the namespace, then takes the thread back home; should the way back fail,
+// the thread stays locked and ends with the goroutine (the same technique as testenv.Netns).
+func (n *netns) in(fn func() error) error {
+	target, err := os.Open("/run/netns/" + n.name)
+	if err != nil {
+		return fmt.Errorf("open netns %s: %w", n.name, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("this thread's netns: %w", err)
+			return
+		}
+		defer home.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
+			return
+		}
+		ferr := fn()
+		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// DialContext dials addr from inside the namespace.
+func (n *netns) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := n.in(func() (err error) {
+		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
+// httpClient makes its connections inside the namespace.
+func (n *netns) httpClient(timeout time.Duration) *http.Client {
+	return &http.Client{
+		Timeout:   timeout,
+		Transport: &http.Transport{DialContext: n.DialContext, Proxy: nil, MaxIdleConnsPerHost: 4},
+	}
+}
