@@ -303,3 +303,15 @@ node %q {
 	})
 	return nil
 }
+
+// AgentPassing returns nil when the host's chainwarden agent itself calls every node of the host passing
+// (GET /v1/health/<node> answers 200): its own verdict, whatever Consul shows.
+func (h *Host) AgentPassing(ctx context.Context) error {
+	client := h.ns.httpClient(3 * time.Second)
+	for _, n := range h.NodeIDs() {
+		if err := getOK(ctx, client, "http://"+agentListen+"/v1/health/"+n); err != nil {
+			return fmt.Errorf("%s: %w", n, err)
+		}
+	}
+	return nil
+}

@@ -93,6 +93,8 @@ type Host struct {
 	f          *Fleet
 	ns         *netns
 	gethSigner string // the sealer address of its geth
+	consulOnce sync.Once
+	consul     *consulapi.Client
 	port       string // its veth on the switch
 	mu         sync.Mutex
 	procs      []*proc
@@ -384,8 +386,14 @@ func (h *Host) Heal() error { return h.f.sw.run("ip", "link", "set", h.port, "up
 // HTTPClient makes its connections from inside the host (e.g. to its 127.0.0.1:8500).
 func (h *Host) HTTPClient(timeout time.Duration) *http.Client { return h.ns.httpClient(timeout) }
 
-// Consul is an API client of the host's own Consul agent (127.0.0.1:8500 inside the host).
+// Consul is an API client of the host's own Consul agent (127.0.0.1:8500 inside the host). It is made once per
+// host: Consul limits the connections of one client address (http_max_conns_per_client).
 func (h *Host) Consul() *consulapi.Client {
+	h.consulOnce.Do(func() { h.consul = h.newConsul() })
+	return h.consul
+}
+
+func (h *Host) newConsul() *consulapi.Client {
 	cfg := consulapi.DefaultConfig()
 	cfg.Address = "127.0.0.1:8500"
 	cfg.Token = ""

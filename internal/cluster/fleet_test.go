@@ -34,7 +34,11 @@ func TestFleet(t *testing.T) {
 	agent := testenv.GoBuild(t, "./cmd/chainwarden")
 	ctx := context.Background()
 	started := time.Now()
-	f, err := cluster.Start(ctx, cluster.Options{Dir: t.TempDir(), AgentBin: agent,
+	dir := t.TempDir()
+	if keep := os.Getenv("CHAINWARDEN_FLEET_DIR"); keep != "" { // keep every host's configs and logs for a look after
+		dir = keep
+	}
+	f, err := cluster.Start(ctx, cluster.Options{Dir: dir, AgentBin: agent,
 		Log: hclog.New(&hclog.LoggerOptions{Name: "fleet", Output: t.Output(), Level: hclog.Info})})
 	if f != nil {
 		t.Cleanup(func() {
@@ -79,7 +83,14 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 		rejoin := waitRouted(t, f, f.AllNodes(), back)
-		t.Logf("FIGURE host restart: every process back and both proxies route to %s again %s after the restart began", victim.Name, rejoin)
+		// The Consul agent restores its TTL checks' last status from its data dir (when the TTL has not run out
+		// since): the proxies may route to the host before its chainwarden agent has judged anything. Wait for the
+		// agent's own verdict, then for the catalog to show it.
+		testenv.Eventually(t, timeout, victim.Name+"'s agent calls its nodes passing", func() error { return victim.AgentPassing(ctx) })
+		judged := time.Since(back).Round(10 * time.Millisecond)
+		w.waitAllPassing(t, f)
+		t.Logf("FIGURE host restart: both proxies route to %s again %s after the restart began; its agent judged its nodes passing after %s; catalog transitions of its nodes: %s",
+			victim.Name, rejoin, judged, w.changesOf(victim.NodeIDs(), back))
 		w.assertQuiet(t, back, victim)
 		w.assertReadsOnlyFailedIn(t, back, back) // the host's return itself must cost no read
 	})
@@ -98,6 +109,7 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 		rejoin := waitRouted(t, f, f.AllNodes(), heal)
+		w.waitAllPassing(t, f)
 		t.Logf("FIGURE partition healed: both proxies route to %s again %s after the heal, no manual step", victim.Name, rejoin)
 		w.assertQuiet(t, start, victim)
 		w.assertReadsOnlyFailedIn(t, start, start.Add(left))
@@ -181,6 +193,7 @@ func TestFleet(t *testing.T) {
 		joined := time.Since(up)
 		registered := waitRegistered(t, f, victim, up)
 		routed := waitRouted(t, f, f.AllNodes(), up)
+		w.waitAllPassing(t, f)
 		t.Logf("FIGURE client agent wiped: proxies stopped routing to %s %s after it left; the new agent knew a leader after %s, the chainwarden agent's registrations were back in the catalog and passing after %s, routed after %s",
 			victim.Name, left, joined.Round(10*time.Millisecond), registered, routed)
 		if pid := victim.PID("chainwarden"); pid != agentPID {
@@ -302,9 +315,11 @@ func watch(t *testing.T, f *cluster.Fleet) *watcher {
 				now[n] = "absent"
 			}
 			for _, svc := range []string{cluster.EthService, cluster.CometService} {
-				entries, _, err := consul.Health().Service(svc, "", false, &consulapi.QueryOptions{AllowStale: true})
+				// Consistent reads (through the leader), as the proxies' consul-template makes them: a server
+				// that restarts serves its stale state until it has caught up.
+				entries, _, err := consul.Health().Service(svc, "", false, nil)
 				if err != nil {
-					return // no answer (e.g. this agent's server restarting): no news
+					return // no answer (e.g. no leader): no news
 				}
 				for _, e := range entries {
 					now[e.Service.ID] = e.Checks.AggregatedStatus()
@@ -385,6 +400,37 @@ func rpcRead(ctx context.Context, c *http.Client, url, service string) error {
 		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, r.Error)
 	}
 	return nil
+}
+
+// waitAllPassing waits until the catalog shows every node passing.
+func (w *watcher) waitAllPassing(t *testing.T, f *cluster.Fleet) {
+	t.Helper()
+	testenv.Eventually(t, timeout, "every node passing in the catalog", func() error {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for _, n := range f.AllNodes() {
+			if s := w.status[n]; s != "passing" {
+				return fmt.Errorf("%s is %s", n, s)
+			}
+		}
+		return nil
+	})
+}
+
+// changesOf lists the catalog transitions of nodes since a time, e.g. "geth-chain2 critical->passing +1.2s".
+func (w *watcher) changesOf(nodes []string, since time.Time) string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, tr := range w.transitions {
+		if tr.at.After(since) && slices.Contains(nodes, tr.node) {
+			out = append(out, fmt.Sprintf("%s %s->%s +%s", tr.node, tr.from, tr.to, tr.at.Sub(since).Round(10*time.Millisecond)))
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }
 
 // mark is the start of a phase.
