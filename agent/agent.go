@@ -739,7 +739,12 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		a.mu.Unlock()
 		return
 	}
-	if _, err := a.heads.Publish(ctx, pub, gone); err != nil {
+	// Heads go to the servers, which hold a write through a leader election: the checks' TTL updates below must not
+	// wait that long (registry.ServerTimeout).
+	pctx, cancel := context.WithTimeout(ctx, registry.ServerTimeout(a.cfg.Consul.CheckTTL))
+	_, err := a.heads.Publish(pctx, pub, gone)
+	cancel()
+	if err != nil {
 		a.mu.Lock()
 		a.gone = append(a.gone, gone...) // try the deletes again next pass
 		a.mu.Unlock()
@@ -747,7 +752,7 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	}
 	published := time.Now()
 	before := a.reg.Writes()
-	err := a.reg.Sync(ctx, services)
+	err = a.reg.Sync(ctx, services)
 	a.metrics.consulUp.Set(boolGauge(!a.reg.Down()))
 	a.metrics.consulWrites.Add(float64(a.reg.Writes() - before))
 	if err != nil {

@@ -137,6 +137,6 @@ func (n *netns) DialContext(ctx context.Context, network, addr string) (net.Conn
 func (n *netns) httpClient(timeout time.Duration) *http.Client {
 	return &http.Client{
 		Timeout:   timeout,
-		Transport: &http.Transport{DialContext: n.DialContext, Proxy: nil, MaxIdleConnsPerHost: 4},
+		Transport: &http.Transport{DialContext: n.DialContext, Proxy: nil, MaxIdleConnsPerHost: 4, IdleConnTimeout: 5 * time.Second},
 	}
 }

@@ -270,9 +270,21 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 	if err := r.parallel(ctx, fresh, func(s *Service) error { return r.syncOne(ctx, s) }); err != nil {
 		return err
 	}
-	r.pushOutputs(ctx)
+	// The catalog write goes to the servers, which hold it through a leader election (rpc_hold_timeout, 7 s by
+	// default): bounded to a quarter of the TTL, so the next pass updates the TTLs in time.
+	pctx, cancel := context.WithTimeout(ctx, r.serverTimeout())
+	defer cancel()
+	r.pushOutputs(pctx)
 	return nil
 }
+
+// serverTimeout bounds the calls of a pass that go to the Consul servers (not those to the local agent, which answer
+// at once): a quarter of the TTL (at least a second), so that two of them and a probe fit in one TTL and a leader
+// election never lets the checks expire.
+func (r *Registry) serverTimeout() time.Duration { return ServerTimeout(r.ttl) }
+
+// ServerTimeout is the deadline of a call to the Consul servers made in a pass, for checks with this TTL.
+func ServerTimeout(ttl time.Duration) time.Duration { return max(ttl/4, time.Second) }
 
 // forget drops what the registry knows of a check; r.mu must be held.
 func (r *Registry) forget(id string) {
