@@ -54,7 +54,7 @@ var randRead = rand.Read
 // Options configure Start.
 type Options struct {
 	Dir        string       // where hosts keep their configs, data and logs (required)
-	Root       string       // the repository (packer/files, consul-templates); default: found from this file
+	Root       string       // the repository (packer/files, consul-templates); default: found from this source file (not under -trimpath)
 	AgentBin   string       // the chainwarden binary (required)
 	ChainHosts int          // default 4: a CometBFT network of 4 validators and a Clique network of 4 sealers both outlive one lost host
 	Log        hclog.Logger // default: discard
@@ -249,20 +249,30 @@ func (f *Fleet) Close() error {
 	sw := f.sw
 	f.sw = nil
 	f.mu.Unlock()
-	var errs []error
-	for i := len(hosts) - 1; i >= 0; i-- {
-		h := hosts[i]
-		h.mu.Lock()
-		for _, pr := range h.procs {
-			if pr.p != nil {
-				pr.p.Kill()
+	var (
+		wg   sync.WaitGroup
+		emu  sync.Mutex
+		errs []error
+	)
+	for _, h := range hosts { // hosts stop in parallel, each host's processes last to first
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.mu.Lock()
+			for i := len(h.procs) - 1; i >= 0; i-- {
+				if p := h.procs[i].p; p != nil {
+					p.Kill()
+				}
 			}
-		}
-		h.mu.Unlock()
-		if err := h.ns.remove(); err != nil {
-			errs = append(errs, err)
-		}
+			h.mu.Unlock()
+			if err := h.ns.remove(); err != nil {
+				emu.Lock()
+				errs = append(errs, err)
+				emu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	if sw != nil {
 		if err := sw.remove(); err != nil {
 			errs = append(errs, err)

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -138,5 +139,31 @@ func (n *netns) httpClient(timeout time.Duration) *http.Client {
 	return &http.Client{
 		Timeout:   timeout,
 		Transport: &http.Transport{DialContext: n.DialContext, Proxy: nil, MaxIdleConnsPerHost: 4, IdleConnTimeout: 5 * time.Second},
+	}
+}
+
+// Forward accepts connections on l (a listener of the caller's namespace, e.g. the machine's 127.0.0.1) and
+// forwards each to addr as dialled from inside the host, until l is closed: how `make fleet-demo` shows a server's
+// Consul UI or a proxy to the machine without changing the machine's network.
+func (h *Host) Forward(l net.Listener, addr string) {
+	for {
+		in, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer in.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			out, err := h.ns.DialContext(ctx, "tcp", addr)
+			cancel()
+			if err != nil {
+				return
+			}
+			defer out.Close()
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(out, in); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(in, out); done <- struct{}{} }()
+			<-done
+		}()
 	}
 }
