@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/backoff"
+	"github.com/chainwarden/chainwarden/internal/consulacl"
 	"github.com/chainwarden/chainwarden/internal/consulclient"
 )
 
@@ -48,11 +51,12 @@ func runAgent(args []string) int {
 			}
 		}()
 	}
-	consul, err := consulclient.New(cfg.Consul.Address)
+	conn, err := consulclient.Open(cfg.Consul.Address)
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
+	consul := conn.Client
 	opts := agent.Options{Consul: agent.ConsulAPI(consul)}
 	if cfg.Restart != nil { // restarts of stalled nodes go through the local Nomad agent (NOMAD_* variables apply)
 		nc := nomadapi.DefaultConfig()
@@ -71,8 +75,14 @@ func runAgent(args []string) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx, refuse := context.WithCancelCause(sctx)
+	defer refuse(nil)
+	if err := checkACL(ctx, conn, cfg, a.ID(), log.Named("consul"), refuse); err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
 	startDiscovery(ctx, cfg, a, log)
 	startVolumes(ctx, cfg, consul, log, a.Metrics(), a.ID())
 
@@ -91,12 +101,72 @@ func runAgent(args []string) int {
 			log.Info("configuration reloaded", "nodes", len(next.Nodes))
 		}
 	}()
-	if err := a.Run(ctx); err != nil {
+	err = a.Run(ctx)
+	if cause := context.Cause(ctx); sctx.Err() == nil && cause != nil && cause != context.Canceled {
+		log.Error("agent stopped", "error", cause)
+		return 1
+	}
+	if err != nil {
 		log.Error("agent stopped", "error", err)
 		return 1
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// aclWait is how long the agent waits at start for Consul to say whether its token will do, before it starts
+// without the answer (Consul is still starting at boot) and keeps asking in the background.
+const aclWait = 10 * time.Second
+
+// checkACL checks the agent's Consul token against what cfg needs. A refusal Consul gives within aclWait is
+// returned; a refusal that comes later (Consul was unreachable at start) stops the agent through refuse. Nothing is
+// registered before the answer comes in time; the token itself is never logged.
+func checkACL(ctx context.Context, conn *consulclient.Conn, cfg *config.Config, id string, log hclog.Logger,
+	refuse context.CancelCauseFunc) error {
+	answer := make(chan error, 1)
+	go func() {
+		b := backoff.New(time.Second, 30*time.Second)
+		warned := false
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			res, err := agent.CheckConsulACL(cctx, conn, cfg, id)
+			cancel()
+			switch {
+			case err == nil && res.Enabled:
+				log.Info("consul token checked", "accessor", res.Accessor)
+			case err == nil:
+				log.Debug("consul has acls off")
+			case consulacl.Decided(err):
+			default:
+				if !warned {
+					log.Warn("cannot check the consul token yet, will retry", "error", err)
+					warned = true
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(b.Next()):
+				}
+				continue
+			}
+			select {
+			case answer <- err:
+			default:
+			}
+			if err != nil {
+				refuse(err)
+			}
+			return
+		}
+	}()
+	select {
+	case err := <-answer:
+		return err
+	case <-time.After(aclWait):
+		return nil
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 func newLogger(level string) hclog.Logger {

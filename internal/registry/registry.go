@@ -18,6 +18,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/backoff"
 	"github.com/chainwarden/chainwarden/internal/clock"
+	"github.com/chainwarden/chainwarden/internal/consulacl"
 )
 
 // Tag marks every service chainwarden registers.
@@ -187,7 +188,13 @@ func (r *Registry) Sync(ctx context.Context, services []Service) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
-		if !r.down {
+		switch {
+		case consulacl.IsDenied(err):
+			// A refusal, not an outage: the registration or check it names was not made (a service is registered
+			// with its check in one call, so none is left without the other). Said every time: it is the
+			// operator's to fix.
+			r.log.Error("consul refused the agent's token, will retry", "error", consulacl.Explain(err))
+		case !r.down:
 			r.log.Error("consul unreachable, will keep probing and retry", "error", err)
 		}
 		r.down = true

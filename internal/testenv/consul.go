@@ -16,6 +16,8 @@ import (
 type Consul struct {
 	*devnet.Consul
 	t testing.TB
+	// ManagementToken is the random management token of a Consul started by StartConsulACL ("" without ACLs).
+	ManagementToken string
 }
 
 // StartConsul starts a Consul dev agent and waits for it to have a leader.
