@@ -135,6 +135,40 @@ node "geth-a" {
 		t.Fatalf("agent log:\n%s", log)
 	}
 
+	// What the agent does beside registering and publishing heads, made with its token as the agent makes it: a
+	// session on its own node holding the restart lock (and head keys), maintenance mode for a snapshot, the
+	// check-and-set writes of volume operations. A session on another node is refused.
+	ag := c.TokenClient(t, agentToken)
+	sid, _, err := ag.Session().Create(&consulapi.SessionEntry{Name: "chainwarden test", TTL: "30s",
+		Behavior: consulapi.SessionBehaviorDelete}, nil)
+	if err != nil {
+		t.Fatalf("session on its node: %v", err)
+	}
+	if ok, _, err := ag.KV().Acquire(&consulapi.KVPair{Key: "chainwarden/restart/eth-devnet", Session: sid}, nil); err != nil || !ok {
+		t.Fatalf("restart lock: %v %v", ok, err)
+	}
+	if _, err := ag.Session().Destroy(sid, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ag.Session().Create(&consulapi.SessionEntry{Node: "another-host", TTL: "30s"}, nil); !consulacl.IsDenied(err) {
+		t.Fatalf("session on another node: %v", err)
+	}
+	if err := ag.Agent().EnableServiceMaintenance("geth-a", "snapshot"); err != nil {
+		t.Fatalf("maintenance: %v", err)
+	}
+	if err := ag.Agent().DisableServiceMaintenance("geth-a"); err != nil {
+		t.Fatalf("maintenance off: %v", err)
+	}
+	for _, key := range []string{"chainwarden/volume-ops/geth-a", "chainwarden/volumes/geth-a"} {
+		ok, _, _, err := ag.Txn().Txn(consulapi.TxnOps{{KV: &consulapi.KVTxnOp{Verb: consulapi.KVCAS, Key: key, Value: []byte("{}")}}}, nil)
+		if err != nil || !ok {
+			t.Fatalf("check-and-set %s: %v %v", key, ok, err)
+		}
+	}
+	if _, err := ag.KV().Put(&consulapi.KVPair{Key: "chainwarden/proxy/deny_methods", Value: []byte("")}, nil); !consulacl.IsDenied(err) {
+		t.Fatalf("the agent's token wrote the proxy's settings: %v", err)
+	}
+
 	// The proxy's token only reads.
 	if _, err := proxy.KV().Put(&consulapi.KVPair{Key: "chainwarden/heads/eth-devnet/geth-a", Value: []byte("{}")}, nil); !consulacl.IsDenied(err) {
 		t.Fatalf("kv write with the proxy's token: %v", err)
