@@ -66,7 +66,7 @@ func sortedKeys(m map[string]bool) []string {
 type ConsulConn interface {
 	consulacl.Authorizer
 	ACL() *consulapi.ACL
-	Agent() *consulapi.Agent
+	Raw() *consulapi.Raw
 	HasToken() bool
 }
 
@@ -78,7 +78,7 @@ func CheckConsulACL(ctx context.Context, c ConsulConn, cfg *config.Config, agent
 	if err != nil || !res.Enabled {
 		return res, err
 	}
-	node, err := c.Agent().NodeName()
+	node, err := nodeName(ctx, c.Raw())
 	if err != nil && !consulacl.IsDenied(err) {
 		return res, fmt.Errorf("read the local consul agent's node name: %w", err)
 	}
@@ -97,4 +97,16 @@ func CheckConsulACL(ctx context.Context, c ConsulConn, cfg *config.Config, agent
 		return res, err
 	}
 	return res, denied
+}
+
+// nodeName is the local Consul agent's node name (GET /v1/agent/self, as Agent().NodeName() but under ctx).
+func nodeName(ctx context.Context, raw *consulapi.Raw) (string, error) {
+	var self struct{ Config struct{ NodeName string } }
+	if _, err := raw.Query("/v1/agent/self", &self, (&consulapi.QueryOptions{}).WithContext(ctx)); err != nil {
+		return "", err
+	}
+	if self.Config.NodeName == "" {
+		return "", errors.New("the local consul agent did not say its node name")
+	}
+	return self.Config.NodeName, nil
 }
