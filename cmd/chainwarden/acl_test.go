@@ -188,3 +188,51 @@ node "geth-a" {
 		}
 	}
 }
+
+// Consul not up yet when the agent starts (as at boot): the agent starts at once, keeps asking, and stops with the
+// same clear error once Consul answers that its token is unknown, leaving nothing registered.
+func TestACLRefusalAfterConsulStarts(t *testing.T) {
+	testenv.Integration(t)
+	bin := testenv.GoBuild(t, "./cmd/chainwarden")
+	port := testenv.FreePort(t)
+	listen := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
+	conf := filepath.Join(t.TempDir(), "agent.hcl")
+	src := fmt.Sprintf("consul {\n  address = \"127.0.0.1:%d\"\n}\nlisten = %q\nnode \"geth-a\" {\n  kind = \"ethereum\"\n"+
+		"  rpc = \"http://127.0.0.1:1\"\n  service = \"eth-devnet\"\n  chain_id = 1337\n}\n", port, listen)
+	if err := os.WriteFile(conf, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	token := testenv.RandomUUID(t)
+	p := testenv.StartIn(t, "", []string{"CONSUL_HTTP_TOKEN=" + token, "CONSUL_HTTP_TOKEN_FILE=", "CONSUL_HTTP_ADDR="},
+		"agent", bin, "agent", "-config", conf)
+	testenv.WaitHTTP(t, p, "http://"+listen+"/v1/health", 30*time.Second) // started without Consul's answer
+	logged := func() string {
+		b, _ := os.ReadFile(p.Log)
+		return strings.ReplaceAll(string(b), `\"`, `"`)
+	}
+	if !strings.Contains(logged(), "cannot check the consul token yet, starting anyway and will retry") {
+		t.Fatalf("agent log:\n%s", logged())
+	}
+
+	c := testenv.StartConsulACLOn(t, port)
+	testenv.Eventually(t, 90*time.Second, "the agent stops", func() error {
+		if !p.Exited() {
+			return fmt.Errorf("still running")
+		}
+		return nil
+	})
+	if code := p.Cmd.ProcessState.ExitCode(); code != 1 {
+		t.Fatalf("exit status %d:\n%s", code, logged())
+	}
+	if out := logged(); !strings.Contains(out, "agent stopped") || !strings.Contains(out, "consul does not know the token given") ||
+		strings.Contains(out, token) {
+		t.Fatalf("agent log:\n%s", out)
+	}
+	svcs, _, err := c.Client.Catalog().Services(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := svcs["eth-devnet"]; ok {
+		t.Fatalf("left registered: %v", svcs)
+	}
+}

@@ -114,56 +114,48 @@ func runAgent(args []string) int {
 	return 0
 }
 
-// aclWait is how long the agent waits at start for Consul to say whether its token will do, before it starts
-// without the answer (Consul is still starting at boot) and keeps asking in the background.
-const aclWait = 10 * time.Second
-
-// checkACL checks the agent's Consul token against what cfg needs. A refusal Consul gives within aclWait is
-// returned; a refusal that comes later (Consul was unreachable at start) stops the agent through refuse. Nothing is
-// registered before the answer comes in time; the token itself is never logged.
+// checkACL checks the agent's Consul token against what cfg needs. A refusal on the first try is returned before
+// anything is registered. When Consul cannot be asked (still starting at boot) the agent starts at once and keeps
+// asking in the background; a refusal that comes later stops it through refuse. The token itself is never logged.
 func checkACL(ctx context.Context, conn *consulclient.Conn, cfg *config.Config, id string, log hclog.Logger,
 	refuse context.CancelCauseFunc) error {
-	answer := make(chan error, 1)
+	first := make(chan error, 1)
 	go func() {
 		b := backoff.New(time.Second, 30*time.Second)
-		warned := false
-		for {
+		for try := 0; ; try++ {
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			res, err := agent.CheckConsulACL(cctx, conn, cfg, id)
 			cancel()
-			switch {
-			case err == nil && res.Enabled:
-				log.Info("consul token checked", "accessor", res.Accessor)
-			case err == nil:
-				log.Debug("consul has acls off")
-			case consulacl.Decided(err):
-			default:
-				if !warned {
-					log.Warn("cannot check the consul token yet, will retry", "error", err)
-					warned = true
+			decided := err == nil || consulacl.Decided(err)
+			if try == 0 {
+				if decided {
+					first <- err
+				} else {
+					log.Warn("cannot check the consul token yet, starting anyway and will retry", "error", err)
+					first <- nil
 				}
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(b.Next()):
+			}
+			if decided {
+				switch {
+				case err != nil:
+					refuse(err)
+				case res.Enabled:
+					log.Info("consul token checked", "accessor", res.Accessor)
+				default:
+					log.Debug("consul has acls off")
 				}
-				continue
+				return
 			}
 			select {
-			case answer <- err:
-			default:
+			case <-ctx.Done():
+				return
+			case <-time.After(b.Next()):
 			}
-			if err != nil {
-				refuse(err)
-			}
-			return
 		}
 	}()
 	select {
-	case err := <-answer:
+	case err := <-first:
 		return err
-	case <-time.After(aclWait):
-		return nil
 	case <-ctx.Done():
 		return nil
 	}

@@ -16,6 +16,13 @@ import (
 // c.Client and CheckStatus use it. The dev agent's own token (its node and anti-entropy) is the same token.
 func StartConsulACL(t testing.TB, extra ...string) *Consul {
 	t.Helper()
+	return StartConsulACLOn(t, 0, extra...)
+}
+
+// StartConsulACLOn is StartConsulACL with the HTTP API on httpPort (0: a free port), e.g. one a program under test
+// was told before Consul started.
+func StartConsulACLOn(t testing.TB, httpPort int, extra ...string) *Consul {
+	t.Helper()
 	token := RandomUUID(t)
 	file := filepath.Join(t.TempDir(), "acl.hcl")
 	conf := fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  down_policy = \"extend-cache\"\n"+
@@ -23,7 +30,7 @@ func StartConsulACL(t testing.TB, extra ...string) *Consul {
 	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := StartConsulWith(t, append([]string{"-config-file", file}, extra...)...)
+	c := startConsul(t, httpPort, append([]string{"-config-file", file}, extra...)...)
 	c.ManagementToken = token
 	c.Client = c.TokenClient(t, token)
 	return c
