@@ -23,7 +23,8 @@ import (
 // what `chainwarden status` shows and is refused writes.
 func TestACLPolicies(t *testing.T) {
 	testenv.Integration(t)
-	c := testenv.StartConsulACL(t)
+	// The stricter of Consul's modes: listing a KV folder needs "list".
+	c := testenv.StartConsulACL(t, "-hcl", "acl { enable_key_list_policy = true }")
 	bin := testenv.GoBuild(t, "./cmd/chainwarden")
 	g := testenv.StartGethDev(t, "geth-acl")
 	node, err := c.Client.Agent().NodeName()

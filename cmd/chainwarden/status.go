@@ -117,7 +117,8 @@ func printStatus(ctx context.Context, c *consulapi.Client, f statusFlags, style 
 }
 
 // statusNeeds is what `chainwarden status` reads: every chainwarden service and its nodes' health, the heads and
-// flags in KV (packer/files/consul-acl/chainwarden-proxy.hcl grants them).
+// flags in KV (packer/files/consul-acl/chainwarden-proxy.hcl grants them). It asks "read", not "list", for the KV
+// folders: only a Consul with acl.enable_key_list_policy needs "list", and its 403 then names it.
 func statusNeeds(prefix string) []consulacl.Need {
 	l := kvlayout.New(prefix)
 	return []consulacl.Need{

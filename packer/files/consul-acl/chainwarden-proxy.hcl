@@ -22,10 +22,11 @@ key_prefix "chainwarden/proxy/" {
 key_prefix "chainwarden/fallback/" {
   policy = "read"
 }
-# `chainwarden status`: the heads and the flags of sources that do not count.
+# `chainwarden status`: the heads and the flags of sources that do not count, read as whole folders ("list" is read
+# plus listing, which a Consul with acl.enable_key_list_policy requires for that; nothing more).
 key_prefix "chainwarden/heads/" {
-  policy = "read"
+  policy = "list"
 }
 key_prefix "chainwarden/flags/" {
-  policy = "read"
+  policy = "list"
 }
