@@ -79,6 +79,9 @@ func TestACLRefusedServiceNothingHalfRegistered(t *testing.T) {
 	}
 	a.Step(ctx)
 	c.WaitCheck(t, "geth-a", 10*time.Second, "passing", "warning", "critical")
+	if a.reg.Down() {
+		t.Fatal("a refusal taken for consul being down: the other checks would wait out a backoff")
+	}
 	if !strings.Contains(logs.String(), "consul refused the agent's token") ||
 		!strings.Contains(logs.String(), `lacks permission 'service:write' on \"eth-other\"`) ||
 		!strings.Contains(logs.String(), consulacl.Doc) || strings.Contains(logs.String(), token) {
