@@ -99,7 +99,7 @@ type Agent struct {
 	flagged  map[string]heads.Flag           // service/source -> this agent's sources flagged in the last pass
 	refLast  []probe.Result                  // the references' last results, for passes that don't probe
 	refsLast []nodespec.Reference
-	wakeAt   time.Time // when a node behind the head crosses warn_behind or max_behind: the loop judges then
+	wakeAt   time.Time // when the first node crosses a time threshold with no news (nextCrossing): the loop judges then
 	// markErr: the last error reading the restore marks (logged when it changes); marks: the marks a pass that
 	// probes read, for the push passes until the next.
 	markErr string
@@ -143,7 +143,10 @@ type nodeState struct {
 	judged     judgedOn  // what the last judgement saw
 	judgedPush uint64    // pushN when last judged
 	nextPoll   time.Time // while push is up: when the next probe is due (zero: push down, or not placed yet)
-	judgeAt    time.Time // when the node, behind the head, crosses warn_behind or max_behind (zero: not behind)
+	// unsynced: a push pass judged the node after synced was made, and kept synced (its status did not change): the
+	// next pass that probes judges it again and syncs the new figures.
+	unsynced bool
+	judgeAt  time.Time // when the node next crosses a time threshold with no news (nextCrossing; zero: none)
 	// catchUp follows a node whose volume was restored from a snapshot (a restore mark), until it has caught up.
 	catchUp *verdict.CatchUp
 }
@@ -372,12 +375,12 @@ func (a *Agent) Run(ctx context.Context) error {
 // reach the nodes of a host within milliseconds of each other, and one pass judges them all.
 const PushCoalesce = 50 * time.Millisecond
 
-// loop runs a pass every interval, and a push pass when heads arrived by push or a node behind the head crosses
-// warn_behind or max_behind, until ctx ends or errc reports a failure.
+// loop runs a pass every interval, and a push pass when heads arrived by push or a node crosses a time threshold
+// (nextCrossing), until ctx ends or errc reports a failure.
 func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	tick := a.clock.NewTicker(a.cfg.Interval)
 	defer tick.Stop()
-	var wake clock.Timer // when a node behind the head crosses a time threshold (a.wakeAt)
+	var wake clock.Timer // when a node crosses a time threshold (a.wakeAt)
 	defer func() {
 		if wake != nil {
 			wake.Stop()
@@ -444,14 +447,15 @@ type work struct {
 	pushN  uint64       // the node's pushN when r took a pushed head; 0: r is the probe's own
 }
 
-// Step does one pass: probe the nodes that are due and every reference, judge every node, publish heads and checks.
+// Step does one pass: probe the nodes that are due and every reference, judge the nodes that need it (unchanged),
+// publish heads and checks.
 // A node is due every pass while its heads don't come by push (no ws URL, or the subscription is down), before its
 // first probe and after a failed one; while they do, every push_poll_interval: that probe is its liveness check.
 func (a *Agent) Step(ctx context.Context) { a.pass(ctx, true) }
 
 // pushPass judges, without probing, every node whose height, block or network head changed since it was last
-// judged (with the heads that came by push) or that crossed warn_behind or max_behind since, and writes the status
-// changes to Consul at once.
+// judged (with the heads that came by push) or that crossed a time threshold since (nextCrossing), and writes the
+// status changes to Consul at once.
 func (a *Agent) pushPass(ctx context.Context) { a.pass(ctx, false) }
 
 // due says whether a pass probes st; a.mu must be held. While a node's push is up, its probes are spread over
@@ -644,7 +648,7 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		net := nets[w.cfg.Service]
 		head, in := net.judgement(w.cfg.Name, r, now)
 		on := judgedOn{height: r.Height, head: head.Height, hash: r.Hash, headNode: head.Node, flag: in.FlagKey}
-		if !poll && on == st.judged && (st.judgeAt.IsZero() || now.Before(st.judgeAt)) {
+		if a.unchanged(w, on, marks, poll, now) {
 			keep(st) // nothing its judgement depends on changed, and no time threshold was crossed
 			continue
 		}
@@ -684,17 +688,14 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		svc := a.service(st, rep)
 		if poll || st.synced == nil || st.synced.Status != svc.Status {
 			statusChanged = statusChanged || st.synced == nil || st.synced.Status != svc.Status
-			st.synced = &svc
+			st.synced, st.unsynced = &svc, false
 		} else {
-			svc = *st.synced
+			svc, st.unsynced = *st.synced, true
 		}
 		a.metrics.observeVerdict(w.cfg, rep, head, in.Finalized)
 		a.mu.Unlock()
 		st.judged = on
-		st.judgeAt = time.Time{}
-		if r.Err == nil && r.HasHeight && head.Height > r.Height {
-			st.judgeAt = crossing(in.BehindFor, w.cfg.Thresholds, now)
-		}
+		st.judgeAt = nextCrossing(in, rep, now)
 		if w.pushN != 0 && w.pushN != st.judgedPush {
 			st.judgedPush = w.pushN
 			if !poll {
@@ -717,7 +718,7 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		a.restart(ctx, now, seen, services, judged)
 	}
 
-	// The loop judges again when the first node behind the head crosses a time threshold, not at the next tick.
+	// The loop judges again when the first node crosses a time threshold, not at the next tick.
 	a.wakeAt = time.Time{}
 	for i := range nodes {
 		if at := nodes[i].st.judgeAt; !nodes[i].void && !at.IsZero() && (a.wakeAt.IsZero() || at.Before(a.wakeAt)) {
@@ -771,18 +772,56 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	a.slow = took > a.cfg.Interval
 }
 
-// crossing is when a node that has been behind the head for behind crosses the next of its warn_behind and
-// max_behind; zero when none is ahead.
-func crossing(behind time.Duration, t verdict.Thresholds, now time.Time) time.Time {
+// unchanged says whether a pass may keep a node's last judgement instead of judging it again: nothing it depends on
+// changed since (height, block, network head, flag), no time threshold was crossed since, and nothing else needs a
+// judgement each pass. A pass that probes judges every node it probed, every node while damping holds its status
+// (each pass counts toward fail_after and pass_after, as it always did), every node of a restored volume (followed
+// until it caught up), and every node when restarts are on (the restarter decides on all of them); so with heads by
+// push a node is judged on news, at a threshold, and at least every push_poll_interval, not every interval.
+func (a *Agent) unchanged(w *work, on judgedOn, marks map[string]restored.Mark, poll bool, now time.Time) bool {
+	st := w.st
+	if on != st.judged || (!st.judgeAt.IsZero() && !now.Before(st.judgeAt)) {
+		return false
+	}
+	if !poll {
+		return true
+	}
+	if w.due || st.unsynced || a.restarter != nil || st.catchUp != nil || st.synced == nil {
+		return false
+	}
+	if _, restoring := marks[w.cfg.Name]; restoring {
+		return false
+	}
+	a.mu.Lock()
+	held := st.damper.Held()
+	a.mu.Unlock()
+	return !held
+}
+
+// nextCrossing is when a node's judgement next changes with time alone, though nothing new arrives: it crosses
+// warn_behind or max_behind (behind the head), max_finalized_behind (its finalized block behind the network's), or
+// max_block_age (no new block); zero when none is ahead.
+func nextCrossing(in verdict.Input, rep verdict.Report, now time.Time) time.Time {
+	t, r := in.Thresholds, in.Result
 	var at time.Time
-	for _, limit := range []time.Duration{t.WarnBehind, t.MaxBehind} {
-		if limit <= 0 || behind > limit {
-			continue
+	// Judge counts a node as over a limit when strictly past it: a millisecond later.
+	next := func(limit, elapsed time.Duration) {
+		if limit <= 0 || elapsed > limit {
+			return
 		}
-		// Judge counts a node as over a limit when strictly longer behind: a millisecond past it.
-		if c := now.Add(limit - behind + time.Millisecond); at.IsZero() || c.Before(at) {
+		if c := now.Add(limit - elapsed + time.Millisecond); at.IsZero() || c.Before(at) {
 			at = c
 		}
+	}
+	if r.Err == nil && r.HasHeight && in.Head.Height > r.Height {
+		next(t.WarnBehind, in.BehindFor)
+		next(t.MaxBehind, in.BehindFor)
+	}
+	if in.FinalizedBehindFor > 0 {
+		next(t.MaxFinalizedBehind, in.FinalizedBehindFor)
+	}
+	if r.Err == nil && !r.BlockTime.IsZero() {
+		next(t.MaxBlockAge, rep.BlockAge)
 	}
 	return at
 }

@@ -47,6 +47,7 @@ func TestConsulUIShowsTheVerdict(t *testing.T) {
 	// itself through blocking queries, without a reload). Without the catalog writes it would keep its first
 	// figures for check_update_interval, 5 minutes.
 	b.Open(page("geth-a"))
+	b.Wait(browsertest.Want{Text: []string{"height "}, Within: 60 * time.Second}) // the page rendered the output
 	heightRE := regexp.MustCompile(`height (\d+)`)
 	agentHeight := func() uint64 {
 		var h NodeHealth

@@ -27,6 +27,7 @@ type NodeHealth struct {
 	Lag             uint64    `json:"lag"`
 	BehindSeconds   float64   `json:"behind_seconds"` // how long the node has been behind the head
 	Finalized       uint64    `json:"finalized,omitempty"`
+	Safe            uint64    `json:"safe,omitempty"`
 	Peers           uint64    `json:"peers"`
 	BlockAgeSeconds float64   `json:"block_age_seconds"`
 	Updated         time.Time `json:"updated"`
@@ -56,7 +57,7 @@ func (st *nodeState) health() NodeHealth {
 	}
 	return NodeHealth{Node: st.cfg.Name, Service: st.cfg.Service, Kind: string(st.cfg.Kind), Status: r.Status.String(),
 		Output: r.Output(), Reasons: r.Reasons, Height: r.Height, Head: r.Head, HeadNode: r.HeadNode, Lag: r.Lag,
-		BehindSeconds: r.Behind.Seconds(), Finalized: r.Finalized, Peers: r.Peers, BlockAgeSeconds: r.BlockAge.Seconds(), Updated: st.updated}
+		BehindSeconds: r.Behind.Seconds(), Finalized: r.Finalized, Safe: r.Safe, Peers: r.Peers, BlockAgeSeconds: r.BlockAge.Seconds(), Updated: st.updated}
 }
 
 // StatusCode is what /v1/health/<node> answers for a status: load balancers that only read codes (AWS ALB target

@@ -26,6 +26,7 @@ type metrics struct {
 	referenceUp  *prometheus.GaugeVec
 	behind       *prometheus.GaugeVec
 	finalized    *prometheus.GaugeVec
+	safe         *prometheus.GaugeVec
 	netFinalized *prometheus.GaugeVec
 	flagged      *prometheus.GaugeVec
 	flagsTotal   *prometheus.CounterVec
@@ -64,6 +65,7 @@ func newMetrics() *metrics {
 		behind: g("node_behind_seconds", "How long the node has been behind its network's head: since the network first had a height the node has not reached (0 at the head).",
 			nodeLabels...),
 		finalized:    g("node_finalized_height", "The node's finalized block (Ethereum's \"finalized\" tag).", nodeLabels...),
+		safe:         g("node_safe_height", "The node's safe block (Ethereum's \"safe\" tag).", nodeLabels...),
 		netFinalized: g("network_finalized_height", "The network's finalized block: the highest of the sources that count toward its head.", "service"),
 		flagged: g("head_source_flagged", "1 while a node or reference of this agent does not count toward its network's head: kind not_corroborated or fork.",
 			"service", "source", "kind"),
@@ -84,7 +86,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
 		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites, m.pushJudged,
-		m.behind, m.finalized, m.netFinalized, m.flagged, m.flagsTotal, m.lookups, m.restarts, m.withheld, m.catchingUp,
+		m.behind, m.finalized, m.safe, m.netFinalized, m.flagged, m.flagsTotal, m.lookups, m.restarts, m.withheld, m.catchingUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -120,6 +122,9 @@ func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdi
 	if rep.HasFinalized {
 		m.finalized.With(l).Set(float64(rep.Finalized))
 	}
+	if rep.HasSafe {
+		m.safe.With(l).Set(float64(rep.Safe))
+	}
 	if head.Height > 0 {
 		m.head.WithLabelValues(n.Service).Set(float64(head.Height))
 	}
@@ -139,7 +144,7 @@ func (m *metrics) observeRestart(e restart.Event) {
 // forget drops a removed node's series (not its restart counts: a node being restarted leaves the set for a moment).
 func (m *metrics) forget(n nodespec.Node) {
 	l := labels(n)
-	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.behind, m.finalized, m.catchingUp} {
+	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.behind, m.finalized, m.safe, m.catchingUp} {
 		v.Delete(l)
 	}
 	m.transitions.DeletePartialMatch(prometheus.Labels{"node": n.Name, "service": n.Service})

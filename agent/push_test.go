@@ -14,7 +14,9 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/ethfake"
 	"github.com/chainwarden/chainwarden/internal/fakes"
+	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/testenv"
+	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
 // pushNode is an ethfake node that answers HTTP probes (counting them) and newHeads subscriptions on /ws.
@@ -268,7 +270,7 @@ func TestLoopJudgesPushBeforeTheTick(t *testing.T) {
 	waitSubscribed(t, a.Agent, 1)
 
 	na.push(101)
-	clk.BlockUntil(2) // the ticker and the coalescing wait
+	clk.BlockUntil(3) // the ticker, the wake-up at max_block_age and the coalescing wait
 	clk.Advance(PushCoalesce)
 	testenv.Eventually(t, 10*time.Second, "the pushed head judged", func() error {
 		if h := health(t, a.Agent, "geth-a"); h.Height != 101 {
@@ -354,7 +356,7 @@ func TestLoopJudgesWhenBehindCrossesWarnBehind(t *testing.T) {
 
 	clk.Advance(time.Second)
 	nb.push(101)      // geth-a stays at 100
-	clk.BlockUntil(2) // the ticker and the coalescing wait
+	clk.BlockUntil(3) // the ticker, the wake-up at max_block_age and the coalescing wait
 	clk.Advance(PushCoalesce)
 	testenv.Eventually(t, 10*time.Second, "geth-a behind", func() error {
 		if h := health(t, a.Agent, "geth-a"); h.Head != 101 || h.Status != "passing" {
@@ -377,4 +379,78 @@ func TestLoopJudgesWhenBehindCrossesWarnBehind(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// With heads by push, a pass that probes does not judge again a node it did not probe and that has nothing new: the
+// node keeps its last judgement (and its check) until news, a time threshold, or its push_poll_interval probe.
+func TestPassJudgesPushedNodesOnlyOnNews(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	a := newUnit(t, clk, wsNode("geth-a", na.rpc, na.ws, 1)+wsNode("geth-b", nb.rpc, nb.ws, 1))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	a.Step(ctx)
+	waitSubscribed(t, a.Agent, 2)
+	first := health(t, a.Agent, "geth-a").Updated
+	probes := na.probes.Load() + nb.probes.Load()
+
+	clk.Advance(time.Second)
+	a.Step(ctx) // nothing new, neither node due (their phases are 4.2 s and 3.7 s): both keep the first judgement
+	for _, n := range []string{"geth-a", "geth-b"} {
+		if got := health(t, a.Agent, n).Updated; !got.Equal(first) {
+			t.Fatalf("%s judged again with nothing new: updated %s, first %s", n, got, first)
+		}
+	}
+	if n := na.probes.Load() + nb.probes.Load(); n != probes {
+		t.Fatalf("the second pass probed: %d probes, was %d", n, probes)
+	}
+
+	clk.Advance(time.Second)
+	na.push(101)
+	waitPushed(t, a.Agent, "geth-a", 1)
+	a.Step(ctx) // news for geth-a, and a new network head for geth-b: both judged
+	for _, n := range []string{"geth-a", "geth-b"} {
+		if h := health(t, a.Agent, n); !h.Updated.Equal(clk.Now()) || h.Head != 101 {
+			t.Fatalf("%s not judged on the new head: %+v", n, h)
+		}
+	}
+	if _, out := a.check(t, "geth-b"); !strings.Contains(out, "behind head 101") {
+		t.Fatalf("geth-b's check did not get the new head: %q", out)
+	}
+
+	// Every push_poll_interval (10 s by default) a node is probed, and judged, though nothing changed.
+	judged := clk.Now()
+	for range 11 {
+		clk.Advance(time.Second)
+		a.Step(ctx)
+	}
+	if h := health(t, a.Agent, "geth-a"); !h.Updated.After(judged) {
+		t.Fatalf("geth-a not judged at its push_poll_interval probe: updated %s", h.Updated)
+	}
+}
+
+// nextCrossing is when time alone changes a judgement: the behind thresholds, max_finalized_behind, max_block_age.
+func TestNextCrossing(t *testing.T) {
+	now := start().Now()
+	th := verdict.Thresholds{WarnBehind: 5 * time.Second, MaxBehind: 30 * time.Second, MaxBlockAge: 2 * time.Minute,
+		MaxFinalizedBehind: time.Minute}
+	at := func(d time.Duration) time.Time { return now.Add(d + time.Millisecond) }
+	for _, c := range []struct {
+		name string
+		in   verdict.Input
+		age  time.Duration
+		want time.Time
+	}{
+		{"at the head, a fresh block: max_block_age", verdict.Input{Result: probe.Result{Height: 10, HasHeight: true, BlockTime: now}, Head: verdict.Head{Height: 10}}, 0, at(2 * time.Minute)},
+		{"behind 2s: warn_behind", verdict.Input{Result: probe.Result{Height: 9, HasHeight: true, BlockTime: now}, Head: verdict.Head{Height: 10}, BehindFor: 2 * time.Second}, 0, at(3 * time.Second)},
+		{"behind 10s: max_behind", verdict.Input{Result: probe.Result{Height: 9, HasHeight: true, BlockTime: now}, Head: verdict.Head{Height: 10}, BehindFor: 10 * time.Second}, 0, at(20 * time.Second)},
+		{"finalized behind 50s, block 119s old", verdict.Input{Result: probe.Result{Height: 10, HasHeight: true, BlockTime: now}, Head: verdict.Head{Height: 10}, FinalizedBehindFor: 50 * time.Second}, 119 * time.Second, at(time.Second)},
+		{"every threshold crossed", verdict.Input{Result: probe.Result{Height: 9, HasHeight: true, BlockTime: now}, Head: verdict.Head{Height: 10}, BehindFor: time.Minute}, 3 * time.Minute, time.Time{}},
+		{"failed probe: none", verdict.Input{Result: probe.Result{Err: fmt.Errorf("refused")}, Head: verdict.Head{Height: 10}}, 0, time.Time{}},
+	} {
+		c.in.Thresholds = th
+		if got := nextCrossing(c.in, verdict.Report{BlockAge: c.age}, now); !got.Equal(c.want) {
+			t.Errorf("%s: %s, want %s", c.name, got, c.want)
+		}
+	}
 }

@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/agent"
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/backoff"
+	"github.com/chainwarden/chainwarden/internal/consulacl"
 	"github.com/chainwarden/chainwarden/internal/consulclient"
 )
 
@@ -48,11 +51,12 @@ func runAgent(args []string) int {
 			}
 		}()
 	}
-	consul, err := consulclient.New(cfg.Consul.Address)
+	conn, err := consulclient.Open(cfg.Consul.Address)
 	if err != nil {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
+	consul := conn.Client
 	opts := agent.Options{Consul: agent.ConsulAPI(consul)}
 	if cfg.Restart != nil { // restarts of stalled nodes go through the local Nomad agent (NOMAD_* variables apply)
 		nc := nomadapi.DefaultConfig()
@@ -71,8 +75,14 @@ func runAgent(args []string) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	ctx, refuse := context.WithCancelCause(sctx)
+	defer refuse(nil)
+	if err := checkACL(ctx, conn, cfg, a.ID(), log.Named("consul"), refuse); err != nil {
+		log.Error("cannot start", "error", err)
+		return 1
+	}
 	startDiscovery(ctx, cfg, a, log)
 	startVolumes(ctx, cfg, consul, log, a.Metrics(), a.ID())
 
@@ -91,12 +101,64 @@ func runAgent(args []string) int {
 			log.Info("configuration reloaded", "nodes", len(next.Nodes))
 		}
 	}()
-	if err := a.Run(ctx); err != nil {
+	err = a.Run(ctx)
+	if cause := context.Cause(ctx); sctx.Err() == nil && cause != nil && cause != context.Canceled {
+		log.Error("agent stopped", "error", cause)
+		return 1
+	}
+	if err != nil {
 		log.Error("agent stopped", "error", err)
 		return 1
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// checkACL checks the agent's Consul token against what cfg needs. A refusal on the first try is returned before
+// anything is registered. When Consul cannot be asked (still starting at boot) the agent starts at once and keeps
+// asking in the background; a refusal that comes later stops it through refuse. The token itself is never logged.
+func checkACL(ctx context.Context, conn *consulclient.Conn, cfg *config.Config, id string, log hclog.Logger,
+	refuse context.CancelCauseFunc) error {
+	first := make(chan error, 1)
+	go func() {
+		b := backoff.New(time.Second, 30*time.Second)
+		for try := 0; ; try++ {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			res, err := agent.CheckConsulACL(cctx, conn, cfg, id)
+			cancel()
+			decided := err == nil || consulacl.Decided(err)
+			if try == 0 {
+				if decided {
+					first <- err
+				} else {
+					log.Warn("cannot check the consul token yet, starting anyway and will retry", "error", err)
+					first <- nil
+				}
+			}
+			if decided {
+				switch {
+				case err != nil:
+					refuse(err)
+				case res.Enabled:
+					log.Info("consul token checked", "accessor", res.Accessor)
+				default:
+					log.Debug("consul has acls off")
+				}
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(b.Next()):
+			}
+		}
+	}()
+	select {
+	case err := <-first:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 func newLogger(level string) hclog.Logger {

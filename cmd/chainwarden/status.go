@@ -14,6 +14,7 @@ import (
 	consulapi "github.com/hashicorp/consul/api"
 
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/consulacl"
 	"github.com/chainwarden/chainwarden/internal/consulclient"
 	"github.com/chainwarden/chainwarden/internal/fleet"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
@@ -40,17 +41,26 @@ func runStatus(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	c, err := consulclient.New(*addr)
+	conn, err := consulclient.Open(*addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "chainwarden status:", err)
 		return 1
 	}
+	c := conn.Client
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A token that cannot read would show an empty or partial fleet (Consul hides what a token may not read): say so.
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	_, err = consulacl.Check(cctx, c.ACL(), conn, conn.HasToken(), statusNeeds(f.prefix))
+	cancel()
+	if consulacl.Decided(err) {
+		fmt.Fprintln(os.Stderr, "chainwarden status:", err)
+		return 1
+	}
 	style := fleet.Style{Color: isTerminal(os.Stdout)}
 	if !f.watch {
 		if err := printStatus(ctx, c, f, style, os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, "chainwarden status:", err)
+			fmt.Fprintln(os.Stderr, "chainwarden status:", consulacl.Explain(err))
 			return 1
 		}
 		return 0
@@ -61,12 +71,12 @@ func runStatus(args []string) int {
 			fmt.Print("\x1b[H\x1b[2J") // home, clear
 		}
 		if err := printStatus(ctx, c, f, style, os.Stdout); err != nil && ctx.Err() == nil {
-			fmt.Fprintln(os.Stderr, "chainwarden status:", err)
+			fmt.Fprintln(os.Stderr, "chainwarden status:", consulacl.Explain(err))
 		}
 		// Redraw on every change of health, and every 5 s at the least so heights and ages stay current.
 		next, err := fleet.Wait(ctx, c, index, 5*time.Second)
 		if err != nil && ctx.Err() == nil {
-			fmt.Fprintln(os.Stderr, "chainwarden status:", err)
+			fmt.Fprintln(os.Stderr, "chainwarden status:", consulacl.Explain(err))
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -104,6 +114,19 @@ func printStatus(ctx context.Context, c *consulapi.Client, f statusFlags, style 
 		return err
 	}
 	return fleet.WriteFlags(w, flags, time.Now())
+}
+
+// statusNeeds is what `chainwarden status` reads: every chainwarden service and its nodes' health, the heads and
+// flags in KV (packer/files/consul-acl/chainwarden-proxy.hcl grants them). It asks "read", not "list", for the KV
+// folders: only a Consul with acl.enable_key_list_policy needs "list", and its 403 then names it.
+func statusNeeds(prefix string) []consulacl.Need {
+	l := kvlayout.New(prefix)
+	return []consulacl.Need{
+		{Resource: "service", Segment: "", Access: "read", Why: "list every service"},
+		{Resource: "node", Segment: "", Access: "read", Why: "read the health of every node"},
+		{Resource: "key", Segment: l.Heads(), Access: "read", Why: "read the heads"},
+		{Resource: "key", Segment: l.Flags(), Access: "read", Why: "read the flags"},
+	}
 }
 
 // isTerminal reports whether f is a terminal (colours only there).

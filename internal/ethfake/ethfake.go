@@ -29,6 +29,8 @@ type Node struct {
 	// "finalized" tag as a chain without finality does (an error, as geth's Clique).
 	Finalized  atomic.Uint64
 	NoFinality atomic.Bool
+	// Safe is the safe block; 0: none yet (the "safe" tag answers null).
+	Safe atomic.Uint64
 	// MadeAt, when set (unix nanoseconds), is when the head block was made; else one second before Now.
 	MadeAt atomic.Int64
 
@@ -110,6 +112,8 @@ func (n *Node) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 					f = height / 32 * 32
 				}
 				res = n.block(min(f, height), height, blockTime)
+			case tag == "safe" && n.Safe.Load() > 0:
+				res = n.block(min(n.Safe.Load(), height), height, blockTime)
 			case err == nil && strings.HasPrefix(tag, "0x") && h <= height:
 				res = n.block(h, height, blockTime)
 			default:

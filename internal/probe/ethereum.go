@@ -104,11 +104,12 @@ func unmarshalQuantity(b []byte, n *big.Int) error {
 	return nil
 }
 
-// latestBlockArgs and finalizedBlockArgs are the (read-only) arguments of eth_getBlockByNumber: the latest and the
-// finalized block, without transactions.
+// latestBlockArgs, finalizedBlockArgs and safeBlockArgs are the (read-only) arguments of eth_getBlockByNumber: the
+// latest, the finalized and the safe block, without transactions.
 var (
 	latestBlockArgs    = []any{"latest", false}
 	finalizedBlockArgs = []any{"finalized", false}
+	safeBlockArgs      = []any{"safe", false}
 )
 
 // ethCalls is the batch a probe sends, with the values its answers decode into. Probes reuse them through a pool:
@@ -120,11 +121,12 @@ type ethCalls struct {
 	block         ethBlock
 	version       string
 	finalized     json.RawMessage // null before the chain finalized anything
-	batch         [7]rpc.BatchElem
+	safe          json.RawMessage // likewise
+	batch         [8]rpc.BatchElem
 }
 
 // Positions in ethCalls.batch. The optional calls come last: web3_clientVersion (some providers disable it) and
-// the finalized block (only on chains with finality; left out of the batch unless the target asks for it).
+// the finalized and safe blocks (only on chains with finality; left out of the batch unless the target asks for it).
 const (
 	callHeight = iota
 	callSyncing
@@ -133,6 +135,7 @@ const (
 	callBlock
 	callVersion
 	callFinalized
+	callSafe
 )
 
 var ethCallsPool = sync.Pool{New: func() any {
@@ -145,13 +148,14 @@ var ethCallsPool = sync.Pool{New: func() any {
 		callBlock:     {Method: "eth_getBlockByNumber", Args: latestBlockArgs, Result: &c.block},
 		callVersion:   {Method: "web3_clientVersion", Result: &c.version},
 		callFinalized: {Method: "eth_getBlockByNumber", Args: finalizedBlockArgs, Result: &c.finalized},
+		callSafe:      {Method: "eth_getBlockByNumber", Args: safeBlockArgs, Result: &c.safe},
 	}
 	return c
 }}
 
 func getEthCalls() *ethCalls {
 	c := ethCallsPool.Get().(*ethCalls)
-	c.height, c.peers, c.syncing, c.block, c.version, c.finalized = 0, 0, c.syncing[:0], ethBlock{}, "", c.finalized[:0]
+	c.height, c.peers, c.syncing, c.block, c.version, c.finalized, c.safe = 0, 0, c.syncing[:0], ethBlock{}, "", c.finalized[:0], c.safe[:0]
 	(*big.Int)(&c.chainID).SetUint64(0)
 	for i := range c.batch {
 		c.batch[i].Error = nil
@@ -165,6 +169,9 @@ func putEthCalls(c *ethCalls) {
 	}
 	if cap(c.finalized) > 64<<10 {
 		c.finalized = nil
+	}
+	if cap(c.safe) > 64<<10 {
+		c.safe = nil
 	}
 	ethCallsPool.Put(c)
 }
@@ -218,6 +225,9 @@ func probeEthereum(ctx context.Context, hc *http.Client, t Target) Result {
 	r.Hash, r.ParentHash = c.block.Hash, c.block.ParentHash
 	if t.Finality && c.batch[callFinalized].Error == nil {
 		r.Finalized, r.FinalizedHash, r.HasFinalized = decodeFinalized(c.finalized)
+	}
+	if t.Finality && c.batch[callSafe].Error == nil {
+		r.Safe, _, r.HasSafe = decodeFinalized(c.safe)
 	}
 	// Some providers disable web3_clientVersion: then the node simply has no version to show.
 	if c.batch[callVersion].Error == nil {
@@ -274,8 +284,8 @@ func decodeSyncing(raw json.RawMessage) (bool, error) {
 	return false, fmt.Errorf("eth_syncing: want false or an object, got %s", clip(string(v), 64))
 }
 
-// decodeFinalized reads the finalized block. A chain without finality (Clique, pre-merge, Ethermint) answers an
-// error or null; an answer without a number is the same: no finalized block, not a failed probe.
+// decodeFinalized reads the finalized (or safe) block. A chain without finality (Clique, pre-merge, Ethermint)
+// answers an error or null; an answer without a number is the same: no such block, not a failed probe.
 func decodeFinalized(raw json.RawMessage) (uint64, Hash, bool) {
 	var b ethBlock
 	if len(raw) == 0 || json.Unmarshal(raw, &b) != nil || b.Number == nil {

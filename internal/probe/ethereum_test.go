@@ -37,6 +37,10 @@ var gethMembers = map[string]string{
 		`"hash":"0x9a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9","number":"0x12a05b1",` +
 		`"parentHash":"0x1111111111111111111111111111111111111111111111111111111111111111","timestamp":"0x65f2a2d7",` +
 		`"transactions":["0x3333333333333333333333333333333333333333333333333333333333333333"]}`,
+	"eth_getBlockByNumber/safe": `"result":{"baseFeePerGas":"0x4a817c800","difficulty":"0x0",` +
+		`"hash":"0x5a8b7c6d5e4f30211203f4e5d6c7b8a99a8b7c6d5e4f30211203f4e5d6c7b8a9","number":"0x12a05d1",` +
+		`"parentHash":"0x1111111111111111111111111111111111111111111111111111111111111111","timestamp":"0x65f2a2d7",` +
+		`"transactions":["0x3333333333333333333333333333333333333333333333333333333333333333"]}`,
 }
 
 // Hashes of the latest and finalized blocks in gethMembers.
@@ -350,7 +354,7 @@ func cannedBatch(tb testing.TB, finality bool) http.HandlerFunc {
 	order := []string{"eth_blockNumber", "eth_syncing", "net_peerCount", "eth_chainId", "eth_getBlockByNumber",
 		"web3_clientVersion"}
 	if finality {
-		order = append(order, "eth_getBlockByNumber/finalized")
+		order = append(order, "eth_getBlockByNumber/finalized", "eth_getBlockByNumber/safe")
 	}
 	var parts [][]byte
 	for i, m := range order {
@@ -470,23 +474,27 @@ func TestParseClientVersion(t *testing.T) {
 	}
 }
 
-// The finalized block is asked for only when the target wants it, and is optional: a chain without finality
-// answers an error (geth's Clique) or null, and the probe goes on without one.
+// The finalized and safe blocks are asked for only when the target wants them, and are optional: a chain without
+// finality answers an error (geth's Clique) or null, and the probe goes on without them.
 func TestEthereumProbeFinality(t *testing.T) {
 	cases := []struct {
 		name     string
 		override map[string]string
 		want     uint64
 		has      bool
+		safe     uint64 // 0: none
 	}{
-		{name: "finalized block", want: 0x12a05b1, has: true},
+		{name: "finalized block", want: 0x12a05b1, has: true, safe: 0x12a05d1},
+		{name: "no safe block", want: 0x12a05b1, has: true, override: map[string]string{
+			"eth_getBlockByNumber/safe": `"error":{"code":-39001,"message":"safe block not found"}`}},
 		{name: "no finality (clique)", override: map[string]string{
-			"eth_getBlockByNumber/finalized": `"error":{"code":-39001,"message":"unknown block"}`}},
-		{name: "null before anything was finalized", override: map[string]string{
+			"eth_getBlockByNumber/finalized": `"error":{"code":-39001,"message":"unknown block"}`,
+			"eth_getBlockByNumber/safe":      `"error":{"code":-39001,"message":"unknown block"}`}},
+		{name: "null before anything was finalized", safe: 0x12a05d1, override: map[string]string{
 			"eth_getBlockByNumber/finalized": `"result":null`}},
-		{name: "a finalized answer without a number", override: map[string]string{
+		{name: "a finalized answer without a number", safe: 0x12a05d1, override: map[string]string{
 			"eth_getBlockByNumber/finalized": `"result":{"hash":"0x01"}`}},
-		{name: "garbage", override: map[string]string{"eth_getBlockByNumber/finalized": `"result":"finalized"`}},
+		{name: "garbage", safe: 0x12a05d1, override: map[string]string{"eth_getBlockByNumber/finalized": `"result":"finalized"`}},
 	}
 	client := NewHTTPClient()
 	for _, tc := range cases {
@@ -496,6 +504,9 @@ func TestEthereumProbeFinality(t *testing.T) {
 			noErr(t, r)
 			if r.HasFinalized != tc.has || r.Finalized != tc.want {
 				t.Fatalf("finalized %d (%v), want %d (%v)", r.Finalized, r.HasFinalized, tc.want, tc.has)
+			}
+			if r.HasSafe != (tc.safe != 0) || r.Safe != tc.safe {
+				t.Fatalf("safe %d (%v), want %d", r.Safe, r.HasSafe, tc.safe)
 			}
 			if tc.has && r.FinalizedHash.String() != gethFinalizedHash {
 				t.Errorf("finalized hash %s", r.FinalizedHash)

@@ -62,6 +62,8 @@ func TestIntegrationGeth(t *testing.T) {
 			return fmt.Errorf("hash %s parent %s", r.Hash, r.ParentHash)
 		case !r.HasFinalized || r.Finalized > r.Height: // geth --dev finalizes every 32nd block, block 0 at first
 			return fmt.Errorf("finalized %d (%v) at height %d", r.Finalized, r.HasFinalized, r.Height)
+		case !r.HasSafe || r.Safe < r.Finalized || r.Safe > r.Height: // geth --dev's safe block is its head
+			return fmt.Errorf("safe %d (%v), finalized %d, at height %d", r.Safe, r.HasSafe, r.Finalized, r.Height)
 		case r.ChainID != "1337":
 			return fmt.Errorf("chain id %q, want 1337", r.ChainID)
 		case r.Client != "geth" || !strings.HasPrefix(r.Version, "Geth/v1.16.7"):

@@ -43,8 +43,8 @@ type Target struct {
 	AuthEvery time.Duration
 	Session   *ChainlinkSession
 
-	// Finality asks an Ethereum node for its finalized block too (one more call in the batch; optional: a node
-	// without finality answers an error and the probe goes on).
+	// Finality asks an Ethereum node for its finalized and safe blocks too (two more calls in the batch; optional:
+	// a node without finality answers an error or null and the probe goes on).
 	Finality bool
 }
 
@@ -65,6 +65,10 @@ type Result struct {
 	Finalized     uint64
 	FinalizedHash Hash
 	HasFinalized  bool
+	// Safe is the node's latest safe block (Ethereum's "safe" tag: unlikely to be reorged) when HasSafe; asked
+	// with Finalized.
+	Safe    uint64
+	HasSafe bool
 
 	// Chainlink.
 	FailingChecks []Check       // /health checks that are failing, with their output

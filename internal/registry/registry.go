@@ -18,6 +18,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/backoff"
 	"github.com/chainwarden/chainwarden/internal/clock"
+	"github.com/chainwarden/chainwarden/internal/consulacl"
 )
 
 // Tag marks every service chainwarden registers.
@@ -114,6 +115,7 @@ type Registry struct {
 	pushed      map[string]pushed
 	deferred    map[string]*Service // checks whose latest output the local agent holds back from the servers
 	pushFailed  bool
+	refused     map[string]bool // services Consul refused to register for lack of a permission (logged once each)
 	down        bool
 	backoff     *backoff.Backoff
 	nextTry     time.Time
@@ -150,7 +152,7 @@ func New(agent AgentAPI, opts Options, log hclog.Logger) *Registry {
 	return &Registry{agent: agent, agentID: opts.AgentID, ttl: opts.TTL, deregisterAfter: opts.DeregisterAfter,
 		log: log, clock: clock.OrReal(opts.Clock), registered: map[string]*Service{}, lastTTL: map[string]sent{},
 		agentStatus: map[string]string{}, catalog: opts.Catalog, freshEvery: opts.FreshEvery,
-		pushed: map[string]pushed{}, deferred: map[string]*Service{},
+		pushed: map[string]pushed{}, deferred: map[string]*Service{}, refused: map[string]bool{},
 		auditEvery: opts.AuditEvery, parallelism: Parallelism, backoff: backoff.New(MinBackoff, MaxBackoff)}
 }
 
@@ -187,7 +189,13 @@ func (r *Registry) Sync(ctx context.Context, services []Service) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
-		if !r.down {
+		switch {
+		case consulacl.IsDenied(err):
+			// A refusal, not an outage: the registration or check it names was not made (a service is registered
+			// with its check in one call, so none is left without the other). Said every time: it is the
+			// operator's to fix.
+			r.log.Error("consul refused the agent's token, will retry", "error", consulacl.Explain(err))
+		case !r.down:
 			r.log.Error("consul unreachable, will keep probing and retry", "error", err)
 		}
 		r.down = true
@@ -227,6 +235,13 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 	for i := range services {
 		want[services[i].ID] = true
 	}
+	r.mu.Lock()
+	for id := range r.refused {
+		if !want[id] {
+			delete(r.refused, id)
+		}
+	}
+	r.mu.Unlock()
 	if audit {
 		if err := r.audit(ctx, want); err != nil {
 			return err
@@ -267,7 +282,7 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 	if err := r.parallel(ctx, known, func(s *Service) error { return r.syncOne(ctx, s) }); err != nil {
 		return err
 	}
-	if err := r.parallel(ctx, fresh, func(s *Service) error { return r.syncOne(ctx, s) }); err != nil {
+	if err := r.parallel(ctx, fresh, func(s *Service) error { return r.refusedAlone(s, r.syncOne(ctx, s)) }); err != nil {
 		return err
 	}
 	// The catalog write goes to the servers, which hold it through a leader election (rpc_hold_timeout, 7 s by
@@ -411,6 +426,28 @@ func (r *Registry) parallel(ctx context.Context, services []Service, fn func(*Se
 		first = ctx.Err()
 	}
 	return first
+}
+
+// refusedAlone keeps a registration Consul refused for lack of a permission (a service the token may not write)
+// from holding up the others: Consul is up, so it is not an outage, and backing off would let the other checks'
+// TTLs run out. Nothing of the refused one was registered (the service and its check are one call); it is tried
+// again next pass, and logged once until it is accepted.
+func (r *Registry) refusedAlone(s *Service, err error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case err == nil && r.refused[s.ID]:
+		delete(r.refused, s.ID)
+		r.log.Info("consul accepted the registration", "node", s.ID)
+	case err != nil && consulacl.IsDenied(err):
+		if !r.refused[s.ID] {
+			r.refused[s.ID] = true
+			r.log.Error("consul refused the agent's token, will retry", "node", s.ID, "service", s.Name,
+				"error", consulacl.Explain(err))
+		}
+		return nil
+	}
+	return err
 }
 
 func (r *Registry) syncOne(ctx context.Context, s *Service) error {

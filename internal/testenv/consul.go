@@ -16,6 +16,8 @@ import (
 type Consul struct {
 	*devnet.Consul
 	t testing.TB
+	// ManagementToken is the random management token of a Consul started by StartConsulACL ("" without ACLs).
+	ManagementToken string
 }
 
 // StartConsul starts a Consul dev agent and waits for it to have a leader.
@@ -31,8 +33,14 @@ var ProductionChecks = []string{"-hcl", `check_update_interval = "5m"`}
 // StartConsulWith starts a Consul dev agent with extra agent flags (e.g. ProductionChecks).
 func StartConsulWith(t testing.TB, extra ...string) *Consul {
 	t.Helper()
+	return startConsul(t, 0, extra...)
+}
+
+// startConsul starts a Consul dev agent with its HTTP API on httpPort (0: a free port).
+func startConsul(t testing.TB, httpPort int, extra ...string) *Consul {
+	t.Helper()
 	Bin(t, "consul")
-	c, err := devnet.StartConsul(context.Background(), t.TempDir(), 0, extra...)
+	c, err := devnet.StartConsul(context.Background(), t.TempDir(), httpPort, extra...)
 	if c != nil && c.Proc != nil {
 		track(t, c.Proc)
 	}

@@ -51,6 +51,9 @@ func (d *Damper) SetLimits(failAfter, passAfter int) {
 	d.FailAfter, d.PassAfter = max(failAfter, 1), max(passAfter, 1)
 }
 
+// Held says whether the damped status differs from the latest probe's (Holding says why).
+func (d *Damper) Held() bool { return d.dir != 0 }
+
 // Holding says why the damped status differs from the latest probe's, as a person reads it — "recovering: 1 of 3
 // good probes" or "failing: 1 of 2 bad probes" — and "" when it doesn't.
 func (d *Damper) Holding() string {

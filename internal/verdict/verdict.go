@@ -126,9 +126,12 @@ type Report struct {
 	// Finalized is the node's finalized block when HasFinalized.
 	Finalized    uint64
 	HasFinalized bool
-	Peers        uint64
-	BlockAge     time.Duration // zero when unknown
-	Err          string
+	// Safe is the node's safe block when HasSafe (Ethereum's "safe" tag).
+	Safe     uint64
+	HasSafe  bool
+	Peers    uint64
+	BlockAge time.Duration // zero when unknown
+	Err      string
 	// Summary holds the figures of a node without heights (Chainlink: version, wallets, job runs).
 	Summary string
 	// Holding says why Status is not this probe's own verdict while a Damper holds it, e.g. "recovering: 1 of 3
@@ -147,7 +150,8 @@ type Report struct {
 // Judge decides a node's undamped status from one probe.
 func Judge(in Input) Report {
 	r := in.Result
-	rep := Report{Probed: true, Height: r.Height, Peers: r.Peers, Finalized: r.Finalized, HasFinalized: r.HasFinalized}
+	rep := Report{Probed: true, Height: r.Height, Peers: r.Peers, Finalized: r.Finalized, HasFinalized: r.HasFinalized,
+		Safe: r.Safe, HasSafe: r.HasSafe}
 	// ticking records a reason whose figures change every probe, with key, its form without them.
 	ticking := func(s Status, key, format string, args ...any) {
 		if s > rep.Status {
@@ -369,6 +373,10 @@ func (r Report) probeOutput() string {
 		}
 		if r.HasFinalized {
 			parts = append(parts, fmt.Sprintf("finalized %d", r.Finalized))
+		}
+		// The safe block, where it says more than the head and the finalized block (geth --dev's is its head).
+		if r.HasSafe && r.Safe != r.Height && (!r.HasFinalized || r.Safe != r.Finalized) {
+			parts = append(parts, fmt.Sprintf("safe %d", r.Safe))
 		}
 	}
 	stats := strings.Join(parts, ", ")

@@ -110,6 +110,18 @@ func TestJudgeTimeFlagsAndFinality(t *testing.T) {
 			output: "on a fork: block 1234 is 0x0102030405 here, 0x0a0b0c0d0e on geth-b, geth-c — height 1236, at head 1236, 5 peers, last block 1s ago"},
 		{name: "finalized shown", in: Input{Result: final(1200), Head: head, Finalized: 1200, FinalizedNode: "geth-b",
 			Thresholds: timed}, output: "height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1200"},
+		{name: "safe shown where it is not the finalized block", in: Input{Result: func() probe.Result {
+			r := final(1200)
+			r.Safe, r.HasSafe = 1216, true
+			return r
+		}(), Head: head, Finalized: 1200, FinalizedNode: "geth-b", Thresholds: timed},
+			output: "height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1200, safe 1216"},
+		{name: "safe not repeated where it is the head (geth --dev)", in: Input{Result: func() probe.Result {
+			r := final(1200)
+			r.Safe, r.HasSafe = 1236, true
+			return r
+		}(), Head: head, Finalized: 1200, FinalizedNode: "geth-b", Thresholds: timed},
+			output: "height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1200"},
 		{name: "finalized behind, within max_finalized_behind", in: Input{Result: final(1168), Head: head, Finalized: 1200,
 			FinalizedNode: "geth-b", FinalizedBehindFor: time.Minute, Thresholds: timed},
 			output: "height 1236, at head 1236, 5 peers, last block 1s ago, finalized 1168"},
