@@ -84,7 +84,7 @@ func run(args []string) int {
 		go fw.host.Forward(l, fw.target)
 		fmt.Printf("%-22s http://%s  (-> %s %s)\n", fw.what, l.Addr(), fw.host.Name, fw.target)
 	}
-	fmt.Printf("services %s and %s: e.g. curl -s -XPOST -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_blockNumber\"}' http://%s/%s\n",
+	fmt.Printf("services %s and %s: e.g. curl -s -H 'Content-Type: application/json' -XPOST -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_blockNumber\"}' http://%s/%s\n",
 		cluster.EthService, cluster.CometService, *nginxAddr, cluster.EthService)
 	fmt.Printf("hosts' configs and logs under %s; namespaces %s-*: e.g. ip netns exec %s-chain1 ...\nCtrl-C stops the fleet.\n",
 		*dir, f.Prefix(), f.Prefix())

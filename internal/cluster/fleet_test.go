@@ -168,8 +168,8 @@ func TestFleet(t *testing.T) {
 			return nil
 		})
 		w.assertQuiet(t, start, nil)
-		if n := upstreams(); n != 0 {
-			t.Errorf("the proxies' upstreams changed %d times while the servers were killed and restarted", n)
+		if changes := upstreams(); len(changes) != 0 {
+			t.Errorf("the proxies' upstreams changed %d times while the servers were killed and restarted:\n%s", len(changes), strings.Join(changes, "\n"))
 		}
 		w.assertReadsOnlyFailedIn(t, start, start)
 		t.Logf("FIGURE leader loss and rolling restart: failed reads nginx %d, haproxy %d of %d", w.failed("nginx", start), w.failed("haproxy", start), w.reads(start))
@@ -278,8 +278,13 @@ type watcher struct {
 	mu          sync.Mutex
 	status      map[string]string // node -> passing, warning, critical, absent
 	transitions []transition
-	upstreams   []time.Time // when the proxies' upstreams changed
+	upstreams   []upstreamChange
 	readLog     []read
+}
+
+type upstreamChange struct {
+	at       time.Time
+	from, to string // nginx's upstreams | HAProxy's
 }
 
 type transition struct {
@@ -345,7 +350,7 @@ func watch(t *testing.T, f *cluster.Fleet) *watcher {
 			s := strings.Join(ng, ",") + "|" + strings.Join(hp, ",")
 			w.mu.Lock()
 			if last != "" && s != last {
-				w.upstreams = append(w.upstreams, time.Now())
+				w.upstreams = append(w.upstreams, upstreamChange{time.Now(), last, s})
 			}
 			last = s
 			w.mu.Unlock()
@@ -507,17 +512,17 @@ func (w *watcher) reads(since time.Time) int {
 	return n
 }
 
-// upstreamChanges returns a func counting the upstream changes since now.
-func (w *watcher) upstreamChanges(since time.Time) func() int {
-	return func() int {
+// upstreamChanges returns a func listing the upstream changes since then.
+func (w *watcher) upstreamChanges(since time.Time) func() []string {
+	return func() []string {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		n := 0
-		for _, at := range w.upstreams {
-			if at.After(since) {
-				n++
+		var out []string
+		for _, c := range w.upstreams {
+			if c.at.After(since) {
+				out = append(out, fmt.Sprintf("+%s: %s\n  -> %s", c.at.Sub(since).Round(10*time.Millisecond), c.from, c.to))
 			}
 		}
-		return n
+		return out
 	}
 }
