@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chainwarden/chainwarden/internal/fakes"
@@ -266,5 +267,48 @@ func TestCatalogGetsOutputsTheAgentHoldsBack(t *testing.T) {
 	}
 	if st, out, _ := c.CatalogCheck(CheckID("geth-a")); st != "passing" || out != p.Output {
 		t.Fatalf("catalog %s %q after a status change", st, out)
+	}
+}
+
+// heldCatalog is a catalog whose servers hold every call (a leader election): it records the deadline each call
+// came with and answers as a held call ends.
+type heldCatalog struct {
+	CatalogAPI
+	deadlines []time.Duration // time left when the call came; -1 for none
+}
+
+func (h *heldCatalog) Node(node string, q *consulapi.QueryOptions) (consulapi.HealthChecks, *consulapi.QueryMeta, error) {
+	left := time.Duration(-1)
+	if dl, ok := q.Context().Deadline(); ok {
+		left = time.Until(dl)
+	}
+	h.deadlines = append(h.deadlines, left)
+	return nil, nil, context.DeadlineExceeded
+}
+
+// A pass's catalog write goes to the servers, which hold it through a leader election: it comes with a deadline of
+// a quarter of the TTL, after the TTL updates, so a held write cannot make the checks expire.
+func TestCatalogWriteIsBoundedByTheTTL(t *testing.T) {
+	c, clk := fakes.NewConsul(), fakes.NewClock(time.Unix(1e9, 0))
+	held := &heldCatalog{CatalogAPI: c}
+	ttl := 20 * time.Second
+	r := New(c, Options{AgentID: "host-a", TTL: ttl, DeregisterAfter: time.Minute, Clock: clk, Catalog: held},
+		hclog.NewNullLogger())
+	s := svc("geth-a", "critical", "0 peers, want at least 1 — height 10")
+	s.Key = "0 peers, want at least 1"
+	if err := r.Sync(context.Background(), []Service{s}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, ok := c.Check(CheckID("geth-a")); !ok || st != "critical" {
+		t.Fatalf("the check on the local agent: %q (exists %v), want critical before the catalog write", st, ok)
+	}
+	if len(held.deadlines) != 1 {
+		t.Fatalf("%d catalog reads, want 1", len(held.deadlines))
+	}
+	if left := held.deadlines[0]; left < 0 || left > ttl/4 {
+		t.Fatalf("the catalog read came with %v left, want a deadline of at most %v (a quarter of the TTL)", left, ttl/4)
+	}
+	if got, want := ServerTimeout(2*time.Second), time.Second; got != want {
+		t.Fatalf("ServerTimeout(2s) = %v, want the floor %v", got, want)
 	}
 }
