@@ -36,12 +36,12 @@ import (
 // Consul is what the agent needs of Consul: the local agent's service and check calls (for the registry) and the
 // KV store (for heads). ConsulAPI gives them from a real client; tests give internal/fakes.Consul for all three.
 type Consul struct {
-	Agent   registry.AgentAPI
-	KV      heads.KV
-	Txn     heads.Txn
+	Agent registry.AgentAPI
+	KV    heads.KV
+	Txn   heads.Txn
 	// Sessions hold this agent's publisher slots (bounded head publishers, internal/heads).
 	Sessions heads.Sessions
-	Catalog registry.CatalogAPI // nil: outputs reach the servers only as the local agent sends them
+	Catalog  registry.CatalogAPI // nil: outputs reach the servers only as the local agent sends them
 	// Restart is the sessions, locks and health reads of the restarter (needed only with a restart block).
 	Restart restart.Consul
 }
