@@ -1,0 +1,288 @@
+package heads
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	consulapi "github.com/hashicorp/consul/api"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/chainwarden/chainwarden/internal/fakes"
+	"github.com/chainwarden/chainwarden/internal/kvlayout"
+	"github.com/chainwarden/chainwarden/internal/testenv"
+)
+
+// bounded is a store with bounded publishers, as agent id with max publishers per service.
+func bounded(kv KV, txn Txn, sess Sessions, id string, max int) *Store {
+	s := New(kv, txn, kvlayout.New(""), hclog.NewNullLogger(), nil)
+	s.SetPublishers(Publishers{Max: max, Sessions: sess, Agent: id, MaxAge: time.Minute})
+	return s
+}
+
+func head(node, status string, height uint64) Head {
+	return Head{Service: "eth", Node: node, Height: height, Observed: time.Now(), Agent: "agent-" + node, Status: status}
+}
+
+// refresh reads the service's heads into every store, as their watches would.
+func refresh(t *testing.T, stores ...*Store) {
+	t.Helper()
+	for _, s := range stores {
+		if err := s.WatchServiceOnce(context.Background(), "eth", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// publish publishes one head from each store, in order.
+func publish(t *testing.T, stores []*Store, hs ...Head) {
+	t.Helper()
+	for i, s := range stores {
+		if _, err := s.Publish(context.Background(), []Head{hs[i]}, nil); err != nil {
+			t.Fatalf("publish %s: %v", hs[i].Node, err)
+		}
+	}
+}
+
+func heldNodes(c *fakes.Consul) []string {
+	pairs, _, _ := c.List("chainwarden/heads/eth/", nil)
+	var out []string
+	for _, p := range pairs {
+		if p.Session != "" {
+			out = append(out, p.Key[len("chainwarden/heads/eth/"):])
+		}
+	}
+	return out
+}
+
+func TestPublishersClaimUpToMax(t *testing.T) {
+	c := fakes.NewConsul()
+	var ss []*Store
+	for _, id := range []string{"a", "b", "c"} {
+		ss = append(ss, bounded(c, c, c, "agent-"+id, 2))
+	}
+	for i, n := range []string{"a", "b", "c"} { // one after the other, each seeing the others' slots
+		refresh(t, ss[i])
+		publish(t, ss[i:i+1], head(n, StatusPassing, 10))
+	}
+	if got := heldNodes(c); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("held %v, want the first two", got)
+	}
+	// The third writes nothing per block: no key, no transaction.
+	txns := c.Calls("Txn")
+	refresh(t, ss...)
+	publish(t, ss[2:], head("c", StatusPassing, 11))
+	if c.Calls("Txn") != txns || c.Key("chainwarden/heads/eth/c") != nil {
+		t.Fatal("a node without a slot wrote its head")
+	}
+	// A publisher updates its own key under its session (one lock op), keeping the slot.
+	publish(t, ss[:1], head("a", StatusPassing, 11))
+	if got := heldNodes(c); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("after update: %v", got)
+	}
+	// a goes critical (no status): it gives its slot up; c takes it.
+	publish(t, ss[:1], head("a", "", 12))
+	refresh(t, ss...)
+	publish(t, ss[2:], head("c", StatusPassing, 12))
+	if got := heldNodes(c); !slices.Equal(got, []string{"b", "c"}) {
+		t.Fatalf("after a went critical: %v, want b c", got)
+	}
+	// A node that reports nothing (its probe failed) lets its slot go too.
+	if _, err := ss[1].Publish(context.Background(), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := heldNodes(c); !slices.Equal(got, []string{"c"}) {
+		t.Fatalf("after b reported nothing: %v", got)
+	}
+}
+
+func TestPublishersOverClaimConverges(t *testing.T) {
+	c := fakes.NewConsul()
+	var ss []*Store
+	var hs []Head
+	for _, n := range []string{"d", "a", "c", "b"} {
+		ss = append(ss, bounded(c, c, c, "agent-"+n, 2))
+		hs = append(hs, head(n, StatusPassing, 10))
+	}
+	publish(t, ss, hs...) // all at once: none saw the others
+	if got := heldNodes(c); len(got) != 4 {
+		t.Fatalf("held %v: every node should have claimed", got)
+	}
+	refresh(t, ss...)
+	publish(t, ss, hs...)
+	if got := heldNodes(c); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("held %v, want the first two by name", got)
+	}
+	refresh(t, ss...)
+	publish(t, ss, hs...) // stable
+	if got := heldNodes(c); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("held %v after another round", got)
+	}
+}
+
+func TestPublishersWarningSharesUntilPassingComes(t *testing.T) {
+	c := fakes.NewConsul()
+	a, b, p := bounded(c, c, c, "agent-a", 2), bounded(c, c, c, "agent-b", 2), bounded(c, c, c, "agent-z", 2)
+	publish(t, []*Store{a}, head("a", StatusWarning, 10))
+	refresh(t, b)
+	publish(t, []*Store{b}, head("b", StatusWarning, 10))
+	if got := heldNodes(c); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("a network of lagging nodes shares no heads: %v", got)
+	}
+	// A passing node claims though both slots are held (by warning nodes); the last warning one gives way.
+	refresh(t, p)
+	publish(t, []*Store{p}, head("z", StatusPassing, 12))
+	refresh(t, a, b, p)
+	publish(t, []*Store{a, b, p}, head("a", StatusWarning, 11), head("b", StatusWarning, 11), head("z", StatusPassing, 12))
+	if got := heldNodes(c); !slices.Equal(got, []string{"a", "z"}) {
+		t.Fatalf("held %v, want a (warning) and z (passing)", got)
+	}
+}
+
+func TestPublishersSessionInvalidated(t *testing.T) {
+	c := fakes.NewConsul()
+	s := bounded(c, c, c, "agent-a", 2)
+	publish(t, []*Store{s}, head("a", StatusPassing, 10))
+	sessions := c.Sessions()
+	if len(sessions) != 1 || len(heldNodes(c)) != 1 {
+		t.Fatalf("sessions %v held %v", sessions, heldNodes(c))
+	}
+	// Consul invalidates the session (the host's serfHealth failed): its keys go with it.
+	c.ExpireSession(sessions[0])
+	if c.Key("chainwarden/heads/eth/a") != nil {
+		t.Fatal("the key outlived its session")
+	}
+	// The next write finds the session invalid, the one after makes a new session and claims again.
+	if _, err := s.Publish(context.Background(), []Head{head("a", StatusPassing, 11)}, nil); err == nil {
+		t.Fatal("a write under an invalid session succeeded")
+	}
+	publish(t, []*Store{s}, head("a", StatusPassing, 11))
+	if got := c.Sessions(); len(got) != 1 || got[0] == sessions[0] || !slices.Equal(heldNodes(c), []string{"a"}) {
+		t.Fatalf("sessions %v held %v", got, heldNodes(c))
+	}
+	// Close destroys the session: the slot is free at once.
+	if err := s.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Sessions()) != 0 || len(heldNodes(c)) != 0 {
+		t.Fatalf("after close: sessions %v held %v", c.Sessions(), heldNodes(c))
+	}
+}
+
+func TestPublishersOldKeysStillRead(t *testing.T) {
+	c := fakes.NewConsul()
+	old := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), nil) // an older agent: every node, no session
+	if _, err := old.Publish(context.Background(), []Head{head("old", "", 20)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	a, b := bounded(c, c, c, "agent-a", 2), bounded(c, c, c, "agent-b", 2)
+	refresh(t, a, b)
+	publish(t, []*Store{a, b}, head("a", StatusPassing, 20), head("b", StatusPassing, 20))
+	refresh(t, a)
+	// The old key counts as a head, but it holds no slot: both new nodes publish.
+	if got := heldNodes(c); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("held %v", got)
+	}
+	var names []string
+	for _, h := range a.All("eth") {
+		names = append(names, h.Node)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"a", "b", "old"}) {
+		t.Fatalf("heads read: %v", names)
+	}
+}
+
+func TestWatchServicesOnlyOwn(t *testing.T) {
+	c := fakes.NewConsul()
+	other := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), nil)
+	s := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), nil)
+	s.SetServices([]string{"eth"})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); s.WatchServices(ctx, time.Minute) }()
+	if _, err := other.Publish(ctx, []Head{head("x", "", 5), {Service: "irita", Node: "val0", Height: 7, Observed: time.Now()}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "eth heads read", func() error { return want(len(s.All("eth")) == 1) })
+	// Switch to irita: the eth watch stops and its heads are dropped; irita's are read.
+	s.SetServices([]string{"irita"})
+	testenv.Eventually(t, 10*time.Second, "irita heads read, eth's dropped", func() error {
+		return want(len(s.All("irita")) == 1 && len(s.All("eth")) == 0)
+	})
+	cancel()
+	<-done
+	for prefix := range c.Listed() {
+		if prefix != "chainwarden/heads/eth/" && prefix != "chainwarden/heads/irita/" {
+			t.Errorf("read %q: only the services' own prefixes may be read", prefix)
+		}
+	}
+	if slices.Equal(s.Watched(), []string{"irita"}) == false {
+		t.Errorf("watched %v", s.Watched())
+	}
+}
+
+// TestSessionKeyGoesWithSessionRealConsul checks the Consul behaviour bounded publishers rely on: a key written by a
+// txn lock op under a delete-behaviour session disappears when the session is destroyed, and another session's
+// lock on it fails.
+func TestSessionKeyGoesWithSessionRealConsul(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	ctx := context.Background()
+	s := bounded(c.Client.KV(), c.Client.Txn(), c.Client.Session(), "agent-a", 2)
+	if _, err := s.Publish(ctx, []Head{head("a", StatusPassing, 10)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := c.Client.KV().Get("chainwarden/heads/eth/a", nil)
+	if err != nil || p == nil || p.Session == "" {
+		t.Fatalf("key %+v %v: want it held by a session", p, err)
+	}
+	// An update under the same session keeps the lock.
+	if _, err := s.Publish(ctx, []Head{head("a", StatusPassing, 11)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Another session cannot take it.
+	id, _, err := c.Client.Session().Create(&consulapi.SessionEntry{Behavior: consulapi.SessionBehaviorDelete}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, resp, _, err := c.Client.Txn().Txn(consulapi.TxnOps{{KV: &consulapi.KVTxnOp{Verb: consulapi.KVLock,
+		Key: "chainwarden/heads/eth/a", Session: id}}}, nil)
+	if err != nil || ok {
+		t.Fatalf("another session locked a held key: %v %v", ok, err)
+	}
+	t.Logf("consul says: %s", resp.Errors[0].What)
+	// Destroyed session: the key is gone, and a write under it says the session is invalid.
+	if _, err := c.Client.Session().Destroy(p.Session, nil); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the key goes with its session", func() error {
+		p, _, err := c.Client.KV().Get("chainwarden/heads/eth/a", nil)
+		if err != nil {
+			return err
+		}
+		return want(p == nil)
+	})
+	if _, err := s.Publish(ctx, []Head{head("a", StatusPassing, 12)}, nil); err == nil || !sessionInvalid(err.Error()) {
+		t.Fatalf("write under a destroyed session: %v", err)
+	}
+	if _, err := s.Publish(ctx, []Head{head("a", StatusPassing, 12)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if p, _, err := c.Client.KV().Get("chainwarden/heads/eth/a", nil); err != nil || p == nil || p.Session == "" {
+		t.Fatalf("not claimed again under a new session: %+v %v", p, err)
+	}
+}
+
+// want is nil when ok, else an error for testenv.Eventually.
+func want(ok bool) error {
+	if ok {
+		return nil
+	}
+	return errors.New("not yet")
+}
