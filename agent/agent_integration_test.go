@@ -20,9 +20,15 @@ import (
 // startAgent runs an agent with the given node blocks against a real Consul until the test ends (or stop is called).
 func startAgent(t *testing.T, c *testenv.Consul, id, blocks string) (a *Agent, listen string, stop func()) {
 	t.Helper()
+	return startAgentWith(t, c, id, "", blocks)
+}
+
+// startAgentWith is startAgent with extra attributes in the consul block.
+func startAgentWith(t *testing.T, c *testenv.Consul, id, consulExtra, blocks string) (a *Agent, listen string, stop func()) {
+	t.Helper()
 	listen = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n  check_ttl = \"2s\"\n}\nlisten = %q\ninterval = \"500ms\"\nhead_max_age = \"10s\"\n%s",
-		c.Addr, listen, blocks)
+	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n  check_ttl = \"2s\"\n%s}\nlisten = %q\ninterval = \"500ms\"\nhead_max_age = \"10s\"\n%s",
+		c.Addr, consulExtra, listen, blocks)
 	cfg, err := config.Parse([]byte(src), id+".hcl")
 	if err != nil {
 		t.Fatal(err)
