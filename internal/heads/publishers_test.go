@@ -3,7 +3,9 @@ package heads
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -285,4 +287,58 @@ func want(ok bool) error {
 		return nil
 	}
 	return errors.New("not yet")
+}
+
+// TestPublishersAcrossConsulServers: agents talking to different servers of a real 3-server cluster converge on
+// Max publishers, and each one's watch (on its own server) sees the others' heads.
+func TestPublishersAcrossConsulServers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	cs := testenv.StartConsulServers(t, 3)
+	ctx := context.Background()
+	var ss []*Store
+	var hs []Head
+	for i, n := range []string{"a", "b", "c", "d"} {
+		cl := cs.Servers[i%3].Client
+		ss = append(ss, bounded(cl.KV(), cl.Txn(), cl.Session(), "agent-"+n, 2))
+		hs = append(hs, head(n, StatusPassing, 10))
+	}
+	held := func() []string {
+		pairs, _, err := cs.Servers[0].Client.KV().List("chainwarden/heads/eth/", &consulapi.QueryOptions{RequireConsistent: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, p := range pairs {
+			if p.Session != "" {
+				out = append(out, strings.TrimPrefix(p.Key, "chainwarden/heads/eth/"))
+			}
+		}
+		return out
+	}
+	publish(t, ss, hs...) // at once: over-claimed
+	testenv.Eventually(t, 30*time.Second, "two publishers", func() error {
+		for _, s := range ss {
+			if err := s.WatchServiceOnce(ctx, "eth", 0); err != nil {
+				return err
+			}
+		}
+		for i := range hs {
+			hs[i].Height++
+		}
+		publish(t, ss, hs...)
+		if got := held(); !slices.Equal(got, []string{"a", "b"}) {
+			return fmt.Errorf("held %v", got)
+		}
+		return nil
+	})
+	for _, s := range ss {
+		if err := s.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := held(); len(got) != 0 {
+		t.Fatalf("held after close: %v", got)
+	}
 }
