@@ -74,10 +74,15 @@ func StartConsulServers(ctx context.Context, logDir, dataDir string, n int, extr
 		}
 		cs.Servers = append(cs.Servers, &ConsulServer{Name: name, IP: ip, Addr: cfg.Address, Client: client, Proc: p})
 	}
-	err = Poll(ctx, 90*time.Second, "consul cluster", nil, func() error {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var exited error
+	err = Poll(pctx, 90*time.Second, "consul cluster", nil, func() error {
 		for _, s := range cs.Servers {
 			if s.Proc.Exited() {
-				return fmt.Errorf("%s exited: %s", s.Name, s.Proc.Tail(5))
+				exited = fmt.Errorf("%s exited:\n%s", s.Name, s.Proc.Tail(10))
+				cancel()
+				return exited
 			}
 			leader, err := s.Client.Status().Leader()
 			if err != nil {
@@ -98,6 +103,9 @@ func StartConsulServers(ctx context.Context, logDir, dataDir string, n int, extr
 	})
 	if err != nil {
 		cs.Stop()
+		if exited != nil {
+			return nil, exited
+		}
 		return nil, err
 	}
 	return cs, nil
