@@ -188,7 +188,7 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
 	a.heads.SetPublishers(heads.Publishers{Max: cfg.Consul.HeadPublishers, Sessions: opts.Consul.Sessions, Agent: opts.ID,
-		MaxAge: cfg.HeadMaxAge})
+		MaxAge: cfg.HeadMaxAge, ClaimWindow: heads.DefaultClaimWindow})
 	a.reg.OnStateLost = a.heads.Forget
 	if cfg.Restart != nil {
 		rc := opts.Consul.Restart

@@ -80,8 +80,9 @@ type Store struct {
 
 	// Bounded publishers (publishers.go); pub.Max == 0: every node publishes, without a session.
 	pub     Publishers
-	session string          // this agent's session ("" : none yet)
-	holding map[string]bool // keys this agent holds with session
+	session string               // this agent's session ("" : none yet)
+	holding map[string]bool      // keys this agent holds with session
+	claimAt map[string]time.Time // key -> when its node claims a free slot (ClaimWindow)
 	// Per-service watches (WatchServices).
 	want     map[string]bool   // services to watch
 	indexes  map[string]uint64 // service -> blocking query index
@@ -93,7 +94,7 @@ type Store struct {
 func New(kv KV, txn Txn, layout kvlayout.Layout, log hclog.Logger, clk clock.Clock) *Store {
 	return &Store{kv: kv, txn: txn, layout: layout, prefix: layout.Heads(), log: log, clock: clock.OrReal(clk),
 		all: map[string]map[string]Head{}, published: map[string]Head{}, flagged: map[string]Flag{},
-		holding: map[string]bool{}, want: map[string]bool{}, indexes: map[string]uint64{}, wantKick: make(chan struct{}, 1),
+		holding: map[string]bool{}, claimAt: map[string]time.Time{}, want: map[string]bool{}, indexes: map[string]uint64{}, wantKick: make(chan struct{}, 1),
 		listed: map[string]bool{}}
 }
 

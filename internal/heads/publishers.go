@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"math"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
@@ -43,6 +45,26 @@ type Publishers struct {
 	Sessions Sessions      // required
 	Agent    string        // this agent's ID (the Agent field of its heads)
 	MaxAge   time.Duration // heads older than this hold no slot
+	// ClaimWindow spreads the claims of a free slot (0: claim at once). A node that could claim waits a delay drawn
+	// from a truncated exponential distribution over the window (most near its end, a few early), and claims at its
+	// first pass after it if the slot is still free: the first claims reach every agent's watch before the others
+	// are due, so a vacancy draws a few claims (about 3 to 6 for 10 to 3,000 candidates with a 10 s window and a 1 s
+	// pass), not one per node of the network. See claimDelay.
+	ClaimWindow time.Duration
+}
+
+// DefaultClaimWindow is the agent's ClaimWindow.
+const DefaultClaimWindow = 10 * time.Second
+
+// claimLambda shapes claimDelay's distribution: the larger, the more delays sit near the window's end.
+const claimLambda = 8
+
+// claimDelay draws a claim delay in [0, window) from the truncated exponential distribution of SRM-style feedback
+// suppression (density ∝ e^(λt/window)): with N candidates the earliest is due after about window·ln(1+(e^λ−1)/N)/λ,
+// and few others fall within the time its claim takes to reach them, whatever N is.
+func claimDelay(window time.Duration) time.Duration {
+	u := rand.Float64()
+	return time.Duration(float64(window) / claimLambda * math.Log(1+u*(math.Exp(claimLambda)-1)))
 }
 
 // DefaultPublishers is head_publishers' default.
@@ -197,7 +219,14 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 			if r == 1 {
 				n = len(slots[h.Service])
 			}
-			if n < s.pub.Max {
+			switch {
+			case n >= s.pub.Max || !s.listed[h.Service]: // full, or this agent has not read the service yet
+				delete(s.claimAt, key)
+			case s.pub.ClaimWindow > 0 && s.claimAt[key].IsZero():
+				s.claimAt[key] = now.Add(claimDelay(s.pub.ClaimWindow))
+			}
+			if at, ok := s.claimAt[key]; n < s.pub.Max && s.listed[h.Service] && (s.pub.ClaimWindow <= 0 || ok && !now.Before(at)) {
+				delete(s.claimAt, key)
 				if cur, ok := s.all[h.Service][h.Node]; ok && cur.Session != "" && cur.Session != session {
 					if cur.Agent == s.pub.Agent {
 						destroy = append(destroy, cur.Session) // an earlier run of this agent: let its keys go
@@ -207,6 +236,9 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 				keep = true
 				slots[h.Service] = append(slots[h.Service], slot{h.Node, r})
 			}
+		}
+		if r == 0 {
+			delete(s.claimAt, key)
 		}
 		if !keep {
 			cur, inView := s.all[h.Service][h.Node]
@@ -406,7 +438,9 @@ func (s *Store) WatchServiceOnce(ctx context.Context, svc string, wait time.Dura
 	s.mu.Lock()
 	idx := s.indexes[svc]
 	s.mu.Unlock()
-	q := (&consulapi.QueryOptions{WaitIndex: idx, WaitTime: wait}).WithContext(ctx)
+	// Stale: any server answers from its own copy (milliseconds behind the leader at most while it is in contact),
+	// so the watchers of a fleet spread over every server instead of all landing on the leader.
+	q := (&consulapi.QueryOptions{WaitIndex: idx, WaitTime: wait, AllowStale: true}).WithContext(ctx)
 	pairs, meta, err := s.kv.List(s.layout.ServiceHeads(svc), q)
 	if err != nil {
 		return fmt.Errorf("read heads of %s from consul kv: %w", svc, err)

@@ -32,6 +32,9 @@ func head(node, status string, height uint64) Head {
 func refresh(t *testing.T, stores ...*Store) {
 	t.Helper()
 	for _, s := range stores {
+		s.mu.Lock()
+		s.indexes["eth"] = 0 // a plain read, not a blocking one
+		s.mu.Unlock()
 		if err := s.WatchServiceOnce(context.Background(), "eth", 0); err != nil {
 			t.Fatal(err)
 		}
@@ -100,6 +103,46 @@ func TestPublishersClaimUpToMax(t *testing.T) {
 	}
 }
 
+// TestPublishersClaimWindow: 200 nodes see an empty network at once; with the claim window, a few claim in the
+// first pass that has any claim (the others see those at their next pass) instead of all 200, and it settles at Max.
+func TestPublishersClaimWindow(t *testing.T) {
+	c := fakes.NewConsul()
+	clk := fakes.NewClock(time.Unix(1_700_000_000, 0))
+	var ss []*Store
+	var hs []Head
+	for i := range 200 {
+		n := fmt.Sprintf("n%03d", i)
+		s := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), clk)
+		s.SetPublishers(Publishers{Max: 5, Sessions: c, Agent: "agent-" + n, MaxAge: time.Minute, ClaimWindow: DefaultClaimWindow})
+		ss = append(ss, s)
+		h := head(n, StatusPassing, 10)
+		h.Observed = clk.Now()
+		hs = append(hs, h)
+	}
+	ever := map[string]bool{}
+	for pass := 0; pass < 15; pass++ { // a pass a second, each agent reading the view first
+		refresh(t, ss...)
+		publish(t, ss, hs...)
+		for _, n := range heldNodes(c) {
+			ever[n] = true
+		}
+		clk.Advance(time.Second)
+		for i := range hs {
+			hs[i].Observed = clk.Now()
+		}
+	}
+	refresh(t, ss...)
+	publish(t, ss, hs...)
+	if got := heldNodes(c); len(got) != 5 {
+		t.Fatalf("held %v, want 5", got)
+	}
+	// Expected about 4 in the first claiming pass (5 slots: a few more passes may add claims); 200 without the window.
+	if len(ever) > 25 {
+		t.Fatalf("%d nodes claimed a slot at some point: the claim window does not spread claims", len(ever))
+	}
+	t.Logf("%d of 200 nodes claimed at some point, 5 hold", len(ever))
+}
+
 func TestPublishersOverClaimConverges(t *testing.T) {
 	c := fakes.NewConsul()
 	var ss []*Store
@@ -108,6 +151,7 @@ func TestPublishersOverClaimConverges(t *testing.T) {
 		ss = append(ss, bounded(c, c, c, "agent-"+n, 2))
 		hs = append(hs, head(n, StatusPassing, 10))
 	}
+	refresh(t, ss...)
 	publish(t, ss, hs...) // all at once: none saw the others
 	if got := heldNodes(c); len(got) != 4 {
 		t.Fatalf("held %v: every node should have claimed", got)
@@ -127,6 +171,7 @@ func TestPublishersOverClaimConverges(t *testing.T) {
 func TestPublishersWarningSharesUntilPassingComes(t *testing.T) {
 	c := fakes.NewConsul()
 	a, b, p := bounded(c, c, c, "agent-a", 2), bounded(c, c, c, "agent-b", 2), bounded(c, c, c, "agent-z", 2)
+	refresh(t, a)
 	publish(t, []*Store{a}, head("a", StatusWarning, 10))
 	refresh(t, b)
 	publish(t, []*Store{b}, head("b", StatusWarning, 10))
@@ -146,6 +191,7 @@ func TestPublishersWarningSharesUntilPassingComes(t *testing.T) {
 func TestPublishersSessionInvalidated(t *testing.T) {
 	c := fakes.NewConsul()
 	s := bounded(c, c, c, "agent-a", 2)
+	refresh(t, s)
 	publish(t, []*Store{s}, head("a", StatusPassing, 10))
 	sessions := c.Sessions()
 	if len(sessions) != 1 || len(heldNodes(c)) != 1 {
@@ -237,6 +283,7 @@ func TestSessionKeyGoesWithSessionRealConsul(t *testing.T) {
 	c := testenv.StartConsul(t)
 	ctx := context.Background()
 	s := bounded(c.Client.KV(), c.Client.Txn(), c.Client.Session(), "agent-a", 2)
+	refresh(t, s)
 	if _, err := s.Publish(ctx, []Head{head("a", StatusPassing, 10)}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -317,6 +364,7 @@ func TestPublishersAcrossConsulServers(t *testing.T) {
 		}
 		return out
 	}
+	refresh(t, ss...)
 	publish(t, ss, hs...) // at once: over-claimed
 	testenv.Eventually(t, 30*time.Second, "two publishers", func() error {
 		for _, s := range ss {

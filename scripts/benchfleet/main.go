@@ -43,7 +43,7 @@ func main() {
 	hostsFlag := flag.String("hosts", "100,300,1000", "comma-separated fleet sizes (hosts, 3 nodes each)")
 	modes := flag.String("modes", "before,after", "comma-separated: before, after")
 	publishers := flag.Int("publishers", heads.DefaultPublishers, "head_publishers (after)")
-	warmup := flag.Duration("warmup", 10*time.Second, "time after every agent started, before measuring")
+	warmup := flag.Duration("warmup", 20*time.Second, "time after every agent started, before measuring")
 	duration := flag.Duration("duration", 30*time.Second, "measuring window per run")
 	maxP99 := flag.Duration("give-up-p99", 10*time.Second, "stop a run early when propagation p99 so far exceeds this (it cannot keep up)")
 	flag.Parse()
@@ -76,8 +76,8 @@ func main() {
 	}
 	fmt.Printf("3 Consul servers up: %s; %d networks, block times %s s; 3 nodes per host; %s per run after %s warm-up\n",
 		strings.Join(addrs(cs), ", "), len(blockTimes), strings.Join(bts, ","), *duration, *warmup)
-	fmt.Printf("%-6s %6s %9s %24s %11s %10s %9s %7s %9s %9s %8s %9s\n", "mode", "hosts", "leader", "server CPU (cores)",
-		"out MB/s", "KB/s/host", "applies/s", "txn/s", "prop p50", "prop p99", "samples", "bench CPU")
+	fmt.Printf("%-6s %6s %9s %24s %9s %10s %9s %7s %9s %9s %9s %9s %8s %9s\n", "mode", "hosts", "leader", "server CPU (cores)",
+		"out MB/s", "KB/s/host", "applies/s", "txn/s", "write p50", "write p99", "prop p50", "prop p99", "samples", "bench CPU")
 	for _, hosts := range sizes {
 		for _, mode := range strings.Split(*modes, ",") {
 			r, err := run(ctx, cs, strings.TrimSpace(mode), hosts, *publishers, *warmup, *duration, *maxP99)
@@ -208,6 +208,34 @@ type recTxn struct {
 	prop   *propagation
 	layout kvlayout.Layout
 	count  *atomic.Int64
+	took   *latencies
+}
+
+// latencies are the durations of the writes made while recording.
+type latencies struct {
+	mu        sync.Mutex
+	d         []time.Duration
+	recording *atomic.Bool
+}
+
+func (l *latencies) add(d time.Duration) {
+	if !l.recording.Load() {
+		return
+	}
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+func (l *latencies) quantile(q float64) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return 0
+	}
+	s := slices.Clone(l.d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(q*float64(len(s))))]
 }
 
 func (r *recTxn) Txn(ops consulapi.TxnOps, q *consulapi.QueryOptions) (bool, *consulapi.TxnResponse, *consulapi.QueryMeta, error) {
@@ -221,7 +249,9 @@ func (r *recTxn) Txn(ops consulapi.TxnOps, q *consulapi.QueryOptions) (bool, *co
 		}
 	}
 	r.count.Add(1)
-	return r.txn.Txn(ops, q)
+	ok, resp, meta, err := r.txn.Txn(ops, q)
+	r.took.add(time.Since(start))
+	return ok, resp, meta, err
 }
 
 func networkOf(l kvlayout.Layout, key string) (int, bool) {
@@ -285,6 +315,7 @@ func run(ctx context.Context, cs *devnet.ConsulServers, mode string, hosts, publ
 	}
 	out := make([]atomic.Int64, len(cs.Servers))
 	var txns atomic.Int64
+	writes := &latencies{recording: &prop.recording}
 	var transports []*http.Transport
 	genesis := time.Now()
 	height := func(n int, at time.Time) uint64 { return uint64(at.Sub(genesis)/(blockTimes[n]*time.Second)) + 1 }
@@ -320,9 +351,10 @@ func run(ctx context.Context, cs *devnet.ConsulServers, mode string, hosts, publ
 			mine[n] = true
 		}
 		a.kv = &recKV{kv: cl.KV(), prop: prop, layout: layout, mine: mine, last: map[int]uint64{}}
-		a.store = heads.New(a.kv, &recTxn{txn: cl.Txn(), prop: prop, layout: layout, count: &txns}, layout, hclog.NewNullLogger(), nil)
+		a.store = heads.New(a.kv, &recTxn{txn: cl.Txn(), prop: prop, layout: layout, count: &txns, took: writes}, layout, hclog.NewNullLogger(), nil)
 		if mode == "after" {
-			a.store.SetPublishers(heads.Publishers{Max: publishers, Sessions: cl.Session(), Agent: a.id, MaxAge: time.Minute})
+			a.store.SetPublishers(heads.Publishers{Max: publishers, Sessions: cl.Session(), Agent: a.id, MaxAge: time.Minute,
+				ClaimWindow: heads.DefaultClaimWindow})
 			var svcs []string
 			for _, n := range a.nets {
 				svcs = append(svcs, fmt.Sprintf("net%d", n))
@@ -442,8 +474,8 @@ func run(ctx context.Context, cs *devnet.ConsulServers, mode string, hosts, publ
 	prop.mu.Lock()
 	n := len(prop.samples)
 	prop.mu.Unlock()
-	return fmt.Sprintf("%-6s %6d %9s %24s %11.2f %10.2f %9.1f %7.1f %9s %9s %8d %9.2f%s", mode, hosts, leaderName,
+	return fmt.Sprintf("%-6s %6d %9s %24s %9.2f %10.2f %9.1f %7.1f %9s %9s %9s %9s %8d %9.2f%s", mode, hosts, leaderName,
 		strings.Join(cpus, " "), mbs, float64(total)/secs/1e3/float64(hosts), (idx1-idx0)/secs, float64(tx1-tx0)/secs,
-		prop.quantile(0.5).Round(time.Millisecond), prop.quantile(0.99).Round(time.Millisecond), n, (self1-self0)/secs,
+		writes.quantile(0.5).Round(time.Millisecond), writes.quantile(0.99).Round(time.Millisecond), prop.quantile(0.5).Round(time.Millisecond), prop.quantile(0.99).Round(time.Millisecond), n, (self1-self0)/secs,
 		stoppedEarly), nil
 }
