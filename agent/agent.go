@@ -59,6 +59,9 @@ type Options struct {
 	Consul     Consul       // required
 	// Nomad restarts allocations for the restart block: (*nomadapi.Client).Allocations(). Needed only with one.
 	Nomad restart.Nomad
+	// HeadClaimWindow spreads the claims of a free head publisher slot (internal/heads); 0: heads.DefaultClaimWindow,
+	// negative: claim at once (tests that drive passes).
+	HeadClaimWindow time.Duration
 	// Subscribers replaces the push subscribers by kind (tests); nil: push.Subscribers.
 	Subscribers map[probe.Kind]push.Subscriber
 }
@@ -188,7 +191,7 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
 	a.heads.SetPublishers(heads.Publishers{Max: cfg.Consul.HeadPublishers, Sessions: opts.Consul.Sessions, Agent: opts.ID,
-		MaxAge: cfg.HeadMaxAge, ClaimWindow: heads.DefaultClaimWindow})
+		MaxAge: cfg.HeadMaxAge, ClaimWindow: cmp.Or(opts.HeadClaimWindow, heads.DefaultClaimWindow)})
 	a.reg.OnStateLost = a.heads.Forget
 	if cfg.Restart != nil {
 		rc := opts.Consul.Restart

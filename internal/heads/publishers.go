@@ -161,6 +161,13 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 	if err != nil {
 		return 0, fmt.Errorf("heads: %w", err)
 	}
+	// A service this agent has not read yet (its watch just started) is read once first: a node never claims
+	// blind, which at a fleet's cold start would be every node at once.
+	for _, svc := range s.unread(heads) {
+		if err := s.WatchServiceOnce(ctx, svc, 0); err != nil {
+			return 0, fmt.Errorf("heads: %w", err)
+		}
+	}
 	now := s.clock.Now()
 	heads = slices.Clone(heads)
 	slices.SortFunc(heads, func(a, b Head) int {
@@ -317,6 +324,19 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 	}
 	s.mu.Unlock()
 	return n, nil
+}
+
+// unread lists the services of heads not read yet.
+func (s *Store) unread(heads []Head) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, h := range heads {
+		if !s.listed[h.Service] && !slices.Contains(out, h.Service) {
+			out = append(out, h.Service)
+		}
+	}
+	return out
 }
 
 // sessionGone says whether the last transaction found this agent's session gone (it then has none).
