@@ -275,6 +275,11 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 		releases = append(releases, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: s.prefix + k}})
 		released = append(released, s.prefix+k)
 	}
+	for k := range s.claimAt {
+		if !mine[k] {
+			delete(s.claimAt, k) // a node no longer reported
+		}
+	}
 	for _, k := range slices.Sorted(maps.Keys(s.holding)) { // held, but its node reported nothing: give it up
 		if !mine[k] && !slices.Contains(released, k) {
 			releases = append(releases, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: k}})
