@@ -166,12 +166,21 @@ func TestAgentSurvivesConsulLosingStateAndExpiresWhenKilled(t *testing.T) {
 	g := testenv.StartGethDev(t, "geth-dev")
 	_, _, stop := startAgent(t, c, "host-a", gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n"))
 	c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
+	// geth-a claims a publisher slot (within the claim window, 10 s).
+	testenv.Eventually(t, 30*time.Second, "geth-a's head published", func() error {
+		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
+		if err != nil || len(keys) != 1 {
+			return fmt.Errorf("keys %v (%v)", keys, err)
+		}
+		return nil
+	})
 
 	c.Restart() // all state gone
 	if st, _, _ := c.CheckStatus("geth-a"); st != "" {
 		t.Fatalf("fresh consul still has the check (%s)", st)
 	}
-	// Registered again; the new check starts critical and needs pass_after good probes.
+	// Registered again; the new check starts critical and needs pass_after good probes. The publisher claims its
+	// slot again at once (a new session; no claim window for a slot it held).
 	c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
 	testenv.Eventually(t, 5*time.Second, "heads published again after consul lost state", func() error {
 		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)

@@ -83,6 +83,7 @@ type Store struct {
 	session string               // this agent's session ("" : none yet)
 	holding map[string]bool      // keys this agent holds with session
 	claimAt map[string]time.Time // key -> when its node claims a free slot (ClaimWindow)
+	reclaim map[string]bool      // keys held until the session was lost: claimed again without waiting
 	// Per-service watches (WatchServices).
 	want     map[string]bool   // services to watch
 	indexes  map[string]uint64 // service -> blocking query index
@@ -94,7 +95,7 @@ type Store struct {
 func New(kv KV, txn Txn, layout kvlayout.Layout, log hclog.Logger, clk clock.Clock) *Store {
 	return &Store{kv: kv, txn: txn, layout: layout, prefix: layout.Heads(), log: log, clock: clock.OrReal(clk),
 		all: map[string]map[string]Head{}, published: map[string]Head{}, flagged: map[string]Flag{},
-		holding: map[string]bool{}, claimAt: map[string]time.Time{}, want: map[string]bool{}, indexes: map[string]uint64{}, wantKick: make(chan struct{}, 1),
+		holding: map[string]bool{}, claimAt: map[string]time.Time{}, reclaim: map[string]bool{}, want: map[string]bool{}, indexes: map[string]uint64{}, wantKick: make(chan struct{}, 1),
 		listed: map[string]bool{}}
 }
 
@@ -171,7 +172,7 @@ func (s *Store) Forget() {
 	s.published = map[string]Head{}
 	s.flagged = map[string]Flag{}
 	s.session = ""
-	s.holding = map[string]bool{}
+	s.lostHolding()
 	s.mu.Unlock()
 }
 

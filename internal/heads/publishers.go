@@ -232,13 +232,15 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 			case s.pub.ClaimWindow > 0 && s.claimAt[key].IsZero():
 				s.claimAt[key] = now.Add(claimDelay(s.pub.ClaimWindow))
 			}
-			if at, ok := s.claimAt[key]; n < s.pub.Max && s.listed[h.Service] && (s.pub.ClaimWindow <= 0 || ok && !now.Before(at)) {
+			if at, ok := s.claimAt[key]; n < s.pub.Max && s.listed[h.Service] && (s.pub.ClaimWindow <= 0 || s.reclaim[key] || ok && !now.Before(at)) {
 				delete(s.claimAt, key)
+				delete(s.reclaim, key)
 				if cur, ok := s.all[h.Service][h.Node]; ok && cur.Session != "" && cur.Session != session {
-					if cur.Agent == s.pub.Agent {
-						destroy = append(destroy, cur.Session) // an earlier run of this agent: let its keys go
+					if cur.Agent != s.pub.Agent {
+						continue // another agent's node of the same name holds it
 					}
-					continue // held by another session: claim again next pass
+					// An earlier session of this agent (a run before, or one Consul lost): let it go first.
+					destroy = append(destroy, cur.Session)
 				}
 				keep = true
 				slots[h.Service] = append(slots[h.Service], slot{h.Node, r})
@@ -246,6 +248,7 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 		}
 		if r == 0 {
 			delete(s.claimAt, key)
+			delete(s.reclaim, key)
 		}
 		if !keep {
 			cur, inView := s.all[h.Service][h.Node]
@@ -278,6 +281,11 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 	for k := range s.claimAt {
 		if !mine[k] {
 			delete(s.claimAt, k) // a node no longer reported
+		}
+	}
+	for k := range s.reclaim {
+		if !mine[k] {
+			delete(s.reclaim, k)
 		}
 	}
 	for _, k := range slices.Sorted(maps.Keys(s.holding)) { // held, but its node reported nothing: give it up
@@ -331,6 +339,17 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 	return n, nil
 }
 
+// lostHolding forgets the slots held under a session that is gone; their nodes claim again without waiting for the
+// claim window (the publishers of a network stay the same across a lost session). s.mu must be held.
+func (s *Store) lostHolding() {
+	for k, ok := range s.holding {
+		if ok {
+			s.reclaim[k] = true
+		}
+	}
+	s.holding = map[string]bool{}
+}
+
 // unread lists the services of heads not read yet.
 func (s *Store) unread(heads []Head) []string {
 	s.mu.Lock()
@@ -358,7 +377,8 @@ func (s *Store) applySession(ctx context.Context, ops consulapi.TxnOps) error {
 	if err != nil && sessionInvalid(err.Error()) {
 		s.mu.Lock()
 		s.log.Info("session gone, making a new one", "session", s.session, "error", err)
-		s.session, s.holding, s.published = "", map[string]bool{}, map[string]Head{}
+		s.session, s.published = "", map[string]Head{}
+		s.lostHolding()
 		s.mu.Unlock()
 	}
 	return err

@@ -390,3 +390,41 @@ func TestPublishersAcrossConsulServers(t *testing.T) {
 		t.Fatalf("held after close: %v", got)
 	}
 }
+
+// TestPublishersReclaimAfterLostSession: a publisher whose session Consul lost (its local agent wiped, servers
+// reset) claims its slot again at once, not after the claim window: a network keeps its publishers.
+func TestPublishersReclaimAfterLostSession(t *testing.T) {
+	c := fakes.NewConsul()
+	clk := fakes.NewClock(time.Unix(1_700_000_000, 0))
+	s := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), clk)
+	s.SetPublishers(Publishers{Max: 2, Sessions: c, Agent: "agent-a", MaxAge: time.Minute, ClaimWindow: DefaultClaimWindow})
+	h := head("a", StatusPassing, 10)
+	passes := 0
+	for ; len(heldNodes(c)) == 0 && passes < 20; passes++ {
+		h.Observed = clk.Now()
+		refresh(t, s)
+		publish(t, []*Store{s}, h)
+		clk.Advance(time.Second)
+	}
+	if len(heldNodes(c)) != 1 || passes < 1 {
+		t.Fatalf("claimed after %d passes: %v", passes, heldNodes(c))
+	}
+	c.ExpireSession(c.Sessions()[0])
+	h.Height, h.Observed = 11, clk.Now()
+	if _, err := s.Publish(context.Background(), []Head{h}, nil); err == nil {
+		t.Fatal("a write under an expired session succeeded")
+	}
+	refresh(t, s)
+	publish(t, []*Store{s}, h) // no time passed
+	if got := heldNodes(c); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("held %v: the publisher did not claim its slot again at once", got)
+	}
+	// The agent's local Consul lost its state (registry.OnStateLost → Forget): the same.
+	c.Wipe(false)
+	s.Forget()
+	refresh(t, s)
+	publish(t, []*Store{s}, h)
+	if got := heldNodes(c); !slices.Equal(got, []string{"a"}) {
+		t.Fatalf("held %v after a wipe", got)
+	}
+}
