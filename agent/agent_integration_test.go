@@ -126,6 +126,20 @@ func TestAgentCliqueLagAcrossAgents(t *testing.T) {
 		!strings.Contains(out, "not corroborated: the other sources put the chain at") {
 		t.Fatalf("liar: %q", out)
 	}
+	// The honest nodes are publishers (each claims within the claim window, 10 s); the liar, flagged, never is.
+	testenv.Eventually(t, 30*time.Second, "clique-0, clique-1 and clique-2 publishing", func() error {
+		pairs, _, err := c.Client.KV().List("chainwarden/heads/eth-devnet/", nil)
+		var held []string
+		for _, p := range pairs {
+			if p.Session != "" {
+				held = append(held, strings.TrimPrefix(p.Key, "chainwarden/heads/eth-devnet/"))
+			}
+		}
+		if err != nil || strings.Join(held, ",") != "clique-0,clique-1,clique-2" {
+			return fmt.Errorf("held %v (%v)", held, err)
+		}
+		return nil
+	})
 
 	if err := net.Isolate(net.Nodes[2]); err != nil {
 		t.Fatal(err)
