@@ -79,11 +79,12 @@ type Store struct {
 	index     uint64
 
 	// Bounded publishers (publishers.go); pub.Max == 0: every node publishes, without a session.
-	pub     Publishers
-	session string               // this agent's session ("" : none yet)
-	holding map[string]bool      // keys this agent holds with session
-	claimAt map[string]time.Time // key -> when its node claims a free slot (ClaimWindow)
-	reclaim map[string]bool      // keys held until the session was lost: claimed again without waiting
+	pub      Publishers
+	session  string               // this agent's session ("" : none yet)
+	holding  map[string]bool      // keys this agent holds with session
+	claimAt  map[string]time.Time // key -> when its node claims a free slot (ClaimWindow)
+	reclaim  map[string]bool      // keys held until the session was lost: claimed again without waiting
+	writeAvg time.Duration        // moving average of a KV write's round trip (claimWindow)
 	// Per-service watches (WatchServices).
 	want     map[string]bool   // services to watch
 	indexes  map[string]uint64 // service -> blocking query index
@@ -144,7 +145,9 @@ func (s *Store) apply(ctx context.Context, ops consulapi.TxnOps) error {
 	for len(ops) > 0 {
 		n := min(len(ops), maxTxnOps)
 		q := (&consulapi.QueryOptions{}).WithContext(ctx)
+		start := s.clock.Now()
 		ok, resp, _, err := s.txn.Txn(ops[:n], q)
+		s.wrote(s.clock.Now().Sub(start))
 		if err != nil {
 			return fmt.Errorf("write to consul kv: %w", err)
 		}

@@ -56,6 +56,23 @@ type Publishers struct {
 // DefaultClaimWindow is the agent's ClaimWindow.
 const DefaultClaimWindow = 10 * time.Second
 
+// claimWindowPerWrite is how many KV write round trips the claim window spans at least: suppression needs a claim
+// to reach the other agents well within the window, and an overloaded Consul (writes taking seconds) stretches it.
+const claimWindowPerWrite = 20
+
+// wrote records a KV write's round trip.
+func (s *Store) wrote(d time.Duration) {
+	s.mu.Lock()
+	s.writeAvg += (d - s.writeAvg) / 8
+	s.mu.Unlock()
+}
+
+// claimWindow is ClaimWindow, stretched to claimWindowPerWrite write round trips when Consul is slow; s.mu must be
+// held.
+func (s *Store) claimWindow() time.Duration {
+	return max(s.pub.ClaimWindow, claimWindowPerWrite*s.writeAvg)
+}
+
 // claimLambda shapes claimDelay's distribution: the larger, the more delays sit near the window's end.
 const claimLambda = 8
 
@@ -230,7 +247,7 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 			case n >= s.pub.Max || !s.listed[h.Service]: // full, or this agent has not read the service yet
 				delete(s.claimAt, key)
 			case s.pub.ClaimWindow > 0 && s.claimAt[key].IsZero():
-				s.claimAt[key] = now.Add(claimDelay(s.pub.ClaimWindow))
+				s.claimAt[key] = now.Add(claimDelay(s.claimWindow()))
 			}
 			if at, ok := s.claimAt[key]; n < s.pub.Max && s.listed[h.Service] && (s.pub.ClaimWindow <= 0 || s.reclaim[key] || ok && !now.Before(at)) {
 				delete(s.claimAt, key)

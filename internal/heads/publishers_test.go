@@ -428,3 +428,23 @@ func TestPublishersReclaimAfterLostSession(t *testing.T) {
 		t.Fatalf("held %v after a wipe", got)
 	}
 }
+
+func TestClaimWindowStretchesWithSlowWrites(t *testing.T) {
+	s := bounded(nil, nil, nil, "agent-a", 2)
+	s.pub.ClaimWindow = DefaultClaimWindow
+	if got := s.claimWindow(); got != DefaultClaimWindow {
+		t.Fatalf("window %s", got)
+	}
+	for range 100 { // Consul answering writes in 3 s
+		s.wrote(3 * time.Second)
+	}
+	if got := s.claimWindow(); got < 55*time.Second || got > 60*time.Second {
+		t.Fatalf("window %s with 3 s writes, want about 20 of them", got)
+	}
+	for range 100 {
+		s.wrote(10 * time.Millisecond)
+	}
+	if got := s.claimWindow(); got != DefaultClaimWindow {
+		t.Fatalf("window %s once writes are fast again", got)
+	}
+}
