@@ -5,7 +5,7 @@ export PATH := $(CACHE)/bin:/usr/local/go/bin:$(PATH)
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO_TEST_FLAGS ?=
 
-.PHONY: help deps build test test-unit image-test fuzz bench bench-proxy demo ami fmt vet clean
+.PHONY: help deps build test test-unit image-test fuzz bench bench-proxy bench-fleet demo ami fmt vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ bench: deps build ## the agent benchmark (1,000 nodes, 1 s interval: push at 12 
 
 bench-proxy: deps ## RPC proxy benchmarks (failover time, failed reads, overhead); figures for docs/BENCHMARKS.md
 	bash scripts/bench-proxy.sh all
+
+bench-fleet: deps ## head sharing at fleet scale: 3 Consul servers, 100/300/1,000 simulated hosts, before/after; docs/BENCHMARKS.md
+	bash scripts/bench-fleet.sh
 
 demo: deps build ## the demo stack: Consul, geth and CometBFT networks, Nomad jobs, the agent, the nginx proxy
 	go build -trimpath -o bin/chainwarden-dev ./cmd/chainwarden-dev && ./bin/chainwarden-dev -with-nomad -proxy-port 8545

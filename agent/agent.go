@@ -36,17 +36,19 @@ import (
 // Consul is what the agent needs of Consul: the local agent's service and check calls (for the registry) and the
 // KV store (for heads). ConsulAPI gives them from a real client; tests give internal/fakes.Consul for all three.
 type Consul struct {
-	Agent   registry.AgentAPI
-	KV      heads.KV
-	Txn     heads.Txn
-	Catalog registry.CatalogAPI // nil: outputs reach the servers only as the local agent sends them
+	Agent registry.AgentAPI
+	KV    heads.KV
+	Txn   heads.Txn
+	// Sessions hold this agent's publisher slots (bounded head publishers, internal/heads).
+	Sessions heads.Sessions
+	Catalog  registry.CatalogAPI // nil: outputs reach the servers only as the local agent sends them
 	// Restart is the sessions, locks and health reads of the restarter (needed only with a restart block).
 	Restart restart.Consul
 }
 
 // ConsulAPI is Consul from a real API client.
 func ConsulAPI(c *consulapi.Client) Consul {
-	return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn(), Catalog: registry.Catalog(c), Restart: restart.ConsulAPI(c)}
+	return Consul{Agent: c.Agent(), KV: c.KV(), Txn: c.Txn(), Sessions: c.Session(), Catalog: registry.Catalog(c), Restart: restart.ConsulAPI(c)}
 }
 
 // Options are the parts of an agent that the command, tests and the benchmark choose.
@@ -57,6 +59,9 @@ type Options struct {
 	Consul     Consul       // required
 	// Nomad restarts allocations for the restart block: (*nomadapi.Client).Allocations(). Needed only with one.
 	Nomad restart.Nomad
+	// HeadClaimWindow spreads the claims of a free head publisher slot (internal/heads); 0: heads.DefaultClaimWindow,
+	// negative: claim at once (tests that drive passes).
+	HeadClaimWindow time.Duration
 	// Subscribers replaces the push subscribers by kind (tests); nil: push.Subscribers.
 	Subscribers map[probe.Kind]push.Subscriber
 }
@@ -162,7 +167,7 @@ type judgedOn struct {
 
 // New builds an agent from a validated configuration.
 func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
-	if opts.Consul.Agent == nil || opts.Consul.KV == nil || opts.Consul.Txn == nil {
+	if opts.Consul.Agent == nil || opts.Consul.KV == nil || opts.Consul.Txn == nil || opts.Consul.Sessions == nil {
 		return nil, fmt.Errorf("agent: no consul given")
 	}
 	if opts.HTTPClient == nil {
@@ -188,6 +193,8 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 		Catalog: opts.Consul.Catalog,
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
+	a.heads.SetPublishers(heads.Publishers{Max: cfg.Consul.HeadPublishers, Sessions: opts.Consul.Sessions, Agent: opts.ID,
+		MaxAge: cfg.HeadMaxAge, ClaimWindow: cmp.Or(opts.HeadClaimWindow, heads.DefaultClaimWindow)})
 	a.reg.OnStateLost = a.heads.Forget
 	if cfg.Restart != nil {
 		rc := opts.Consul.Restart
@@ -266,6 +273,22 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 		}
 	}
 	a.push.Set(targets)
+	a.watchServices()
+}
+
+// watchServices makes the heads watch follow the services of this agent's nodes (but Chainlink's: no heights) and
+// references; a.mu must be held.
+func (a *Agent) watchServices() {
+	var svcs []string
+	for _, st := range a.nodes {
+		if st.cfg.Kind != probe.Chainlink {
+			svcs = append(svcs, st.cfg.Service)
+		}
+	}
+	for _, r := range a.refs {
+		svcs = append(svcs, r.Service)
+	}
+	a.heads.SetServices(svcs)
 }
 
 // onPushHead records a head that came by push and wakes the loop to judge it.
@@ -330,6 +353,7 @@ func (a *Agent) newNodeState(n nodespec.Node) *nodeState {
 func (a *Agent) SetReferences(refs []nodespec.Reference) {
 	a.mu.Lock()
 	a.refs = slices.Clone(refs)
+	a.watchServices()
 	a.mu.Unlock()
 }
 
@@ -350,7 +374,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	go a.heads.Watch(ctx, 5*time.Minute)
+	go a.heads.WatchServices(ctx, 5*time.Minute)
+	defer func() { // free this agent's publisher slots at once rather than when its host goes
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := a.heads.Close(cctx); err != nil {
+			a.log.Debug("close heads session", "error", err)
+		}
+	}()
 	if a.restarter != nil {
 		defer func() { // let go of restart locks at once rather than when their session expires
 			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -569,8 +600,10 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	}
 	a.mu.Unlock()
 
-	// Heads to publish, for the other agents: this pass's nodes on the right chain.
+	// Heads to publish, for the other agents: this pass's nodes on the right chain. Whether a node may hold a
+	// publisher slot is its verdict, set below once judged.
 	var pub []heads.Head
+	pubAt := map[string]int{} // node -> index in pub
 	for i := range nodes {
 		w := &nodes[i]
 		if w.due {
@@ -588,6 +621,7 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		if r.HasFinalized {
 			h.Finalized = r.Finalized
 		}
+		pubAt[w.cfg.Name] = len(pub)
 		pub = append(pub, h)
 	}
 	for i, ref := range refs {
@@ -694,6 +728,9 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		}
 		a.metrics.observeVerdict(w.cfg, rep, head, in.Finalized)
 		a.mu.Unlock()
+		if j, ok := pubAt[w.cfg.Name]; ok && in.FlagKey == "" { // a flagged node (fork, not corroborated) never publishes
+			pub[j].Status = status.String()
+		}
 		st.judged = on
 		st.judgeAt = nextCrossing(in, rep, now)
 		if w.pushN != 0 && w.pushN != st.judgedPush {

@@ -20,9 +20,15 @@ import (
 // startAgent runs an agent with the given node blocks against a real Consul until the test ends (or stop is called).
 func startAgent(t *testing.T, c *testenv.Consul, id, blocks string) (a *Agent, listen string, stop func()) {
 	t.Helper()
+	return startAgentWith(t, c, id, "", blocks)
+}
+
+// startAgentWith is startAgent with extra attributes in the consul block.
+func startAgentWith(t *testing.T, c *testenv.Consul, id, consulExtra, blocks string) (a *Agent, listen string, stop func()) {
+	t.Helper()
 	listen = fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))
-	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n  check_ttl = \"2s\"\n}\nlisten = %q\ninterval = \"500ms\"\nhead_max_age = \"10s\"\n%s",
-		c.Addr, listen, blocks)
+	src := fmt.Sprintf("consul {\n  address = %q\n  deregister_after = \"1m\"\n  check_ttl = \"2s\"\n%s}\nlisten = %q\ninterval = \"500ms\"\nhead_max_age = \"10s\"\n%s",
+		c.Addr, consulExtra, listen, blocks)
 	cfg, err := config.Parse([]byte(src), id+".hcl")
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +126,20 @@ func TestAgentCliqueLagAcrossAgents(t *testing.T) {
 		!strings.Contains(out, "not corroborated: the other sources put the chain at") {
 		t.Fatalf("liar: %q", out)
 	}
+	// The honest nodes are publishers (each claims within the claim window, 10 s); the liar, flagged, never is.
+	testenv.Eventually(t, 30*time.Second, "clique-0, clique-1 and clique-2 publishing", func() error {
+		pairs, _, err := c.Client.KV().List("chainwarden/heads/eth-devnet/", nil)
+		var held []string
+		for _, p := range pairs {
+			if p.Session != "" {
+				held = append(held, strings.TrimPrefix(p.Key, "chainwarden/heads/eth-devnet/"))
+			}
+		}
+		if err != nil || strings.Join(held, ",") != "clique-0,clique-1,clique-2" {
+			return fmt.Errorf("held %v (%v)", held, err)
+		}
+		return nil
+	})
 
 	if err := net.Isolate(net.Nodes[2]); err != nil {
 		t.Fatal(err)
@@ -160,12 +180,21 @@ func TestAgentSurvivesConsulLosingStateAndExpiresWhenKilled(t *testing.T) {
 	g := testenv.StartGethDev(t, "geth-dev")
 	_, _, stop := startAgent(t, c, "host-a", gethBlock("geth-a", g, testenv.DevChainID, "  min_peers = 0\n"))
 	c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
+	// geth-a claims a publisher slot (within the claim window, 10 s).
+	testenv.Eventually(t, 30*time.Second, "geth-a's head published", func() error {
+		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
+		if err != nil || len(keys) != 1 {
+			return fmt.Errorf("keys %v (%v)", keys, err)
+		}
+		return nil
+	})
 
 	c.Restart() // all state gone
 	if st, _, _ := c.CheckStatus("geth-a"); st != "" {
 		t.Fatalf("fresh consul still has the check (%s)", st)
 	}
-	// Registered again; the new check starts critical and needs pass_after good probes.
+	// Registered again; the new check starts critical and needs pass_after good probes. The publisher claims its
+	// slot again at once (a new session; no claim window for a slot it held).
 	c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
 	testenv.Eventually(t, 5*time.Second, "heads published again after consul lost state", func() error {
 		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)

@@ -52,7 +52,7 @@ func newUnitEvery(t *testing.T, clk *fakes.Clock, interval, blocks string) *unit
 		t.Fatal(err)
 	}
 	c := fakes.NewConsul()
-	a, err := New(cfg, hclog.NewNullLogger(), Options{ID: "host-a", Clock: clk, Consul: Consul{Agent: c, KV: c, Txn: c, Catalog: c}})
+	a, err := New(cfg, hclog.NewNullLogger(), Options{ID: "host-a", Clock: clk, HeadClaimWindow: -1, Consul: Consul{Agent: c, KV: c, Txn: c, Sessions: c, Catalog: c}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,7 +395,7 @@ func TestSlowPassesLoggedOnceNamingTheNode(t *testing.T) {
 	var logMu sync.Mutex
 	log := hclog.New(&hclog.LoggerOptions{Output: lockedWriter{&logMu, &logs}, Level: hclog.Info})
 	c := fakes.NewConsul()
-	a, err := New(cfg, log, Options{ID: "host-a", Clock: clk, Consul: Consul{Agent: c, KV: c, Txn: c, Catalog: c}})
+	a, err := New(cfg, log, Options{ID: "host-a", Clock: clk, HeadClaimWindow: -1, Consul: Consul{Agent: c, KV: c, Txn: c, Sessions: c, Catalog: c}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strings"
@@ -197,4 +198,74 @@ func waitOutput(t *testing.T, c *testenv.Consul, node, status string, re *regexp
 		return nil
 	})
 	return out
+}
+
+// Bounded publishers with real Consul and two agents on one geth --dev network, head_publishers = 2: exactly two
+// nodes hold a publisher key (under their agent's session), the critical node never publishes, each agent sees the
+// other's publishers; when host-a stops, its session goes with its keys and host-b's node takes a slot.
+func TestAgentBoundedPublishers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	g := testenv.StartGethDev(t, "geth-share")
+	id := fmt.Sprint(testenv.DevChainID)
+	const pubs = "  head_publishers = 2\n"
+	a, _, stopA := startAgentWith(t, c, "host-a", pubs, nodeBlock("share-a", "ethereum", g.RPC, "eth-share", id, "")+
+		nodeBlock("share-c", "ethereum", g.RPC, "eth-share", id, "")+
+		nodeBlock("share-dead", "ethereum", "http://127.0.0.1:1", "eth-share", id, ""))
+	b, _, _ := startAgentWith(t, c, "host-b", pubs, nodeBlock("share-b", "ethereum", g.RPC, "eth-share", id, ""))
+	layout := kvlayout.New("")
+	held := func() (map[string]string, error) { // node -> agent
+		pairs, _, err := c.Client.KV().List(layout.ServiceHeads("eth-share"), nil)
+		out := map[string]string{}
+		for _, p := range pairs {
+			if p.Session != "" {
+				var h struct{ Agent string }
+				if err := json.Unmarshal(p.Value, &h); err != nil {
+					return nil, err
+				}
+				out[strings.TrimPrefix(p.Key, layout.ServiceHeads("eth-share"))] = h.Agent
+			}
+		}
+		return out, err
+	}
+	sees := func(ag *Agent, node string) bool {
+		for _, h := range ag.heads.All("eth-share") {
+			if h.Node == node && h.Session != "" {
+				return true
+			}
+		}
+		return false
+	}
+	c.WaitCheck(t, "share-dead", 30*time.Second, "critical")
+	testenv.Eventually(t, 30*time.Second, "two publishers, each agent seeing the other's", func() error {
+		h, err := held()
+		if err != nil {
+			return err
+		}
+		if len(h) != 2 || h["share-dead"] != "" {
+			return fmt.Errorf("held %v", h)
+		}
+		for node, agent := range h {
+			if other := map[string]*Agent{"host-a": b, "host-b": a}[agent]; !sees(other, node) {
+				return fmt.Errorf("the other agent does not see %s's head (held %v)", node, h)
+			}
+		}
+		return nil
+	})
+	if k, _, _ := c.Client.KV().Get(layout.Head("eth-share", "share-dead"), nil); k != nil {
+		t.Fatalf("the critical node published: %s", k.Value)
+	}
+	stopA()
+	testenv.Eventually(t, 30*time.Second, "host-a's keys gone with its session, share-b publishing", func() error {
+		h, err := held()
+		if err != nil {
+			return err
+		}
+		if len(h) != 1 || h["share-b"] != "host-b" {
+			return fmt.Errorf("held %v", h)
+		}
+		return nil
+	})
 }

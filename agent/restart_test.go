@@ -58,7 +58,7 @@ func newHealing(t *testing.T, extra string) *healing {
 	nomad := fakes.NewNomad("client-1")
 	nomad.SetAllocations("client-1", &nomadapi.Allocation{ID: "a1", TaskStates: map[string]*nomadapi.TaskState{"geth": {State: "running"}}})
 	a, err := New(cfg, hclog.NewNullLogger(), Options{ID: "host-a", Clock: clk, Nomad: nomad,
-		Consul: Consul{Agent: c, KV: c, Txn: c, Catalog: c, Restart: restart.Consul{Sessions: c, KV: c, Health: c}}})
+		HeadClaimWindow: -1, Consul: Consul{Agent: c, KV: c, Txn: c, Sessions: c, Catalog: c, Restart: restart.Consul{Sessions: c, KV: c, Health: c}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/chainwarden/chainwarden/internal/ebs"
 	"github.com/chainwarden/chainwarden/internal/fielderr"
+	"github.com/chainwarden/chainwarden/internal/heads"
 	"github.com/chainwarden/chainwarden/internal/kvlayout"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/restart"
@@ -58,6 +59,8 @@ type Consul struct {
 	KVPrefix        string
 	DeregisterAfter time.Duration
 	CheckTTL        time.Duration
+	// HeadPublishers is how many nodes per service publish their head to KV (bounded publishers, internal/heads).
+	HeadPublishers int
 }
 
 // Nomad turns on discovery of chain nodes from the allocations on the local Nomad client. NOMAD_* environment
@@ -90,6 +93,7 @@ type rawConsul struct {
 	KVPrefix        string `hcl:"kv_prefix,optional"`
 	DeregisterAfter string `hcl:"deregister_after,optional"`
 	CheckTTL        string `hcl:"check_ttl,optional"`
+	HeadPublishers  *int   `hcl:"head_publishers,optional"`
 }
 
 // Defaults for the top level.
@@ -221,6 +225,13 @@ func (v *validator) config(r *raw) *Config {
 	c.Consul.CheckTTL = v.duration(r.Consul.CheckTTL, max(3*c.Interval, MinCheckTTL), consul("check_ttl"), "check_ttl")
 	if c.Consul.CheckTTL <= c.Interval {
 		v.errf(consul("check_ttl"), "check_ttl: %s must be longer than the interval %s", c.Consul.CheckTTL, c.Interval)
+	}
+	c.Consul.HeadPublishers = heads.DefaultPublishers
+	if r.Consul.HeadPublishers != nil {
+		c.Consul.HeadPublishers = *r.Consul.HeadPublishers
+		if c.Consul.HeadPublishers < 2 {
+			v.errf(consul("head_publishers"), "head_publishers: %d is below 2 (one publisher alone cannot be corroborated)", c.Consul.HeadPublishers)
+		}
 	}
 	if c.Consul.DeregisterAfter < time.Minute {
 		v.errf(consul("deregister_after"), "deregister_after: Consul's minimum is 1m")

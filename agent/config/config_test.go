@@ -107,7 +107,7 @@ func TestGoodMinimalDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != DefaultListen || c.Interval != DefaultInterval || c.Consul.KVPrefix != "chainwarden" ||
+	if c.Listen != DefaultListen || c.Interval != DefaultInterval || c.Consul.KVPrefix != "chainwarden" || c.Consul.HeadPublishers != 5 ||
 		c.PushPollInterval != DefaultPushPollInterval || c.Nodes[0].WS != "" {
 		t.Fatalf("defaults: %+v", c)
 	}

@@ -41,11 +41,19 @@ type Consul struct {
 
 	sessions    map[string]*consulapi.SessionEntry
 	nextSession int
+	listed      map[string]int // List calls by prefix
+}
+
+// Listed counts the List calls (KV reads, blocking or not) by prefix.
+func (c *Consul) Listed() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.listed)
 }
 
 // NewConsul returns an empty, reachable Consul.
 func NewConsul() *Consul {
-	c := &Consul{changed: make(chan struct{}), calls: map[string]int{}, index: 1} // Consul indexes start above 0
+	c := &Consul{changed: make(chan struct{}), calls: map[string]int{}, index: 1, listed: map[string]int{}} // Consul indexes start above 0
 	c.reset()
 	return c
 }
@@ -436,6 +444,7 @@ func (c *Consul) List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPai
 	if err := c.enter("List"); err != nil {
 		return nil, nil, err
 	}
+	c.listed[prefix]++
 	for q != nil && q.WaitIndex != 0 && c.index == q.WaitIndex {
 		ch := c.changed
 		c.blocked++
@@ -462,7 +471,7 @@ func (c *Consul) List(prefix string, q *consulapi.QueryOptions) (consulapi.KVPai
 	return out, &consulapi.QueryMeta{LastIndex: c.index}, nil
 }
 
-// Txn applies KV set, delete, check-and-set and delete-check-and-set operations atomically; a failed check or any
+// Txn applies KV set, delete, check-and-set, delete-check-and-set and lock operations atomically; a failed check or any
 // other verb rolls the transaction back, as Consul does.
 func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *consulapi.TxnResponse, *consulapi.QueryMeta, error) {
 	if err := c.enter("Txn"); err != nil {
@@ -480,6 +489,16 @@ func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *co
 		}
 		switch op.KV.Verb {
 		case consulapi.KVSet, consulapi.KVDelete:
+		case consulapi.KVLock: // as Consul's kvsLockTxn: the session must exist, and no other may hold the key
+			switch p := c.kv[op.KV.Key]; {
+			case op.KV.Session == "":
+				resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: "missing session"})
+			case c.sessions[op.KV.Session] == nil:
+				resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i, What: fmt.Sprintf("invalid session %q", op.KV.Session)})
+			case p != nil && p.Session != "" && p.Session != op.KV.Session:
+				resp.Errors = append(resp.Errors, &consulapi.TxnError{OpIndex: i,
+					What: fmt.Sprintf("failed to lock key %q, lock is already held", op.KV.Key)})
+			}
 		case consulapi.KVCAS, consulapi.KVDeleteCAS:
 			var have uint64
 			if p := c.kv[op.KV.Key]; p != nil {
@@ -506,6 +525,16 @@ func (c *Consul) Txn(ops consulapi.TxnOps, _ *consulapi.QueryOptions) (bool, *co
 				c.kv[op.KV.Key] = p
 			}
 			p.Value, p.ModifyIndex = slices.Clone(op.KV.Value), c.index
+		case consulapi.KVLock:
+			p := c.kv[op.KV.Key]
+			if p == nil {
+				p = &consulapi.KVPair{Key: op.KV.Key, CreateIndex: c.index}
+				c.kv[op.KV.Key] = p
+			}
+			if p.Session != op.KV.Session {
+				p.LockIndex++
+			}
+			p.Session, p.Value, p.ModifyIndex = op.KV.Session, slices.Clone(op.KV.Value), c.index
 		case consulapi.KVDelete, consulapi.KVDeleteCAS:
 			delete(c.kv, op.KV.Key)
 		}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -116,13 +117,16 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 			row.Flag = flagged[name+"/"+e.Service.ID]
 			if h, ok := all[name][e.Service.ID]; ok {
 				row.Height, row.Peers = h.Height, h.Peers
-				if head > h.Height {
-					row.Lag = head - h.Height
-					row.LagSec = behindSince(counted, h.Height, now, maxAge)
-				}
 				if !h.BlockTime.IsZero() {
 					row.AgeSec = now.Sub(h.BlockTime).Seconds()
 				}
+			} else if height, peers, ok := FromOutput(row.Output); ok && row.Status != "maintenance" {
+				// Not a publisher (bounded publishers, internal/heads): its figures are in its check's output.
+				row.Height, row.Peers = height, peers
+			}
+			if row.Height > 0 && head > row.Height {
+				row.Lag = head - row.Height
+				row.LagSec = behindSince(counted, row.Height, now, maxAge)
 			}
 			rows = append(rows, row)
 		}
@@ -134,6 +138,28 @@ func Read(ctx context.Context, c *consulapi.Client, kvPrefix string, maxAge time
 		return rows[i].Node < rows[j].Node
 	})
 	return rows, nil
+}
+
+var (
+	outputHeight = regexp.MustCompile(`(?:^|[—;:] )height (\d+)(?:,|$)`)
+	outputPeers  = regexp.MustCompile(`(?:^|, )(\d+) peers(?:,|$)`)
+)
+
+// FromOutput reads a node's height and peers from its check output, as the agent writes it ("height 1234, 2 behind
+// head 1236 (geth-b), 5 peers, last block 1s ago", after the reasons when not passing): false when it has no height.
+func FromOutput(out string) (height, peers uint64, ok bool) {
+	m := outputHeight.FindStringSubmatch(out)
+	if m == nil {
+		return 0, 0, false
+	}
+	height, err := strconv.ParseUint(m[1], 10, 64)
+	if err != nil || height == 0 {
+		return 0, 0, false
+	}
+	if p := outputPeers.FindStringSubmatch(out); p != nil {
+		peers, _ = strconv.ParseUint(p[1], 10, 64)
+	}
+	return height, peers, true
 }
 
 // Flags lists the sources agents flagged as not counting toward their network's head (nodes and references).

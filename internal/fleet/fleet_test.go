@@ -63,3 +63,22 @@ func TestTableColoursOnlyWhenAsked(t *testing.T) {
 		t.Fatalf("colour moved the columns:\n%s\n%s", plain.String(), color.String())
 	}
 }
+
+func TestFromOutput(t *testing.T) {
+	for out, want := range map[string][3]uint64{ // height, peers, ok
+		"height 1234, 2 behind head 1236 (geth-b), 5 peers, last block 1s ago": {1234, 5, 1},
+		"height 1236, at head 1236, 47 peers, last block 3s ago":               {1236, 47, 1},
+		"height 1240": {1240, 0, 1},
+		"3 blocks behind, more than warn_lag 2 — height 97, 3 behind head 100 (geth-b), 5 peers":      {97, 5, 1},
+		"recovering: 1 of 3 good probes; last probe: height 100, at head 100, 5 peers":                {100, 5, 1},
+		"probe failed: dial tcp 10.0.0.5:8545: connect: connection refused; 0 peers, want at least 1": {0, 0, 0},
+		"at height 0, not synced":                      {0, 0, 0},
+		"catching up from snapshot: height 500 → 1000": {0, 0, 0},
+		"": {0, 0, 0},
+	} {
+		h, p, ok := FromOutput(out)
+		if h != want[0] || p != want[1] || ok != (want[2] == 1) {
+			t.Errorf("FromOutput(%q) = %d %d %v, want %v", out, h, p, ok, want)
+		}
+	}
+}

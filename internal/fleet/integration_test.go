@@ -19,13 +19,16 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 	c := testenv.StartConsul(t)
 	ctx := context.Background()
 	now := time.Now()
-	reg := registry.New(c.Client.Agent(), registry.Options{AgentID: "host-a", TTL: time.Minute, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	reg := registry.New(c.Client.Agent(), registry.Options{AgentID: "host-a", TTL: time.Minute, DeregisterAfter: time.Minute,
+		Catalog: registry.Catalog(c.Client)}, hclog.NewNullLogger())
 	svc := func(id, status, out string) registry.Service {
 		return registry.Service{ID: id, Name: "eth-devnet", Address: "127.0.0.1", Port: 8545, Status: status, Output: out,
 			Meta: map[string]string{"client": "geth", "kind": "ethereum"}}
 	}
 	if err := reg.Sync(ctx, []registry.Service{svc("geth-a", "passing", "height 110"),
-		svc("geth-b", "warning", "10 blocks behind, more than warn_lag 2 — height 100, 10 behind head 110 (geth-a)")}); err != nil {
+		svc("geth-b", "warning", "10 blocks behind, more than warn_lag 2 — height 100, 10 behind head 110 (geth-a)"),
+		// Not a publisher (bounded publishers): no head in KV, its figures come from its output.
+		svc("geth-c", "passing", "height 108, 2 behind head 110 (geth-a), 7 peers, last block 1s ago")}); err != nil {
 		t.Fatal(err)
 	}
 	hs := heads.New(c.Client.KV(), c.Client.Txn(), kvlayout.New(""), hclog.NewNullLogger(), nil)
@@ -50,7 +53,7 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, "both nodes in the catalog", func() error {
 		var err error
 		rows, err = Read(ctx, c.Client, "", time.Minute, now)
-		if err == nil && len(rows) != 2 {
+		if err == nil && (len(rows) != 3 || rows[2].Output == "") {
 			err = errNotYet
 		}
 		return err
@@ -63,6 +66,9 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 	}
 	if a := rows[0]; a.Status != "passing" || a.Reason != "" || a.Lag != 0 || a.Head != 110 {
 		t.Fatalf("geth-a: %+v", a)
+	}
+	if c := rows[2]; c.Node != "geth-c" || c.Height != 108 || c.Peers != 7 || c.Lag != 2 {
+		t.Fatalf("geth-c (no head in KV): %+v", c)
 	}
 	flags, err := Flags(ctx, c.Client, "")
 	if err != nil || len(flags) != 2 {
@@ -92,7 +98,8 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 		}
 		done <- next
 	}()
-	if err := reg.Sync(ctx, []registry.Service{svc("geth-a", "passing", "height 110"), svc("geth-b", "critical", "probe failed")}); err != nil {
+	if err := reg.Sync(ctx, []registry.Service{svc("geth-a", "passing", "height 110"), svc("geth-b", "critical", "probe failed"),
+		svc("geth-c", "passing", "height 108")}); err != nil {
 		t.Fatal(err)
 	}
 	if next := <-done; next <= index {

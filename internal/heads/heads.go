@@ -1,6 +1,11 @@
-// Package heads shares chain heads between agents through Consul KV: each agent writes the heads its nodes report
-// (only when a height changes, many keys in one transaction), and watches the whole prefix with a blocking query,
-// so every agent knows the head of every network within about one round trip.
+// Package heads shares chain heads between agents through Consul KV, at a cost per host that stays flat as the fleet
+// grows: per service (network), at most W nodes publish their head (bounded publishers, see publishers.go), each
+// key held by the publishing agent's Consul session so that it disappears with the host, and each agent watches
+// only the service prefixes of its own networks (WatchServices), one blocking query each. Writes carry many keys in
+// one transaction and happen only when a height changes.
+//
+// Watch and WatchOnce read the whole prefix and SetPublishers left unset lets every node publish: the design before
+// bounded publishers, kept for readers of every head and as the benchmark's baseline.
 package heads
 
 import (
@@ -37,6 +42,11 @@ type Head struct {
 	Hash       probe.Hash `json:"hash,omitzero"`
 	ParentHash probe.Hash `json:"parent_hash,omitzero"`
 	Finalized  uint64     `json:"finalized,omitempty"` // the node's finalized block; 0: none
+	// Status is the node's own damped verdict (passing, warning). With bounded publishers it decides whether the
+	// node may hold a publisher slot: "" or any other status and it does not publish.
+	Status string `json:"status,omitempty"`
+	// Session is the Consul session holding the key ("" for a key written without one, by an older agent).
+	Session string `json:"-"`
 }
 
 // KV is the part of Consul's API the store uses.
@@ -67,23 +77,41 @@ type Store struct {
 	flagged   map[string]Flag            // KV key -> flag last written by this agent
 	flagsRead bool                       // this agent's flags left in KV by an earlier run were cleared
 	index     uint64
+
+	// Bounded publishers (publishers.go); pub.Max == 0: every node publishes, without a session.
+	pub      Publishers
+	session  string               // this agent's session ("" : none yet)
+	holding  map[string]bool      // keys this agent holds with session
+	claimAt  map[string]time.Time // key -> when its node claims a free slot (ClaimWindow)
+	reclaim  map[string]bool      // keys held until the session was lost: claimed again without waiting
+	writeAvg time.Duration        // moving average of a KV write's round trip (claimWindow)
+	// Per-service watches (WatchServices).
+	want     map[string]bool   // services to watch
+	indexes  map[string]uint64 // service -> blocking query index
+	wantKick chan struct{}
+	listed   map[string]bool // services read at least once since watched
 }
 
 // New returns a store of the heads in layout; a nil clock is the wall clock.
 func New(kv KV, txn Txn, layout kvlayout.Layout, log hclog.Logger, clk clock.Clock) *Store {
 	return &Store{kv: kv, txn: txn, layout: layout, prefix: layout.Heads(), log: log, clock: clock.OrReal(clk),
-		all: map[string]map[string]Head{}, published: map[string]Head{}, flagged: map[string]Flag{}}
+		all: map[string]map[string]Head{}, published: map[string]Head{}, flagged: map[string]Flag{},
+		holding: map[string]bool{}, claimAt: map[string]time.Time{}, reclaim: map[string]bool{}, want: map[string]bool{}, indexes: map[string]uint64{}, wantKick: make(chan struct{}, 1),
+		listed: map[string]bool{}}
 }
 
 // Publish writes the heads whose height, hash or finalized block changed since they were last written, and deletes the keys of gone, a list
 // of "service/node" names no longer watched by this agent. It returns how many keys it wrote.
 func (s *Store) Publish(ctx context.Context, heads []Head, gone []string) (int, error) {
+	if s.pub.Max > 0 {
+		return s.publishBounded(ctx, heads, gone)
+	}
 	var ops consulapi.TxnOps
 	var written []Head
 	s.mu.Lock()
 	for _, h := range heads {
 		k := h.Service + "/" + h.Node
-		if last, ok := s.published[k]; ok && last.Height == h.Height && last.Hash == h.Hash && last.Finalized == h.Finalized {
+		if last, ok := s.published[k]; ok && same(last, h) {
 			continue
 		}
 		b, err := json.Marshal(h)
@@ -117,7 +145,9 @@ func (s *Store) apply(ctx context.Context, ops consulapi.TxnOps) error {
 	for len(ops) > 0 {
 		n := min(len(ops), maxTxnOps)
 		q := (&consulapi.QueryOptions{}).WithContext(ctx)
+		start := s.clock.Now()
 		ok, resp, _, err := s.txn.Txn(ops[:n], q)
+		s.wrote(s.clock.Now().Sub(start))
 		if err != nil {
 			return fmt.Errorf("write to consul kv: %w", err)
 		}
@@ -133,11 +163,19 @@ func (s *Store) apply(ctx context.Context, ops consulapi.TxnOps) error {
 	return nil
 }
 
-// Forget makes the next Publish and PublishFlags write everything again (after Consul lost its state).
+// same says whether b would write what a wrote.
+func same(a, b Head) bool {
+	return a.Height == b.Height && a.Hash == b.Hash && a.Finalized == b.Finalized && a.Status == b.Status
+}
+
+// Forget makes the next Publish and PublishFlags write everything again (after Consul lost its state); with bounded
+// publishers, the next Publish makes a new session and claims slots again.
 func (s *Store) Forget() {
 	s.mu.Lock()
 	s.published = map[string]Head{}
 	s.flagged = map[string]Flag{}
+	s.session = ""
+	s.lostHolding()
 	s.mu.Unlock()
 }
 
@@ -215,7 +253,7 @@ func Decode(prefix string, pairs consulapi.KVPairs, log hclog.Logger) map[string
 			}
 			continue
 		}
-		h.Service, h.Node = service, node
+		h.Service, h.Node, h.Session = service, node, p.Session
 		if all[service] == nil {
 			all[service] = map[string]Head{}
 		}

@@ -78,3 +78,20 @@ func (c *Consul) WaitCheck(t testing.TB, node string, timeout time.Duration, sta
 	})
 	return out
 }
+
+// StartConsulServers starts a real n-server Consul cluster on loopback (127.0.0.11, .12, ...; real raft and serf),
+// stopped when t ends.
+func StartConsulServers(t testing.TB, n int, extra ...string) *devnet.ConsulServers {
+	t.Helper()
+	Bin(t, "consul")
+	dir := t.TempDir()
+	cs, err := devnet.StartConsulServers(context.Background(), dir, dir, n, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range cs.Servers {
+		track(t, s.Proc)
+	}
+	t.Cleanup(cs.Stop)
+	return cs
+}

@@ -1,0 +1,3 @@
+consul {
+  head_publishers = 1
+}
