@@ -454,3 +454,38 @@ func TestNextCrossing(t *testing.T) {
 		}
 	}
 }
+
+// A publisher whose pass keeps its last judgement (heads by push, nothing new) keeps its publisher slot: the slot
+// follows the node's standing verdict, not whether this pass judged it again.
+func TestPublisherKeepsItsSlotOnAPassWithoutNews(t *testing.T) {
+	clk := start()
+	na, nb := newPushNode(t, 100, clk), newPushNode(t, 100, clk)
+	a := newUnit(t, clk, wsNode("geth-a", na.rpc, na.ws, 1)+wsNode("geth-b", nb.rpc, nb.ws, 1))
+	runPush(t, a.Agent)
+	ctx := context.Background()
+	held := func() []string {
+		var out []string
+		for _, k := range a.consul.Keys("chainwarden/heads/eth-mainnet/") {
+			if p, _, _ := a.consul.Get(k, nil); p != nil && p.Session != "" {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	a.Step(ctx)
+	waitSubscribed(t, a.Agent, 2)
+	clk.Advance(time.Second) // the first pass judged them, this one claims (phases: 4.2 s and 3.7 s, none due yet)
+	a.Step(ctx)
+	if h := held(); len(h) != 2 {
+		t.Fatalf("held head keys after the claims: %v", h)
+	}
+	first := health(t, a.Agent, "geth-a").Updated
+	clk.Advance(time.Second)
+	a.Step(ctx)
+	if got := health(t, a.Agent, "geth-a").Updated; !got.Equal(first) {
+		t.Fatalf("the pass judged geth-a again (updated %s): the test needs a pass without news", got)
+	}
+	if h := held(); len(h) != 2 {
+		t.Fatalf("a pass without news released publisher slots: held %v", h)
+	}
+}
