@@ -683,8 +683,10 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		head, in := net.judgement(w.cfg.Name, r, now)
 		on := judgedOn{height: r.Height, head: head.Height, hash: r.Hash, headNode: head.Node, flag: in.FlagKey}
 		if a.unchanged(w, on, marks, poll, now) {
-			keep(st)                                             // nothing its judgement depends on changed, and no time threshold was crossed
-			if j, ok := pubAt[w.cfg.Name]; ok && on.flag == "" { // its last judgement still stands for its slot
+			// Nothing its judgement depends on changed, and no time threshold was crossed: its last judgement stands,
+			// for Consul and for its head publisher slot.
+			keep(st)
+			if j, ok := pubAt[w.cfg.Name]; ok && on.flag == "" {
 				a.mu.Lock()
 				pub[j].Status = st.damper.Current().String()
 				a.mu.Unlock()
