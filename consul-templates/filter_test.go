@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -224,6 +225,9 @@ func fastPath(kind, conf string) error {
 	case "nginx":
 		if !strings.Contains(conf, `set $cw_deny_spares_reads "1";`) {
 			return fmt.Errorf("$cw_deny_spares_reads is not 1")
+		}
+		if !regexp.MustCompile(`(?m)^map \$request_body \$cw_body_reads_only \{\n    default "";\n    '~`).MatchString(conf) {
+			return fmt.Errorf("no pattern in the $cw_body_reads_only map")
 		}
 	case "haproxy":
 		if !strings.Contains(conf, "http-request lua.cw_rpc_filter unless METH_POST cw_body_len_known cw_body_whole cw_reads_only") {
