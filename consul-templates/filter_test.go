@@ -39,7 +39,7 @@ func (tc filterCase) check(t *testing.T, kind, url string, node *fakeNode) {
 	if w, ok := tc.per[kind]; ok {
 		want = w
 	}
-	before := node.count()
+	before := node.posts()
 	var body io.Reader = strings.NewReader(tc.body)
 	if tc.chunked {
 		body = io.MultiReader(body) // unknown length: Go sends it chunked
@@ -52,7 +52,7 @@ func (tc filterCase) check(t *testing.T, kind, url string, node *fakeNode) {
 	resp, err := httpClient.Do(req)
 	if err != nil && tc.large && want != "" {
 		// The proxy refused the request before the client had sent it all (broken pipe, reset).
-		if node.count() != before {
+		if node.posts() != before {
 			t.Fatalf("a request that must be refused reached the node (%v)", err)
 		}
 		return
@@ -65,7 +65,7 @@ func (tc filterCase) check(t *testing.T, kind, url string, node *fakeNode) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reached := node.count() != before
+	reached := node.posts() != before
 	answer := strings.TrimSpace(string(b))
 	if len(answer) > 300 {
 		answer = answer[:300] + "..."
