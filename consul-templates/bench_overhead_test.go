@@ -45,7 +45,8 @@ type overheadRound struct {
 // settings and no filter (the floors); nginx with an njs "filter" that inspects nothing (what njs itself costs:
 // testdata/rpc-filter-passthrough.js); nginx and HAProxy with the method filter as it was before its fast path
 // (testdata/rpc-filter-reference.js; CHAINWARDEN_PROXY_FILTER_FAST_PATH=off for HAProxy, whose Lua is unchanged);
-// and both as deployed. CHAINWARDEN_BENCH_ROUNDS rounds (default 5); in each, every target gets 5 open-loop slices
+// nginx with the filter of 2 Dec 2026, whose fast path was a JSON.parse in njs (testdata/rpc-filter-njs-fast-path.js);
+// both as deployed; and HAProxy with 16 KB buffers instead of 64 KB (not deployed). CHAINWARDEN_BENCH_ROUNDS rounds (default 5); in each, every target gets 5 open-loop slices
 // of 2 s, interleaved with the others' in an order that changes every slice, so that all see the same machine load,
 // then 4 s saturated.
 func TestBenchProxyOverhead(t *testing.T) {
@@ -66,10 +67,14 @@ func TestBenchProxyOverhead(t *testing.T) {
 		benchBareNginx(t, svc, g.RPCPort),
 		benchProxy(t, "nginx, njs pass-through", "nginx", consul, svc, "rpc-filter-passthrough.js"),
 		benchProxy(t, "nginx, filter before", "nginx", consul, svc, "rpc-filter-reference.js"),
+		benchProxy(t, "nginx, njs fast path only", "nginx", consul, svc, "rpc-filter-njs-fast-path.js"),
 		benchProxy(t, "nginx, filter now", "nginx", consul, svc, ""),
 		benchBareHAProxy(t, svc, g.RPCPort),
 		benchProxy(t, "HAProxy, filter before", "haproxy", consul, svc, "", "CHAINWARDEN_PROXY_FILTER_FAST_PATH=off"),
 		benchProxy(t, "HAProxy, filter now", "haproxy", consul, svc, ""),
+		// Not deployed: what HAProxy's 64 KB buffers cost. Its L7 retries (retry-on empty-response etc., for reads)
+		// copy the whole request buffer before each send, so a call's cost grows with tune.bufsize.
+		benchProxy(t, "HAProxy, 16 KB buffers", "haproxy", consul, svc, "bufsize=16384"),
 	}
 	for i := range targets {
 		tg := &targets[i]
@@ -304,7 +309,8 @@ func procStat(pid int) ([]string, error) {
 }
 
 // benchProxy renders the template once for kind and starts the proxy on it, with no consul-template daemon (the
-// benchmark changes nothing); filter, when set, replaces the deployed filter with that file from testdata.
+// benchmark changes nothing); filter, when set, replaces the deployed filter with that file from testdata, or, as
+// "bufsize=N", sets HAProxy's tune.bufsize to N.
 func benchProxy(t *testing.T, name, kind string, consul *testenv.Consul, svc, filter string, env ...string) overheadTarget {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), kind)
@@ -312,7 +318,20 @@ func benchProxy(t *testing.T, name, kind string, consul *testenv.Consul, svc, fi
 	if err := os.MkdirAll(filepath.Join(dir, "staging"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if filter != "" {
+	if size, ok := strings.CutPrefix(filter, "bufsize="); ok {
+		cfg := filepath.Join(dir, "haproxy.cfg")
+		b, err := os.ReadFile(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		patched := strings.Replace(string(b), "tune.bufsize 65536", "tune.bufsize "+size, 1)
+		if patched == string(b) {
+			t.Fatalf("%s: no tune.bufsize 65536 to replace", cfg)
+		}
+		if err := os.WriteFile(cfg, []byte(patched), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	} else if filter != "" {
 		b, err := os.ReadFile(filepath.Join("testdata", filter))
 		if err != nil {
 			t.Fatal(err)

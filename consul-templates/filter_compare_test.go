@@ -18,21 +18,32 @@ import (
 )
 
 // TestMethodFilterAgreesWithReference sends thousands of bodies, hand-picked and generated, to
-//   - nginx running both the deployed rpc-filter.js and the reference (testdata/rpc-filter-reference.js, the filter
-//     before its fast path) on each request: their routes and answers must be identical, for several deny lists;
+//   - nginx running both the deployed rpc-filter.js, behind the fast-path maps of a config rendered from the
+//     template, and the reference (testdata/rpc-filter-reference.js, the filter before its fast paths) on each
+//     request: their routes and answers must be identical, for several deny lists;
 //   - HAProxy running the deployed rpc-filter.lua on each request next to the fast-path ACLs of a config rendered
 //     from the template: whenever the ACLs let a body skip Lua, Lua must have found it a read it lets through.
 func TestMethodFilterAgreesWithReference(t *testing.T) {
 	bodies := filterCorpus(rand.New(rand.NewPCG(16, 2026)), 2500)
 
 	t.Run("nginx", func(t *testing.T) {
+		consul := testenv.StartConsul(t)
+		register(t, consul, service, "geth-a", "127.0.0.1", 9, "passing", nil)
+		p := startProxy(t, "nginx", consul)
+		p.waitConfig(t, "geth-a", expectStates("nginx", map[string]string{"geth-a": "server"}))
+		maps := regexp.MustCompile(`(?ms)^map \$request_body \$cw_body_reads_only \{\n.*?^\}\n|^map "\$request_method:\$http_upgrade" \$cw_fast_read \{\n.*?^\}\n`).
+			FindAllString(p.liveConfig(t), -1)
+		if len(maps) != 2 || !strings.Contains(maps[0], "'~") {
+			t.Fatalf("found %d fast-path maps in the rendered config, want 2, the first with a pattern:\n%s", len(maps), strings.Join(maps, ""))
+		}
 		dir := filepath.Join(t.TempDir(), "nginx")
 		copyDir(t, "nginx", dir)
 		copyFile(t, filepath.Join("testdata", "rpc-filter-reference.js"), dir)
 		copyFile(t, filepath.Join("testdata", "filter-compare.js"), dir)
 		port := testenv.FreePort(t)
-		conf := fmt.Sprintf("js_import compare from filter-compare.js;\nclient_max_body_size 2m;\nclient_body_buffer_size 2m;\n"+
-			"server {\n    listen 127.0.0.1:%d;\n    location / {\n        js_content compare.compare;\n    }\n}\n", port)
+		conf := fmt.Sprintf("js_import compare from filter-compare.js;\nclient_max_body_size 2m;\nclient_body_buffer_size 2m;\n%s"+
+			"server {\n    listen 127.0.0.1:%d;\n    set $cw_service \"svc\";\n    location / {\n        js_content compare.compare;\n    }\n}\n",
+			strings.Join(maps, ""), port)
 		if err := os.WriteFile(filepath.Join(dir, "rpc-proxy.conf"), []byte(conf), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -48,15 +59,21 @@ func TestMethodFilterAgreesWithReference(t *testing.T) {
 		} {
 			u := fmt.Sprintf("http://127.0.0.1:%d/?deny=%s&spares=%s", port, url.QueryEscape(deny.list), deny.spares)
 			outcomes := map[string]int{}
-			differ := 0
+			differ, fast := 0, 0
 			for _, body := range bodies {
 				status, b, err := post(u, body)
 				if err != nil || status != 200 {
 					t.Fatalf("harness: status %d, %v: %s\n%s", status, err, b, n.ErrorLog(10))
 				}
-				var got struct{ Current, Reference json.RawMessage }
+				var got struct {
+					Current, Reference json.RawMessage
+					Fast               string
+				}
 				if err := json.Unmarshal(b, &got); err != nil {
 					t.Fatalf("harness answer %s: %v", b, err)
+				}
+				if got.Fast != "" {
+					fast++
 				}
 				if string(got.Current) != string(got.Reference) {
 					if differ++; differ <= 10 {
@@ -65,7 +82,14 @@ func TestMethodFilterAgreesWithReference(t *testing.T) {
 				}
 				outcomes[outcome(got.Current)]++
 			}
-			t.Logf("deny %q spares %q: %d bodies (%v), %d decided differently", deny.list, deny.spares, len(bodies), outcomes, differ)
+			t.Logf("deny %q spares %q: %d bodies (%v), %d decided differently; nginx's fast path took %d", deny.list, deny.spares,
+				len(bodies), outcomes, differ, fast)
+			if deny.spares == "1" && fast < len(bodies)/10 {
+				t.Errorf("nginx's fast path took only %d of %d bodies: the corpus does not exercise it", fast, len(bodies))
+			}
+			if deny.spares == "" && fast != 0 {
+				t.Errorf("nginx's fast path took %d bodies while off", fast)
+			}
 		}
 	})
 

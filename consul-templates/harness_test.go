@@ -259,7 +259,7 @@ func (f *fakeNode) received(s string) int {
 	return n
 }
 
-type seenRequest struct{ Path, Host, Body string }
+type seenRequest struct{ Path, Host, Body, Method string }
 
 func newFakeNode(t *testing.T, name string) *fakeNode {
 	t.Helper()
@@ -277,7 +277,7 @@ func (f *fakeNode) serve(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	f.mu.Lock()
 	f.hits++
-	f.seen = append(f.seen, seenRequest{r.URL.Path, r.Host, string(body)})
+	f.seen = append(f.seen, seenRequest{r.URL.Path, r.Host, string(body), r.Method})
 	drop := f.drop
 	f.mu.Unlock()
 	if drop && r.Method == http.MethodPost {
@@ -306,6 +306,19 @@ func (f *fakeNode) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.hits
+}
+
+// posts counts the POST requests the node got (HAProxy's health checks are GETs).
+func (f *fakeNode) posts() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, r := range f.seen {
+		if r.Method == http.MethodPost {
+			n++
+		}
+	}
+	return n
 }
 
 func (f *fakeNode) last() seenRequest {
@@ -381,7 +394,7 @@ func (f *fakeNode) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		f.mu.Lock()
 		f.hits++
-		f.seen = append(f.seen, seenRequest{r.URL.Path, r.Host, "websocket"})
+		f.seen = append(f.seen, seenRequest{r.URL.Path, r.Host, "websocket", r.Method})
 		f.mu.Unlock()
 		if err := c.WriteMessage(websocket.TextMessage, []byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":%q}`, req.ID, f.Name))); err != nil {
 			return
