@@ -41,6 +41,9 @@ func (f *Fleet) startChains(ctx context.Context) error {
 		return err
 	}
 	for _, h := range f.Chains {
+		if err := f.agentTokens(h); err != nil {
+			return err
+		}
 		if err := f.addConsul(h); err != nil {
 			return err
 		}
@@ -292,7 +295,7 @@ node %q {
 		return err
 	}
 	client := h.ns.httpClient(3 * time.Second)
-	h.add("chainwarden", f.opts.AgentBin, []string{"agent", "-config", path}, func(ctx context.Context) error {
+	pr := h.add("chainwarden", f.opts.AgentBin, []string{"agent", "-config", path}, func(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentListen+"/v1/health", nil)
 		resp, err := client.Do(req)
 		if err != nil {
@@ -301,6 +304,7 @@ node %q {
 		resp.Body.Close()
 		return nil
 	})
+	pr.envFile = filepath.Join(h.Dir, "agent.env") // CONSUL_HTTP_TOKEN_FILE, as chainwarden-agent.service reads it
 	return nil
 }
 

@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -64,6 +65,26 @@ func TestFleet(t *testing.T) {
 
 	w := watch(t, f)
 
+	t.Run("acls: the proxy's token only reads", func(t *testing.T) {
+		tok, err := os.ReadFile(f.ProxyTokenFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := f.Proxy.ConsulAs(string(tok))
+		entries, _, err := c.Health().Service(cluster.EthService, "", true, nil)
+		if err != nil || len(entries) != len(f.Chains) {
+			t.Fatalf("the proxy's token reads %d passing %s (want %d): %v", len(entries), cluster.EthService, len(f.Chains), err)
+		}
+		_, err = c.KV().Put(&consulapi.KVPair{Key: "chainwarden/proxy/written-by-proxy", Value: []byte("x")}, nil)
+		var se consulapi.StatusError
+		if !errors.As(err, &se) || se.Code != http.StatusForbidden {
+			t.Fatalf("a KV put with the proxy's token through %s's Consul agent: want HTTP 403, got %v", f.Proxy.Name, err)
+		}
+		if p, _, err := f.Proxy.Consul().KV().Get("chainwarden/proxy/written-by-proxy", nil); err != nil || p != nil {
+			t.Fatalf("the refused key exists (%v) or cannot be read: %v", p, err)
+		}
+	})
+
 	t.Run("chain host dies", func(t *testing.T) {
 		victim := f.Chains[1]
 		start := w.mark()
@@ -79,6 +100,7 @@ func TestFleet(t *testing.T) {
 		t.Logf("FIGURE host death: failed reads nginx %d, haproxy %d of %d", w.failed("nginx", start), w.failed("haproxy", start), w.reads(start))
 
 		back := w.mark()
+		unjudged := watchUnjudged(t, f, victim)
 		if err := victim.Start(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -89,11 +111,18 @@ func TestFleet(t *testing.T) {
 		testenv.Eventually(t, timeout, victim.Name+"'s agent calls its nodes passing", func() error { return victim.AgentPassing(ctx) })
 		judged := time.Since(back).Round(10 * time.Millisecond)
 		w.waitAllPassing(t, f)
-		t.Logf("FIGURE host restart: both proxies route to %s again %s after the restart began; its agent judged its nodes passing after %s; catalog transitions of its nodes: %s",
-			victim.Name, rejoin, judged, w.changesOf(victim.NodeIDs(), back))
+		looks, early := unjudged()
+		if len(early) > 0 {
+			t.Errorf("%s's nodes were passing or routed before its agent had judged them (%d of %d looks):\n%s",
+				victim.Name, len(early), looks, strings.Join(early[:min(len(early), 5)], "\n"))
+		}
+		t.Logf("FIGURE host restart: both proxies route to %s again %s after the restart began; its agent judged its nodes passing after %s; catalog transitions of its nodes: %s; passing or routed before judged: %d of %d looks",
+			victim.Name, rejoin, judged, w.changesOf(victim.NodeIDs(), back), len(early), looks)
 		w.assertQuiet(t, back, victim)
 		w.assertReadsOnlyFailedIn(t, back, back) // the host's return itself must cost no read
 	})
+
+	t.Run("acls: agent restarted with a wrong token, then the right one", func(t *testing.T) { aclWrongToken(t, ctx, f, w) })
 
 	t.Run("chain host partitioned and healed", func(t *testing.T) {
 		victim := f.Chains[2]
@@ -206,6 +235,139 @@ func TestFleet(t *testing.T) {
 }
 
 const timeout = 3 * time.Minute
+
+// aclWrongToken restarts a chain host's chainwarden agent with a token Consul does not know: it must exit naming the
+// problem (and not the token), its services must never be in the catalog without their check, and with the right
+// token back it must pass again.
+func aclWrongToken(t *testing.T, ctx context.Context, f *cluster.Fleet, w *watcher) {
+	victim := f.Chains[3]
+	good, err := os.ReadFile(victim.AgentTokenFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := w.mark()
+	if err := victim.Stop("chainwarden", syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	wrong := testenv.RandomUUID(t)
+	if err := os.WriteFile(victim.AgentTokenFile(), []byte(wrong), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	restartErr := victim.Restart(ctx, "chainwarden") // exits before it is ready
+	testenv.Eventually(t, timeout, victim.Name+"'s agent exits", func() error {
+		if victim.PID("chainwarden") != 0 {
+			return errors.New("still runs")
+		}
+		return nil
+	})
+	log := victim.Log("chainwarden", 40)
+	const want = "consul does not know the token given (acl not found)"
+	if restartErr == nil || !strings.Contains(log, "cannot start") || !strings.Contains(log, want) {
+		t.Errorf("agent with a wrong token: want it to exit saying %q; restart: %v; log:\n%s", want, restartErr, log)
+	}
+	if strings.Contains(log, wrong) {
+		t.Errorf("the agent logged the token it was given")
+	}
+	assertNoServiceWithoutCheck(t, f, victim)
+	if err := os.WriteFile(victim.AgentTokenFile(), good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	back := w.mark()
+	if err := victim.Restart(ctx, "chainwarden"); err != nil {
+		t.Fatal(err)
+	}
+	assertNoServiceWithoutCheck(t, f, victim)
+	routed := waitRouted(t, f, f.AllNodes(), back)
+	testenv.Eventually(t, timeout, victim.Name+"'s agent calls its nodes passing", func() error { return victim.AgentPassing(ctx) })
+	w.waitAllPassing(t, f)
+	t.Logf("FIGURE acl: agent with a wrong token exited with %q; right token back: routed after %s; catalog transitions of %s: %s",
+		want, routed, victim.Name, w.changesOf(victim.NodeIDs(), start))
+	w.assertQuiet(t, start, victim)
+}
+
+// watchUnjudged looks every 50 ms, from now until the host's agent first calls its nodes passing, at the servers'
+// catalog (consistent reads) and the upstreams the proxies run; the func it returns stops it and lists every look
+// that saw a node of the host passing or routed before that. Each look reads the catalog and upstreams first and
+// asks the agent after, so a passing the agent itself wrote is never counted.
+func watchUnjudged(t *testing.T, f *cluster.Fleet, h *cluster.Host) func() (looks int, early []string) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	start := time.Now()
+	var looks int
+	var early []string
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var seen []string
+			for _, svc := range []string{cluster.EthService, cluster.CometService} {
+				entries, _, err := f.Servers[0].Consul().Health().Service(svc, "", true, nil)
+				if err != nil {
+					continue
+				}
+				for _, e := range entries {
+					if e.Node.Node == h.Name {
+						seen = append(seen, "passing in the catalog: "+e.Service.ID)
+					}
+				}
+			}
+			if ng, hp, err := f.Upstreams(); err == nil {
+				for _, l := range append(ng, hp...) {
+					for _, n := range h.NodeIDs() {
+						if strings.HasPrefix(l, n+" ") {
+							seen = append(seen, "routed: "+l)
+						}
+					}
+				}
+			}
+			judged := h.AgentPassing(ctx) == nil
+			if !judged && ctx.Err() == nil {
+				looks++
+				if len(seen) > 0 {
+					early = append(early, fmt.Sprintf("+%s %s", time.Since(start).Round(10*time.Millisecond), strings.Join(seen, ", ")))
+				}
+			}
+			if judged {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	t.Cleanup(cancel)
+	return func() (int, []string) {
+		cancel()
+		<-done
+		return looks, early
+	}
+}
+
+// assertNoServiceWithoutCheck fails the test if a service of the host is in the catalog without its own check.
+func assertNoServiceWithoutCheck(t *testing.T, f *cluster.Fleet, h *cluster.Host) {
+	t.Helper()
+	for _, svc := range []string{cluster.EthService, cluster.CometService} {
+		entries, _, err := f.Servers[0].Consul().Health().Service(svc, "", false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.Node.Node != h.Name {
+				continue
+			}
+			own := false
+			for _, c := range e.Checks {
+				own = own || c.ServiceID == e.Service.ID
+			}
+			if !own {
+				t.Errorf("%s is in the catalog without its check (checks %v)", e.Service.ID, e.Checks)
+			}
+		}
+	}
+}
 
 func without(f *cluster.Fleet, h *cluster.Host) []string {
 	var out []string
