@@ -48,7 +48,7 @@ func (f *Fleet) bootstrapACL(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := f.writeSecret(filepath.Join(f.opts.Dir, "management-token"), f.mgmt); err != nil {
+	if err := f.writeSecret(f.ManagementTokenFile(), f.mgmt); err != nil {
 		return err
 	}
 	for _, s := range f.Servers {
@@ -145,6 +145,9 @@ func (f *Fleet) proxyTokens(h *Host) error {
 	}
 	return nil
 }
+
+// ManagementTokenFile holds this run's ACL management token (mode 0600; Close removes it): for the Consul UI.
+func (f *Fleet) ManagementTokenFile() string { return filepath.Join(f.opts.Dir, "management-token") }
 
 // AgentTokenFile is the file holding the chainwarden agent's Consul token on a chain host.
 func (h *Host) AgentTokenFile() string { return filepath.Join(h.Dir, "consul-token") }

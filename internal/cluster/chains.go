@@ -311,11 +311,18 @@ node %q {
 // AgentPassing returns nil when the host's chainwarden agent itself calls every node of the host passing
 // (GET /v1/health/<node> answers 200): its own verdict, whatever Consul shows.
 func (h *Host) AgentPassing(ctx context.Context) error {
-	client := h.ns.httpClient(3 * time.Second)
 	for _, n := range h.NodeIDs() {
-		if err := getOK(ctx, client, "http://"+agentListen+"/v1/health/"+n); err != nil {
-			return fmt.Errorf("%s: %w", n, err)
+		if err := h.AgentCallsPassing(ctx, n); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// AgentCallsPassing returns nil when the host's chainwarden agent itself calls the node passing.
+func (h *Host) AgentCallsPassing(ctx context.Context, node string) error {
+	if err := getOK(ctx, h.ns.httpClient(3*time.Second), "http://"+agentListen+"/v1/health/"+node); err != nil {
+		return fmt.Errorf("%s: %w", node, err)
 	}
 	return nil
 }
