@@ -192,6 +192,11 @@ func TestUnitOrdering(t *testing.T) {
 		}
 	}
 
+	if got := strings.Join(units["consul.service"].get("Service", "ExecStartPre"), ""); got !=
+		"-/usr/local/bin/chainwarden consul-forget -data-dir /opt/consul" {
+		t.Errorf("consul.service ExecStartPre = %q, want the agent's registrations forgotten before consul starts", got)
+	}
+
 	vol := units["chainwarden-volumes.service"]
 	if got := vol.get("Service", "Type"); len(got) != 1 || got[0] != "oneshot" {
 		t.Errorf("chainwarden-volumes Type = %v, want oneshot", got)

@@ -86,6 +86,7 @@ func run(args []string) int {
 	}
 	fmt.Printf("services %s and %s: e.g. curl -s -H 'Content-Type: application/json' -XPOST -d '{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"eth_blockNumber\"}' http://%s/%s\n",
 		cluster.EthService, cluster.CometService, *nginxAddr, cluster.EthService)
+	fmt.Printf("Consul ACLs are on (deny by default): the UI's management token is in %s (removed at Ctrl-C)\n", f.ManagementTokenFile())
 	fmt.Printf("hosts' configs and logs under %s; namespaces %s-*: e.g. ip netns exec %s-chain1 ...\nCtrl-C stops the fleet.\n",
 		*dir, f.Prefix(), f.Prefix())
 	<-ctx.Done()

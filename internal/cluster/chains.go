@@ -41,6 +41,9 @@ func (f *Fleet) startChains(ctx context.Context) error {
 		return err
 	}
 	for _, h := range f.Chains {
+		if err := f.agentTokens(h); err != nil {
+			return err
+		}
 		if err := f.addConsul(h); err != nil {
 			return err
 		}
@@ -292,7 +295,7 @@ node %q {
 		return err
 	}
 	client := h.ns.httpClient(3 * time.Second)
-	h.add("chainwarden", f.opts.AgentBin, []string{"agent", "-config", path}, func(ctx context.Context) error {
+	pr := h.add("chainwarden", f.opts.AgentBin, []string{"agent", "-config", path}, func(ctx context.Context) error {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentListen+"/v1/health", nil)
 		resp, err := client.Do(req)
 		if err != nil {
@@ -301,17 +304,25 @@ node %q {
 		resp.Body.Close()
 		return nil
 	})
+	pr.envFile = filepath.Join(h.Dir, "agent.env") // CONSUL_HTTP_TOKEN_FILE, as chainwarden-agent.service reads it
 	return nil
 }
 
 // AgentPassing returns nil when the host's chainwarden agent itself calls every node of the host passing
 // (GET /v1/health/<node> answers 200): its own verdict, whatever Consul shows.
 func (h *Host) AgentPassing(ctx context.Context) error {
-	client := h.ns.httpClient(3 * time.Second)
 	for _, n := range h.NodeIDs() {
-		if err := getOK(ctx, client, "http://"+agentListen+"/v1/health/"+n); err != nil {
-			return fmt.Errorf("%s: %w", n, err)
+		if err := h.AgentCallsPassing(ctx, n); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// AgentCallsPassing returns nil when the host's chainwarden agent itself calls the node passing.
+func (h *Host) AgentCallsPassing(ctx context.Context, node string) error {
+	if err := getOK(ctx, h.ns.httpClient(3*time.Second), "http://"+agentListen+"/v1/health/"+node); err != nil {
+		return fmt.Errorf("%s: %w", node, err)
 	}
 	return nil
 }

@@ -78,9 +78,14 @@ type Fleet struct {
 	prefix string
 	sw     *netns
 	key    string // the gossip key, in the hosts' secrets.hcl only
+	mgmt   string // this run's ACL management token: in memory, and in a 0600 file Close removes
 
-	mu    sync.Mutex
-	hosts []*Host
+	// ProxyTokenFile holds the proxy's read-only Consul token (chainwarden-proxy policy), on this machine.
+	ProxyTokenFile string
+
+	mu      sync.Mutex
+	hosts   []*Host
+	secrets []string // files holding secrets, removed by Close
 }
 
 // Host is one machine of the fleet.
@@ -90,24 +95,27 @@ type Host struct {
 	IP   string
 	Dir  string
 
-	f          *Fleet
-	ns         *netns
-	gethSigner string // the sealer address of its geth
-	consulOnce sync.Once
-	consul     *consulapi.Client
-	port       string // its veth on the switch
-	mu         sync.Mutex
-	procs      []*proc
+	f           *Fleet
+	ns          *netns
+	gethSigner  string // the sealer address of its geth
+	consulToken string // its Consul agent's token (clients: in secrets.hcl)
+	consulOnce  sync.Once
+	consul      *consulapi.Client
+	port        string // its veth on the switch
+	mu          sync.Mutex
+	procs       []*proc
 }
 
 type proc struct {
-	name  string
-	bin   string
-	args  []string
-	env   []string
-	dir   string
-	ready func(ctx context.Context) error
-	p     *devnet.Process
+	name    string
+	bin     string
+	args    []string
+	env     []string
+	envFile string       // read at every start, as systemd's EnvironmentFile
+	pre     func() error // run before every start, as systemd's ExecStartPre
+	dir     string
+	ready   func(ctx context.Context) error
+	p       *devnet.Process
 }
 
 // Start builds the fleet and waits until every chain node passes and both proxies route to all of them. On error,
@@ -145,6 +153,9 @@ func Start(ctx context.Context, o Options) (_ *Fleet, err error) {
 		return f, err
 	}
 	if f.key, err = gossipKey(); err != nil {
+		return f, err
+	}
+	if f.mgmt, err = randomToken(); err != nil {
 		return f, err
 	}
 	if err := f.startServers(ctx); err != nil {
@@ -273,6 +284,14 @@ func (f *Fleet) Close() error {
 		}()
 	}
 	wg.Wait()
+	f.mu.Lock()
+	for _, s := range f.secrets {
+		if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	f.secrets = nil
+	f.mu.Unlock()
 	if sw != nil {
 		if err := sw.remove(); err != nil {
 			errs = append(errs, err)
@@ -305,8 +324,21 @@ func (h *Host) find(name string) (*proc, error) {
 }
 
 func (h *Host) start(ctx context.Context, pr *proc) error {
+	if pr.pre != nil {
+		if err := pr.pre(); err != nil {
+			return fmt.Errorf("%s: before %s: %w", h.Name, pr.name, err)
+		}
+	}
 	args := append([]string{"netns", "exec", h.ns.name, pr.bin}, pr.args...)
-	p, err := devnet.Start(h.Dir, pr.dir, pr.env, pr.name, h.f.ipBin, args...)
+	env := pr.env
+	if pr.envFile != "" {
+		more, err := envFile(pr.envFile)
+		if err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
+		env = append(append([]string(nil), env...), more...)
+	}
+	p, err := devnet.Start(h.Dir, pr.dir, env, pr.name, h.f.ipBin, args...)
 	if err != nil {
 		return fmt.Errorf("%s: %w", h.Name, err)
 	}
@@ -396,23 +428,12 @@ func (h *Host) Heal() error { return h.f.sw.run("ip", "link", "set", h.port, "up
 // HTTPClient makes its connections from inside the host (e.g. to its 127.0.0.1:8500).
 func (h *Host) HTTPClient(timeout time.Duration) *http.Client { return h.ns.httpClient(timeout) }
 
-// Consul is an API client of the host's own Consul agent (127.0.0.1:8500 inside the host). It is made once per
-// host: Consul limits the connections of one client address (http_max_conns_per_client).
+// Consul is an API client of the host's own Consul agent (127.0.0.1:8500 inside the host) with the fleet's
+// management token. It is made once per host: Consul limits the connections of one client address
+// (http_max_conns_per_client).
 func (h *Host) Consul() *consulapi.Client {
-	h.consulOnce.Do(func() { h.consul = h.newConsul() })
+	h.consulOnce.Do(func() { h.consul = h.ConsulAs(h.f.mgmt) })
 	return h.consul
-}
-
-func (h *Host) newConsul() *consulapi.Client {
-	cfg := consulapi.DefaultConfig()
-	cfg.Address = "127.0.0.1:8500"
-	cfg.Token = ""
-	cfg.HttpClient = h.ns.httpClient(15 * time.Second)
-	c, err := consulapi.NewClient(cfg)
-	if err != nil {
-		panic(err) // only for a bad address or TLS files: neither is possible here
-	}
-	return c
 }
 
 // ConsulDataDir is where the host's Consul agent keeps its state.

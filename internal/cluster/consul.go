@@ -62,7 +62,12 @@ node_meta {
 }
 `, h.Name, h.IP, h.IP, strings.Join(join, ", "), roles),
 		"secrets.hcl": fmt.Sprintf("encrypt = %q\n", f.key),
+		"acl.hcl":     aclHCL,
 		"fleet.hcl":   fmt.Sprintf("data_dir = %q\n", h.ConsulDataDir()),
+	}
+	if h.consulToken != "" {
+		// The agent token, delivered with the other secrets (servers get theirs through the API after bootstrap).
+		files["secrets.hcl"] += fmt.Sprintf("\nacl {\n  tokens {\n    agent = %q\n  }\n}\n", h.consulToken)
 	}
 	if h.Role == RoleServer {
 		// A server keeps its raft seat across a restart (leave_on_terminate off), and serves the UI.
@@ -79,6 +84,12 @@ ui_config {
 		mode := os.FileMode(0o644)
 		if name == "secrets.hcl" {
 			mode = 0o600
+		}
+		if name == "secrets.hcl" {
+			if err := f.writeSecret(filepath.Join(dir, name), body); err != nil {
+				return "", err
+			}
+			continue
 		}
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), mode); err != nil {
 			return "", err
@@ -99,9 +110,9 @@ func (f *Fleet) addConsul(h *Host) error {
 		return err
 	}
 	client := h.Consul()
-	h.add("consul", bin, []string{"agent", "-config-dir", dir}, func(ctx context.Context) error {
+	pr := h.add("consul", bin, []string{"agent", "-config-dir", dir}, func(ctx context.Context) error {
 		if h.Role == RoleServer {
-			_, err := client.Agent().Self()
+			_, err := client.Status().Leader() // answers without a token, before the ACLs are bootstrapped
 			return err
 		}
 		leader, err := client.Status().Leader()
@@ -113,6 +124,17 @@ func (f *Fleet) addConsul(h *Host) error {
 		}
 		return nil
 	})
+	if h.Role != RoleServer {
+		// The image's consul.service ExecStartPre: forget the chainwarden agent's persisted registrations, so that
+		// Consul does not restore a "passing" nobody has judged since the host stopped (docs/PRODUCTION.md).
+		pr.pre = func() error {
+			out, err := devnet.Output(f.opts.AgentBin, "consul-forget", "-data-dir", h.ConsulDataDir())
+			if strings.TrimSpace(out) != "" {
+				f.log.Info("before consul starts", "host", h.Name, "output", strings.TrimSpace(out))
+			}
+			return err
+		}
+	}
 	return nil
 }
 
@@ -125,8 +147,10 @@ func (f *Fleet) startServers(ctx context.Context) error {
 			return err
 		}
 	}
-	_, err := f.WaitLeader(ctx, nil)
-	return err
+	if _, err := f.WaitLeader(ctx, nil); err != nil {
+		return err
+	}
+	return f.bootstrapACL(ctx)
 }
 
 // Leader returns the server that leads raft now, as the given server sees it (nil: the first one up).

@@ -24,6 +24,9 @@ const (
 // started on it, then the consul-template daemons.
 func (f *Fleet) startProxy(ctx context.Context) error {
 	h := f.Proxy
+	if err := f.proxyTokens(h); err != nil {
+		return err
+	}
 	if err := f.addConsul(h); err != nil {
 		return err
 	}
@@ -74,7 +77,7 @@ func (f *Fleet) startProxy(ctx context.Context) error {
 		env       []string
 	}{{"render-nginx", ngDir, ngEnv}, {"render-haproxy", hpDir, hpEnv}} {
 		pr := &proc{name: p.name, bin: ctBin, args: []string{"-once", "-config", "consul-template.hcl", "-log-level", "warn"},
-			env: p.env, dir: p.dir}
+			env: p.env, dir: p.dir, envFile: filepath.Join(h.Dir, strings.TrimPrefix(p.name, "render-")+".env")}
 		if err := h.start(ctx, pr); err != nil {
 			return err
 		}
@@ -89,9 +92,9 @@ func (f *Fleet) startProxy(ctx context.Context) error {
 			ready: func(ctx context.Context) error { return getOK(ctx, client, f.NginxURL+"/healthz") }},
 		{name: "haproxy", bin: haproxyBin, dir: hpDir, args: []string{"-W", "-db", "-p", hpPid, "-f", "haproxy.cfg", "-f", "rpc-proxy.cfg"},
 			ready: func(ctx context.Context) error { return getOK(ctx, client, f.HAProxyURL+"/healthz") }},
-		{name: "consul-template-nginx", bin: ctBin, dir: ngDir, env: ngEnv,
+		{name: "consul-template-nginx", bin: ctBin, dir: ngDir, env: ngEnv, envFile: filepath.Join(h.Dir, "nginx.env"),
 			args: []string{"-config", "consul-template.hcl", "-log-level", "info"}},
-		{name: "consul-template-haproxy", bin: ctBin, dir: hpDir, env: hpEnv,
+		{name: "consul-template-haproxy", bin: ctBin, dir: hpDir, env: hpEnv, envFile: filepath.Join(h.Dir, "haproxy.env"),
 			args: []string{"-config", "consul-template.hcl", "-log-level", "info"}},
 	}
 	for _, pr := range steps {
