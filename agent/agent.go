@@ -102,7 +102,11 @@ type Agent struct {
 	trackers map[string]*networkhead.Tracker // by service: what the network head rule keeps between passes
 	refSeen  map[string]sourceSeen           // by reference: when its height was first seen
 	flagged  map[string]heads.Flag           // service/source -> this agent's sources flagged in the last pass
-	refLast  []probe.Result                  // the references' last results, for passes that don't probe
+	// resumed: the first pass read the statuses an earlier run left in Consul; standing keeps those of nodes not
+	// known yet (discovered later), for newNodeState.
+	resumed  bool
+	standing map[string]registry.Standing
+	refLast  []probe.Result // the references' last results, for passes that don't probe
 	refsLast []nodespec.Reference
 	wakeAt   time.Time // when the first node crosses a time threshold with no news (nextCrossing): the loop judges then
 	// markErr: the last error reading the restore marks (logged when it changes); marks: the marks a pass that
@@ -343,6 +347,10 @@ func (a *Agent) pushDetail(st *nodeState) string {
 
 func (a *Agent) newNodeState(n nodespec.Node) *nodeState {
 	st := &nodeState{cfg: n, damper: verdict.NewDamper(n.Thresholds.FailAfter, n.Thresholds.PassAfter)}
+	if s, ok := a.standing[n.Name]; ok { // found in Consul at start, added since (discovered through Nomad)
+		delete(a.standing, n.Name)
+		a.resumeNode(st, s)
+	}
 	if n.Kind == probe.Chainlink {
 		st.session = probe.NewChainlinkSession(a.clock)
 	}
@@ -489,6 +497,51 @@ func (a *Agent) Step(ctx context.Context) { a.pass(ctx, true) }
 // status changes to Consul at once.
 func (a *Agent) pushPass(ctx context.Context) { a.pass(ctx, false) }
 
+// resume reads, before the first pass, the status the local Consul agent holds for each of this agent's nodes and
+// starts their dampers there (verdict.Damper.Resume): after a restart of the agent alone, a node that was passing
+// stays passing unless its probes say otherwise (fail_after of them), instead of going critical for pass_after
+// probes. Only passing and warning are resumed; without Consul, every node starts critical as a new one does.
+func (a *Agent) resume(ctx context.Context) {
+	a.resumed = true
+	rctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
+	defer cancel()
+	standing, err := a.reg.Standing(rctx)
+	if err != nil {
+		a.log.Debug("cannot read the checks left by an earlier run; every node starts critical", "error", err)
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.standing = map[string]registry.Standing{}
+	for name, s := range standing {
+		switch s.Status {
+		case consulapi.HealthPassing, consulapi.HealthWarning:
+		default:
+			continue
+		}
+		if ns, ok := a.nodes[name]; ok {
+			a.resumeNode(ns, s)
+		} else {
+			a.standing[name] = s
+		}
+	}
+}
+
+// resumeNode starts a node's damper at the status Consul held for it, if that registration was this very node:
+// same service and kind, same Nomad allocation (a replacement is judged from scratch); a.mu must be held.
+func (a *Agent) resumeNode(st *nodeState, s registry.Standing) {
+	n := st.cfg
+	if s.Service != n.Service || s.Meta["kind"] != string(n.Kind) || s.Meta["alloc_id"] != n.AllocID {
+		return
+	}
+	status := verdict.Passing
+	if s.Status == consulapi.HealthWarning {
+		status = verdict.Warning
+	}
+	st.damper.Resume(status)
+	a.log.Info("resuming the status an earlier run left in consul", "node", n.Name, "status", status)
+}
+
 // due says whether a pass probes st; a.mu must be held. While a node's push is up, its probes are spread over
 // push_poll_interval by a phase from its name (a thousand nodes that subscribed together are not probed in one
 // pass): the first probe after the subscription came up waits that phase, the next ones push_poll_interval.
@@ -517,6 +570,9 @@ func phase(name string, period time.Duration) time.Duration {
 }
 
 func (a *Agent) pass(ctx context.Context, poll bool) {
+	if poll && !a.resumed {
+		a.resume(ctx)
+	}
 	started := time.Now()
 	start := a.clock.Now()
 	a.mu.Lock()
@@ -921,6 +977,9 @@ func chainMatches(n nodespec.Node, r probe.Result) bool {
 func (a *Agent) service(st *nodeState, rep verdict.Report) registry.Service {
 	n := st.cfg
 	meta := map[string]string{"kind": string(n.Kind), "chain": string(n.Kind), "node": n.Name, "source": n.Source}
+	if n.AllocID != "" {
+		meta["alloc_id"] = n.AllocID
+	}
 	if n.Network != "" {
 		meta["network"] = n.Network
 	} else {

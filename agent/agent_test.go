@@ -21,6 +21,7 @@ import (
 	"github.com/chainwarden/chainwarden/internal/probe"
 	"github.com/chainwarden/chainwarden/internal/registry"
 	"github.com/chainwarden/chainwarden/internal/testenv"
+	"github.com/chainwarden/chainwarden/internal/verdict"
 )
 
 // unit is an agent on fakes: Consul in memory and a clock the test moves. Its nodes are ethfake servers on
@@ -431,4 +432,90 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// restarted is a new agent (same ID, same configuration) on the Consul of u: the agent process restarted, its
+// Consul agent did not.
+func (u *unit) restarted(t *testing.T, blocks string) *unit {
+	t.Helper()
+	cfg, err := config.Parse([]byte(fmt.Sprintf("consul {}\ninterval = \"1s\"\nhead_max_age = \"30s\"\n%s", blocks)), "step.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := u.consul
+	a, err := New(cfg, hclog.NewNullLogger(), Options{ID: "host-a", Clock: u.clock, HeadClaimWindow: -1,
+		Consul: Consul{Agent: c, KV: c, Txn: c, Sessions: c, Catalog: c}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &unit{Agent: a, consul: c, clock: u.clock}
+}
+
+// A restarted agent resumes the statuses its earlier run left in Consul: a passing node stays passing (no
+// pass_after probes out of service), a node whose probes now fail goes critical after fail_after as any would, and
+// a node that was critical, or another allocation under the same name, starts critical.
+func TestRestartedAgentResumesConsulsStatus(t *testing.T) {
+	clk := start()
+	na, ua := newFakeEth(t, 100, clk)
+	_, ub := newFakeEth(t, 100, clk)
+	blocks := node("geth-a", ua, 3) + node("geth-b", ub, 3) + node("geth-c", "http://127.0.0.1:1", 3)
+	u := newUnit(t, clk, blocks)
+	ctx := context.Background()
+	for range 3 {
+		u.Step(ctx)
+		clk.Advance(time.Second)
+	}
+	for n, want := range map[string]string{"geth-a": "passing", "geth-b": "passing", "geth-c": "critical"} {
+		if st, _ := u.check(t, n); st != want {
+			t.Fatalf("before the restart %s is %s, want %s", n, st, want)
+		}
+	}
+
+	r := u.restarted(t, blocks)
+	r.Step(ctx)
+	for n, want := range map[string]string{"geth-a": "passing", "geth-b": "passing", "geth-c": "critical"} {
+		if h := health(t, r.Agent, n); h.Status != want {
+			t.Fatalf("after the restart %s is %s (%s), want %s", n, h.Status, h.Output, want)
+		}
+		if st, _ := r.check(t, n); st != want {
+			t.Fatalf("after the restart consul has %s %s, want %s", n, st, want)
+		}
+	}
+
+	na.Down.Store(true) // fail_after 2: critical at the second failed probe, not before
+	clk.Advance(time.Second)
+	r.Step(ctx)
+	if h := health(t, r.Agent, "geth-a"); h.Status != "passing" {
+		t.Fatalf("geth-a after one failed probe: %s", h.Status)
+	}
+	clk.Advance(time.Second)
+	r.Step(ctx)
+	if h := health(t, r.Agent, "geth-a"); h.Status != "critical" {
+		t.Fatalf("geth-a after two failed probes: %s", h.Status)
+	}
+}
+
+// Only the very registration resumes: another service, kind or Nomad allocation under the name starts critical.
+func TestResumeOnlyTheSameRegistration(t *testing.T) {
+	u := newUnit(t, start(), "")
+	n := nodespec.Node{Name: "geth-a", Service: "eth-mainnet", Kind: probe.Ethereum, AllocID: "alloc-2"}
+	for _, c := range []struct {
+		s    registry.Standing
+		want verdict.Status
+	}{
+		{registry.Standing{Service: "eth-mainnet", Meta: map[string]string{"kind": "ethereum", "alloc_id": "alloc-2"}, Status: "passing"}, verdict.Passing},
+		{registry.Standing{Service: "eth-mainnet", Meta: map[string]string{"kind": "ethereum", "alloc_id": "alloc-2"}, Status: "warning"}, verdict.Warning},
+		{registry.Standing{Service: "eth-mainnet", Meta: map[string]string{"kind": "ethereum", "alloc_id": "alloc-1"}, Status: "passing"}, verdict.Critical},
+		{registry.Standing{Service: "eth-sepolia", Meta: map[string]string{"kind": "ethereum", "alloc_id": "alloc-2"}, Status: "passing"}, verdict.Critical},
+		{registry.Standing{Service: "eth-mainnet", Meta: map[string]string{"kind": "cometbft", "alloc_id": "alloc-2"}, Status: "passing"}, verdict.Critical},
+	} {
+		u.mu.Lock()
+		st := u.newNodeState(n)
+		u.resumeNode(st, c.s)
+		got := st.damper.Current()
+		u.mu.Unlock()
+		if got != c.want {
+			t.Errorf("%+v: %s, want %s", c.s, got, c.want)
+		}
+	}
 }

@@ -43,6 +43,7 @@ type AgentAPI interface {
 	ServiceDeregisterOpts(serviceID string, q *consulapi.QueryOptions) error
 	UpdateTTLOpts(checkID, output, status string, q *consulapi.QueryOptions) error
 	ServicesWithFilterOpts(filter string, q *consulapi.QueryOptions) (map[string]*consulapi.AgentService, error)
+	ChecksWithFilterOpts(filter string, q *consulapi.QueryOptions) (map[string]*consulapi.AgentCheck, error)
 }
 
 // CatalogAPI is the part of Consul's health and catalog APIs the registry uses to bring check outputs to the servers:
@@ -542,6 +543,39 @@ func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
 	r.agentStatus[s.ID] = s.Status
 	r.mu.Unlock()
 	return nil
+}
+
+// Standing returns the status the local Consul agent holds for the check of each service this agent registered
+// (by service ID): what a restarted agent resumes from. A TTL check that is still passing was updated by the
+// agent's previous run within its TTL; one whose TTL ran out is critical. (A restarted host has none: its Consul
+// agent forgot them, see internal/consulstate.)
+func (r *Registry) Standing(ctx context.Context) (map[string]Standing, error) {
+	filter := fmt.Sprintf("%q in Tags and Meta.agent == %q", Tag, r.agentID)
+	have, err := r.agent.ServicesWithFilterOpts(filter, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list services: %w", err)
+	}
+	if len(have) == 0 {
+		return nil, nil
+	}
+	checks, err := r.agent.ChecksWithFilterOpts("", (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("list checks: %w", err)
+	}
+	out := map[string]Standing{}
+	for id, svc := range have {
+		if c, ok := checks[CheckID(id)]; ok {
+			out[id] = Standing{Service: svc.Service, Meta: svc.Meta, Status: c.Status}
+		}
+	}
+	return out, nil
+}
+
+// Standing is a service this agent registered as the local Consul agent holds it, with its check's status.
+type Standing struct {
+	Service string
+	Meta    map[string]string
+	Status  string // passing, warning, critical
 }
 
 // audit lists our services on the agent: registrations we think exist but Consul lost are marked for registering

@@ -5,7 +5,8 @@ import "fmt"
 // Damper turns a stream of undamped statuses into a steady one. It takes FailAfter consecutive probes worse than the
 // current status to get worse (to the latest one: a failure is not played down), and PassAfter consecutive better
 // ones to get better — and then only to the worst of those PassAfter, so warnings on the way up are not skipped. A
-// new node starts critical, so it must prove itself PassAfter times before it serves traffic.
+// new node starts critical, so it must prove itself PassAfter times before it serves traffic (unless Resume starts it
+// where a restarted agent's earlier run left it).
 type Damper struct {
 	FailAfter, PassAfter int
 
@@ -17,6 +18,12 @@ type Damper struct {
 // NewDamper returns a damper starting at critical.
 func NewDamper(failAfter, passAfter int) *Damper {
 	return &Damper{FailAfter: max(failAfter, 1), PassAfter: max(passAfter, 1), current: Critical}
+}
+
+// Resume starts a damper that has seen nothing yet at s instead of critical: a restarted agent resumes the status
+// its previous run left in Consul, so a restart does not take healthy nodes out of service for PassAfter probes.
+func (d *Damper) Resume(s Status) {
+	d.current, d.streak, d.dir = s, d.streak[:0], 0
 }
 
 // Current is the damped status.
