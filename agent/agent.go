@@ -464,6 +464,18 @@ func (a *Agent) loop(ctx context.Context, errc <-chan error) error {
 	}
 }
 
+// Height is a node's height as its latest successful probe (or pushed head) gave it, for the volume work of this
+// process (a snapshot's height tag); false when the node is unknown or has no height yet.
+func (a *Agent) Height(node string) (uint64, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st, ok := a.nodes[node]
+	if !ok || st.result.Err != nil || !st.result.HasHeight || st.result.Height == 0 {
+		return 0, false
+	}
+	return st.result.Height, true
+}
+
 // NodeCount is how many nodes the agent watches.
 func (a *Agent) NodeCount() int {
 	a.mu.Lock()

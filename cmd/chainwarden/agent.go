@@ -84,7 +84,7 @@ func runAgent(args []string) int {
 		return 1
 	}
 	startDiscovery(ctx, cfg, a, log)
-	startVolumes(ctx, cfg, consul, log, a.Metrics(), a.ID())
+	startVolumes(ctx, cfg, consul, log, a.Metrics(), a.ID(), a.Height)
 
 	// SIGHUP reloads the node and reference blocks; nodes gone from the file are deregistered.
 	hup := make(chan os.Signal, 1)

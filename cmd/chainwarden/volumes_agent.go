@@ -18,7 +18,7 @@ import (
 // `chainwarden job` asks on the volumes of nodes (snapshot before an upgrade, restore on a revert). Without AWS
 // (no instance metadata, no credentials) the agent keeps running and says the volume work is off.
 func startVolumes(ctx context.Context, cfg *config.Config, consul *consulapi.Client, log hclog.Logger,
-	reg prometheus.Registerer, agentID string) {
+	reg prometheus.Registerer, agentID string, height func(node string) (uint64, bool)) {
 	var scheduled, growing, written []ebs.Volume
 	for _, v := range cfg.Volumes {
 		if v.SnapshotInterval > 0 {
@@ -40,7 +40,7 @@ func startVolumes(ctx context.Context, cfg *config.Config, consul *consulapi.Cli
 		return
 	}
 	m := &ebs.Manager{EC2: client, Host: host, Log: log.Named("volume"), Consul: consul.Agent(), KV: consul.KV(),
-		KVLayout: kvlayout.New(cfg.Consul.KVPrefix), Paths: ebs.Paths{StateDir: cfg.StateDir}}
+		Height: height, KVLayout: kvlayout.New(cfg.Consul.KVPrefix), Paths: ebs.Paths{StateDir: cfg.StateDir}}
 	m.Init() // shared by the goroutines below
 	if len(scheduled) > 0 {
 		go (&ebs.Scheduler{Manager: m, Volumes: scheduled, Log: log.Named("snapshots")}).Run(ctx)

@@ -80,6 +80,9 @@ type Manager struct {
 	Devices DeviceFinder
 	Consul  ConsulAgent // Snapshot only: the node's check, its service, maintenance
 	KV      ConsulKV    // Snapshot only: the node's head, for the height tag
+	// Height, when set, is the node's height as the agent of this process last probed it (agent.Agent.Height):
+	// the snapshot's height tag, before the head in KV (which only a head publisher has, internal/heads).
+	Height func(node string) (uint64, bool)
 	// KVLayout is where the agents publish heads (their consul kv_prefix); zero value: the default prefix.
 	KVLayout kvlayout.Layout
 	Paths    Paths

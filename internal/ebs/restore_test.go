@@ -165,6 +165,7 @@ func TestRestoredNodeStaysCriticalUntilCaughtUp(t *testing.T) {
 	agentDone := make(chan struct{})
 	go func() { _ = a.Run(ctx); close(agentDone) }()
 	t.Cleanup(func() { cancel(); <-agentDone })
+	e.m.Height = a.Height // the agent of this host gives the snapshot its height, as `chainwarden agent` does
 	testenv.Eventually(t, 60*time.Second, "geth-a passing", func() error {
 		if h, _ := nodeStatus(a, "geth-a"); h.Status != "passing" || h.Height < 5 {
 			return fmt.Errorf("geth-a %+v", h)

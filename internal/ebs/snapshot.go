@@ -181,15 +181,25 @@ func (m *Manager) SnapshotWith(ctx context.Context, vol Volume, o SnapshotOption
 	if service == "" {
 		service = svc.Service
 	}
-	// The height is the head the agent publishes for the node, read as data, not from the check's text.
-	head, ok, err := heads.Read(ctx, m.KV, m.KVLayout, service, vol.Node)
-	if err != nil {
-		return nil, fmt.Errorf("node %s: %w", vol.Node, err)
+	// The height is read as data, not from the check's text: the agent's own (when the agent runs this), else the
+	// head it published for the node (a head publisher's).
+	var own bool
+	if m.Height != nil {
+		var h uint64
+		if h, own = m.Height(vol.Node); own {
+			res.Height = strconv.FormatUint(h, 10)
+		}
 	}
-	if ok {
-		res.Height = strconv.FormatUint(head.Height, 10)
-	} else {
-		log.Warn("no head of the node in Consul KV: the snapshot's height is unknown", "key", m.KVLayout.Head(service, vol.Node))
+	if !own {
+		head, ok, err := heads.Read(ctx, m.KV, m.KVLayout, service, vol.Node)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", vol.Node, err)
+		}
+		if ok {
+			res.Height = strconv.FormatUint(head.Height, 10)
+		} else {
+			log.Warn("no height of the node from its agent nor in Consul KV: the snapshot's height is unknown", "key", m.KVLayout.Head(service, vol.Node))
+		}
 	}
 	v, err := m.attachedVolume(ctx, vol)
 	if err != nil {

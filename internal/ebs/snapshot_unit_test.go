@@ -89,8 +89,17 @@ func TestSnapshotTagsTheHeadFromKV(t *testing.T) {
 	done = snapshotAsync(t, e, vol)
 	e.clk.BlockUntil(1)
 	e.clk.Advance(10 * time.Second)
-	if r := <-done; r.err != nil || r.res.Height != "unknown" || !strings.Contains(e.logs.String(), "no head of the node in Consul KV") {
+	if r := <-done; r.err != nil || r.res.Height != "unknown" || !strings.Contains(e.logs.String(), "no height of the node from its agent nor in Consul KV") {
 		t.Fatalf("no head: %+v %v", r.res, r.err)
+	}
+
+	// The agent of this process knows the node's height (it need not be a head publisher): that one is the tag.
+	e.m.Height = func(node string) (uint64, bool) { return 777000, node == "geth-a" }
+	done = snapshotAsync(t, e, vol)
+	e.clk.BlockUntil(1)
+	e.clk.Advance(10 * time.Second)
+	if r := <-done; r.err != nil || r.res.Height != "777000" {
+		t.Fatalf("height from the agent: %+v %v", r.res, r.err)
 	}
 }
 

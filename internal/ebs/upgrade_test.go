@@ -93,7 +93,7 @@ func newUpgradeRig(t *testing.T) *upgradeRig {
 	})
 
 	// The agent's volume operations, on this host's Manager; the snapshot's data is the frozen disk's image.
-	e.m.Consul, e.m.KV = r.consul.Client.Agent(), r.consul.Client.KV()
+	e.m.Consul, e.m.KV, e.m.Height = r.consul.Client.Agent(), r.consul.Client.KV(), r.agent.Height
 	e.m.Freezer = func(v ebs.Volume) ebs.Freezer {
 		return observingFreezer{inner: ebs.FSFreeze{Path: v.MountPath}, during: func() {
 			img := filepath.Join(t.TempDir(), "snapshot.img")
