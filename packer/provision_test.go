@@ -451,6 +451,13 @@ func TestProvisionDebian12(t *testing.T) {
 		if nomad, _ := os.ReadDir(c.path("/opt/nomad")); len(nomad) != 1 || nomad[0].Name() != "host_volume_plugins" {
 			t.Errorf("/opt/nomad holds %v, want only host_volume_plugins", nomad)
 		}
+		if proxies, _ := os.ReadDir(c.path("/etc/chainwarden/proxy")); len(proxies) != 2 || proxies[0].Name() != "haproxy" || proxies[1].Name() != "nginx" {
+			var names []string
+			for _, e := range proxies {
+				names = append(names, e.Name())
+			}
+			t.Errorf("/etc/chainwarden/proxy holds %v, want only haproxy and nginx (no tests, no test data)", names)
+		}
 		if lists, _ := os.ReadDir(c.path("/var/lib/apt/lists")); len(lists) > 1 {
 			t.Errorf("apt lists left in the image: %d entries", len(lists))
 		}

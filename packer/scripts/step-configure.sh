@@ -29,9 +29,12 @@ rm -f /etc/consul.d/*.hcl /etc/consul.d/*.json /etc/nomad.d/*.hcl /etc/nomad.d/*
 install -m 0640 -o root -g consul "$FILES/consul.d/consul.hcl" /etc/consul.d/consul.hcl
 install -m 0640 -o root -g root "$FILES/nomad.d/nomad.hcl" /etc/nomad.d/nomad.hcl
 # The RPC proxy's consul-template configs, templates and apply scripts (the repository's consul-templates/),
-# one directory per proxy: /etc/chainwarden/proxy/nginx, /etc/chainwarden/proxy/haproxy.
+# one directory per proxy: /etc/chainwarden/proxy/nginx, /etc/chainwarden/proxy/haproxy. Only those: the
+# repository's Go tests and test data next to them are not part of the image.
 if [ -d "$UPLOAD_DIR/consul-templates" ]; then
-	cp -R "$UPLOAD_DIR/consul-templates/." /etc/chainwarden/proxy/
+	for proxy in nginx haproxy; do
+		cp -R "$UPLOAD_DIR/consul-templates/$proxy" /etc/chainwarden/proxy/
+	done
 	chown -R root:root /etc/chainwarden/proxy
 	chmod -R go-w /etc/chainwarden/proxy
 else
