@@ -174,6 +174,10 @@ func TestGrowVolumeAndFilesystemOnline(t *testing.T) {
 				t.Fatal("the data changed")
 			}
 			run(t, "umount", vol.MountPath)
+			// What the checker reads is the device, not a page cache that the unmount's last writes have not reached
+			// (xfs_repair -n once saw the old primary superblock on a loaded machine).
+			run(t, "sync")
+			run(t, "blockdev", "--flushbufs", dev)
 			if fs == "xfs" {
 				run(t, "xfs_repair", "-n", dev)
 			} else {
