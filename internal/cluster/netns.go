@@ -6,20 +6,17 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/chainwarden/chainwarden/internal/devnet"
+	"github.com/chainwarden/chainwarden/internal/netnsenter"
 )
 
 // netns is one network namespace (`ip netns add`). The harness dials into it from an OS thread that entered it
-// (the way testenv.Netns does for tests), so nothing of the fleet is reachable from, or changes, the machine's own
+// (internal/netnsenter, as testenv.Netns does for tests), so nothing of the fleet is reachable from, or changes, the machine's own
 // namespace.
 type netns struct {
 	name string
@@ -92,46 +89,9 @@ func (n *netns) remove() error {
 	return nil
 }
 
-// in runs fn on an OS thread that entered the namespace, then takes the thread back home; should the way back fail,
-// the thread stays locked and ends with the goroutine (the same technique as testenv.Netns).
-func (n *netns) in(fn func() error) error {
-	target, err := os.Open("/run/netns/" + n.name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", n.name, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("this thread's netns: %w", err)
-			return
-		}
-		defer home.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", n.name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // DialContext dials addr from inside the namespace.
 func (n *netns) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := n.in(func() (err error) {
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return netnsenter.Dial(ctx, n.name, network, addr)
 }
 
 // httpClient makes its connections inside the namespace.

@@ -4,16 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/chainwarden/chainwarden/internal/netnsenter"
 )
 
 // Netns is a network namespace of the test's own (`ip netns add`): its interfaces, addresses, routes and ports are
@@ -65,51 +62,9 @@ func (n *Netns) Start(t testing.TB, name, bin string, args ...string) *Process {
 	return Start(t, name, n.ip, append([]string{"netns", "exec", n.Name, bin}, args...)...)
 }
 
-// in runs fn on an OS thread that entered the namespace, then takes the thread back to the namespace it came from
-// before handing it back to the scheduler. Sockets made by fn stay in the namespace wherever they are used
-// afterwards. Should the way back fail, the thread stays locked and ends with the goroutine: no other goroutine
-// may ever run in the namespace by accident.
-//
-// Threads must not end needlessly: a child started with Pdeathsig (as Start does) is killed when the thread that
-// forked it ends, and any thread may have forked one before it ran this goroutine.
-func (n *Netns) in(fn func() error) error {
-	target, err := os.Open("/run/netns/" + n.Name)
-	if err != nil {
-		return fmt.Errorf("open netns %s: %w", n.Name, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		home, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("this thread's netns: %w", err)
-			return
-		}
-		defer home.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter netns %s: %w", n.Name, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- ferr
-	}()
-	return <-errc
-}
-
 // Listen listens on addr inside the namespace.
 func (n *Netns) Listen(network, addr string) (net.Listener, error) {
-	var l net.Listener
-	err := n.in(func() (err error) {
-		l, err = net.Listen(network, addr)
-		return err
-	})
-	return l, err
+	return netnsenter.Listen(n.Name, network, addr)
 }
 
 // MustListen is Listen that fails the test on error.
@@ -124,12 +79,7 @@ func (n *Netns) MustListen(t testing.TB, network, addr string) net.Listener {
 
 // DialContext dials addr from inside the namespace.
 func (n *Netns) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := n.in(func() (err error) {
-		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return netnsenter.Dial(ctx, n.Name, network, addr)
 }
 
 // HTTPClient is an HTTP client whose connections are made inside the namespace.
