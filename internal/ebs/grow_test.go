@@ -174,8 +174,8 @@ func TestGrowVolumeAndFilesystemOnline(t *testing.T) {
 				t.Fatal("the data changed")
 			}
 			run(t, "umount", vol.MountPath)
-			// What the checker reads is the device, not a page cache that the unmount's last writes have not reached
-			// (xfs_repair -n once saw the old primary superblock on a loaded machine).
+			// What the checker reads is the device, not a page cache that the unmount's last writes have not reached.
+			// (That the unmount really ends the filesystem, not only this namespace's view of it, is TestMain's doing.)
 			run(t, "sync")
 			run(t, "blockdev", "--flushbufs", dev)
 			if fs == "xfs" {
