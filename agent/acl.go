@@ -78,7 +78,7 @@ func CheckConsulACL(ctx context.Context, c ConsulConn, cfg *config.Config, agent
 	if err != nil || !res.Enabled {
 		return res, err
 	}
-	node, err := nodeName(ctx, c.Raw())
+	node, err := ConsulNodeName(ctx, c.Raw())
 	if err != nil && !consulacl.IsDenied(err) {
 		return res, fmt.Errorf("read the local consul agent's node name: %w", err)
 	}
@@ -99,8 +99,8 @@ func CheckConsulACL(ctx context.Context, c ConsulConn, cfg *config.Config, agent
 	return res, denied
 }
 
-// nodeName is the local Consul agent's node name (GET /v1/agent/self, as Agent().NodeName() but under ctx).
-func nodeName(ctx context.Context, raw *consulapi.Raw) (string, error) {
+// ConsulNodeName is the local Consul agent's node name (GET /v1/agent/self, as Agent().NodeName() but under ctx).
+func ConsulNodeName(ctx context.Context, raw *consulapi.Raw) (string, error) {
 	var self struct{ Config struct{ NodeName string } }
 	if _, err := raw.Query("/v1/agent/self", &self, (&consulapi.QueryOptions{}).WithContext(ctx)); err != nil {
 		return "", err

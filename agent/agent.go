@@ -53,7 +53,7 @@ func ConsulAPI(c *consulapi.Client) Consul {
 
 // Options are the parts of an agent that the command, tests and the benchmark choose.
 type Options struct {
-	ID         string       // agent identity in Consul meta and KV; default: the hostname
+	ID         string       // agent identity in Consul meta and KV (`chainwarden agent`: the Consul node name); default: the hostname
 	Clock      clock.Clock  // default: the wall clock
 	HTTPClient *http.Client // for probes; default probe.NewHTTPClient()
 	Consul     Consul       // required

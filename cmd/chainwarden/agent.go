@@ -57,7 +57,9 @@ func runAgent(args []string) int {
 		return 1
 	}
 	consul := conn.Client
-	opts := agent.Options{Consul: agent.ConsulAPI(consul)}
+	sctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	opts := agent.Options{Consul: agent.ConsulAPI(consul), ID: agentID(sctx, conn, log.Named("consul"))}
 	if cfg.Restart != nil { // restarts of stalled nodes go through the local Nomad agent (NOMAD_* variables apply)
 		nc := nomadapi.DefaultConfig()
 		if cfg.Nomad.Address != "" {
@@ -75,8 +77,6 @@ func runAgent(args []string) int {
 		log.Error("cannot start", "error", err)
 		return 1
 	}
-	sctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	ctx, refuse := context.WithCancelCause(sctx)
 	defer refuse(nil)
 	if err := checkACL(ctx, conn, cfg, a.ID(), log.Named("consul"), refuse); err != nil {
@@ -158,6 +158,41 @@ func checkACL(ctx context.Context, conn *consulclient.Conn, cfg *config.Config, 
 		return err
 	case <-ctx.Done():
 		return nil
+	}
+}
+
+// agentIDWait is how long the agent waits at start for its local Consul agent to say its node name.
+const agentIDWait = 30 * time.Second
+
+// agentID is the agent's identity in Consul (service meta "agent", the heads it publishes, its flags): the local
+// Consul agent's node name, which Consul keeps unique in the cluster. Another agent's heads are told from this
+// agent's own by it, so two agents sharing one (hosts with the same hostname, the former default) would never see
+// each other's heads. Without agent:read on the node, or with the local Consul agent not answering within
+// agentIDWait, it is the hostname, as before, with a warning.
+func agentID(ctx context.Context, conn *consulclient.Conn, log hclog.Logger) string {
+	host, _ := os.Hostname()
+	ctx, cancel := context.WithTimeout(ctx, agentIDWait)
+	defer cancel()
+	b := backoff.New(250*time.Millisecond, 5*time.Second)
+	for {
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		name, err := agent.ConsulNodeName(cctx, conn.Client.Raw())
+		ccancel()
+		switch {
+		case err == nil:
+			return name
+		case consulacl.IsDenied(err):
+			log.Warn("the consul token cannot read this host's consul node (agent:read): the agent id is the hostname",
+				"id", host)
+			return host
+		}
+		select {
+		case <-ctx.Done():
+			log.Warn("the local consul agent did not say its node name: the agent id is the hostname", "id", host,
+				"error", err)
+			return host
+		case <-time.After(b.Next()):
+		}
 	}
 }
 
