@@ -15,7 +15,9 @@
 //   - Nothing vouched for. With a single source, or sources too far apart for any to vouch for another, the
 //     previous accepted head vouches instead (a source that jumps further than the chain can grow since then is
 //     flagged); with no previous head, the lowest claim is taken (a lone source is accepted as it is). A lone
-//     source that lies from the start cannot be caught: give the service a reference or a second node.
+//     source that lies from the start cannot be caught: give the service a reference or a second node. A Tracker
+//     lets the previous head hold alone for PreviousMaxAge only (the agent: head_max_age): a lone node restarted
+//     from an old head that caught up is flagged that long, then accepted.
 //
 // The head is the highest corroborated height; the finalized block the highest finalized of the same sources, never
 // above the head. Decide is the rule, a pure function; Tracker keeps what it needs between passes.

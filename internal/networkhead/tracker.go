@@ -29,8 +29,15 @@ type Lookup struct {
 // behind). One pass: Observe, then Lookups and Record for the answers, then Decide. Not safe for concurrent use.
 type Tracker struct {
 	Chain Chain
+	// PreviousMaxAge is how long the previous head may hold alone: when no source has been accepted for this long
+	// (every one above what the previous head allows, and none vouched for by another), the previous head is dropped
+	// and the rule starts over, as with no head accepted before. A lone node restarted from an old head and caught up
+	// since is ahead of what its old head allows, and on a chain making blocks as fast as it may it never gets back
+	// within reach: without this it would be flagged for good. Zero: the previous head holds for ever.
+	PreviousMaxAge time.Duration
 
-	prev   Previous
+	prev       Previous
+	acceptedAt time.Time // when prev was accepted
 	known  map[string]*memory
 	pass   []Source
 	heads  history
@@ -185,11 +192,15 @@ func (t *Tracker) Lookups(canAsk func(source string) bool, perSource int, now ti
 // and when the network first reached the new head and finalized heights.
 func (t *Tracker) Decide(now time.Time) Decision {
 	d := Decide(t.pass, t.Chain, t.prev, now)
+	if d.Head.Name == "" && t.prev.Height > 0 && t.PreviousMaxAge > 0 && now.Sub(t.acceptedAt) >= t.PreviousMaxAge {
+		d = Decide(t.pass, t.Chain, Previous{}, now) // the previous head is too old to hold alone: start over
+	}
 	if d.Head.Name == "" {
 		return d // nothing accepted: keep the previous head
 	}
 	h := d.Head
 	t.prev = Previous{Height: h.Height, Source: h.Name, BlockTime: h.BlockTime, Seen: h.Seen}
+	t.acceptedAt = now
 	seen := h.Seen
 	if seen.IsZero() || seen.After(now) {
 		seen = now

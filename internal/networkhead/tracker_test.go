@@ -110,6 +110,40 @@ func TestTrackerLoneSourceJump(t *testing.T) {
 	}
 }
 
+// A lone node restarted from an old head catches up faster than the chain grows, on a chain making blocks as fast
+// as it may (one a second): ahead of what the old head allows, by as much every pass. It is flagged until the
+// previous head is PreviousMaxAge old, then the rule starts over and accepts it; without PreviousMaxAge it stays
+// flagged.
+func TestTrackerLoneSourceCaughtUpAfterRestart(t *testing.T) {
+	for _, maxAge := range []time.Duration{0, 30 * time.Second} {
+		tr := NewTracker(eth)
+		tr.PreviousMaxAge = maxAge
+		now := t0
+		tr.Observe([]Observation{obs("geth-a", "x", 7, now, 0)}, now)
+		tr.Decide(now)
+		flaggedFor := time.Duration(0)
+		for sec := 11; sec <= 120; sec++ {
+			now = t0.Add(time.Duration(sec) * time.Second)
+			h := uint64(24 + sec - 11) // caught up to 24 at 11 s, then a block a second
+			tr.Observe([]Observation{obs("geth-a", "x", h, now, 0)}, now)
+			d := tr.Decide(now)
+			if d.Head.Name == "" {
+				flaggedFor = now.Sub(t0)
+				continue
+			}
+			if d.Head.Height != h || len(d.Flags) != 0 {
+				t.Fatalf("max age %s, %d s: %+v", maxAge, sec, d)
+			}
+		}
+		switch {
+		case maxAge == 0 && flaggedFor != 120*time.Second:
+			t.Fatalf("without PreviousMaxAge: flagged until %s, want to the end", flaggedFor)
+		case maxAge > 0 && (flaggedFor < maxAge-time.Second || flaggedFor >= maxAge):
+			t.Fatalf("PreviousMaxAge %s: flagged until %s after the last accepted head", maxAge, flaggedFor)
+		}
+	}
+}
+
 // How long a height has been behind: from when the network first had a head above it.
 func TestTrackerBehindSince(t *testing.T) {
 	tr := NewTracker(eth)
