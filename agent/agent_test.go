@@ -175,6 +175,17 @@ func TestStepNetworkHeadFromKVAndReferences(t *testing.T) {
 	if h := health(t, a.Agent, "geth-a"); h.Head != 104 || h.HeadNode != "geth-near" || h.Status != "warning" {
 		t.Fatalf("fresh KV head: %+v", h)
 	}
+	// What counted, by origin: the own node, the other agent's fresh head (not its stale one), the reference.
+	m := metricsText(t, a.Agent)
+	for _, want := range []string{
+		`chainwarden_network_head_sources{origin="own",service="eth-mainnet"} 1`,
+		`chainwarden_network_head_sources{origin="other_agents",service="eth-mainnet"} 1`,
+		`chainwarden_network_head_sources{origin="reference",service="eth-mainnet"} 1`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 
 	// The reference runs ahead at 112, as far as the chain can have grown since geth-near's head was first seen
 	// (5 s ago at a block a second, and 2 blocks of margin): critical (12 > max_lag 10), named as the head.

@@ -28,6 +28,7 @@ type metrics struct {
 	finalized    *prometheus.GaugeVec
 	safe         *prometheus.GaugeVec
 	netFinalized *prometheus.GaugeVec
+	netSources   *prometheus.GaugeVec
 	flagged      *prometheus.GaugeVec
 	flagsTotal   *prometheus.CounterVec
 	lookups      prometheus.Counter
@@ -67,6 +68,9 @@ func newMetrics() *metrics {
 		finalized:    g("node_finalized_height", "The node's finalized block (Ethereum's \"finalized\" tag).", nodeLabels...),
 		safe:         g("node_safe_height", "The node's safe block (Ethereum's \"safe\" tag).", nodeLabels...),
 		netFinalized: g("network_finalized_height", "The network's finalized block: the highest of the sources that count toward its head.", "service"),
+		netSources: g("network_head_sources", "Sources that counted toward the network's head in the last pass, by origin: this agent's own "+
+			"nodes (own), the heads other agents published (other_agents), external references (reference). Other agents' "+
+			"nodes at 0 while they run means this agent sees none of their heads.", "service", "origin"),
 		flagged: g("head_source_flagged", "1 while a node or reference of this agent does not count toward its network's head: kind not_corroborated or fork.",
 			"service", "source", "kind"),
 		flagsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "chainwarden", Name: "head_flags_total",
@@ -86,7 +90,7 @@ func newMetrics() *metrics {
 	}
 	m.reg.MustRegister(m.height, m.head, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.probeSeconds,
 		m.transitions, m.stepSeconds, m.referenceUp, m.consulUp, m.consulWrites, m.pushJudged,
-		m.behind, m.finalized, m.safe, m.netFinalized, m.flagged, m.flagsTotal, m.lookups, m.restarts, m.withheld, m.catchingUp,
+		m.behind, m.finalized, m.safe, m.netFinalized, m.netSources, m.flagged, m.flagsTotal, m.lookups, m.restarts, m.withheld, m.catchingUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -152,3 +156,15 @@ func (m *metrics) forget(n nodespec.Node) {
 
 // Metrics is the registry /metrics serves, for the series of work that runs beside the agent (volume growth).
 func (a *Agent) Metrics() prometheus.Registerer { return a.metrics.reg }
+
+// observeSources sets how many sources of each origin counted toward a service's head.
+func (m *metrics) observeSources(service string, counted map[string]int) {
+	for _, origin := range []string{originOwn, originOthers, originReference} {
+		m.netSources.WithLabelValues(service, origin).Set(float64(counted[origin]))
+	}
+}
+
+// forgetService drops a service's network series once this agent has no nodes in it.
+func (m *metrics) forgetService(service string) {
+	m.netSources.DeletePartialMatch(prometheus.Labels{"service": service})
+}

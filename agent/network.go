@@ -21,7 +21,26 @@ const maxLookupHeights = 2
 type network struct {
 	tracker *networkhead.Tracker
 	dec     networkhead.Decision
-	own     map[string]bool // names of this agent's nodes and references in the service
+	own     map[string]bool   // names of this agent's nodes and references in the service
+	origin  map[string]string // source name -> originOwn, originOthers or originReference
+}
+
+// Where a source of a network's head comes from (the network_head_sources metric).
+const (
+	originOwn       = "own"
+	originOthers    = "other_agents"
+	originReference = "reference"
+)
+
+// counted is how many sources of each origin count toward the decided head: those not flagged.
+func (n *network) counted() map[string]int {
+	c := map[string]int{}
+	for name, o := range n.origin {
+		if _, flagged := n.dec.Flagged(name); !flagged {
+			c[o]++
+		}
+	}
+	return c
 }
 
 // sourceSeen is when a reference's height was first seen (Step's own, like nodeState.since).
@@ -46,7 +65,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 			continue // no heights
 		}
 		if nets[svc] == nil {
-			nets[svc] = &network{own: map[string]bool{}}
+			nets[svc] = &network{own: map[string]bool{}, origin: map[string]string{}}
 			targets[svc] = map[string]probe.Target{}
 		}
 		nets[svc].own[w.cfg.Name] = true
@@ -57,6 +76,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 		if r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(w.cfg, r) {
 			continue
 		}
+		nets[svc].origin[w.cfg.Name] = originOwn
 		obs[svc] = append(obs[svc], observation(w.cfg.Name, false, r, w.st.since))
 		targets[svc][w.cfg.Name] = w.cfg.Target()
 	}
@@ -74,6 +94,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 			a.refSeen[ref.Name] = seen
 		}
 		n.own[ref.Name] = true
+		n.origin[ref.Name] = originReference
 		obs[ref.Service] = append(obs[ref.Service], observation(ref.Name, true, r, seen.since))
 		targets[ref.Service][ref.Name] = ref.Target()
 	}
@@ -84,6 +105,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 			if h.Agent == a.id || n.own[h.Node] || now.Sub(h.Observed) > a.cfg.HeadMaxAge {
 				continue
 			}
+			n.origin[h.Node] = originOthers
 			obs[svc] = append(obs[svc], networkhead.Observation{Source: networkhead.Source{Name: h.Node, Height: h.Height,
 				Hash: h.Hash, BlockTime: h.BlockTime, Seen: h.Observed, Finalized: h.Finalized}, ParentHash: h.ParentHash})
 		}
@@ -102,6 +124,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 			a.trackers[svc] = tr
 		}
 		tr.Chain = chains[svc]
+		tr.PreviousMaxAge = a.cfg.HeadMaxAge
 		n.tracker = tr
 		slices.SortFunc(obs[svc], func(x, y networkhead.Observation) int { return strings.Compare(x.Name, y.Name) })
 		tr.Observe(obs[svc], now)
@@ -113,6 +136,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 	for svc := range a.trackers {
 		if nets[svc] == nil {
 			delete(a.trackers, svc)
+			a.metrics.forgetService(svc)
 		}
 	}
 
@@ -140,8 +164,9 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 			}
 		}
 	}
-	for _, n := range nets {
+	for svc, n := range nets {
 		n.dec = n.tracker.Decide(now)
+		a.metrics.observeSources(svc, n.counted())
 	}
 	return nets
 }

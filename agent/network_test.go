@@ -62,6 +62,8 @@ func TestStepLiarDoesNotMoveTheHead(t *testing.T) {
 		`chainwarden_head_source_flagged{kind="not_corroborated",service="eth-mainnet",source="geth-liar"} 1`,
 		`chainwarden_head_flags_total{kind="not_corroborated",service="eth-mainnet",source="geth-liar"} 1`,
 		`chainwarden_network_head{service="eth-mainnet"} 100`,
+		`chainwarden_network_head_sources{origin="own",service="eth-mainnet"} 2`, // the liar does not count
+		`chainwarden_network_head_sources{origin="other_agents",service="eth-mainnet"} 0`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("metrics lack %s", want)
