@@ -21,6 +21,7 @@ import (
 const aclHCL = `acl {
   enabled                  = true
   default_policy           = "deny"
+  down_policy              = "async-cache"
   enable_token_persistence = true
 }
 `
