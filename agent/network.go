@@ -69,9 +69,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 			targets[svc] = map[string]probe.Target{}
 		}
 		nets[svc].own[w.cfg.Name] = true
-		if c, ok := chains[svc]; !ok || (w.cfg.Chain.MinBlockTime > 0 && w.cfg.Chain.MinBlockTime < c.MinBlockTime) {
-			chains[svc] = w.cfg.Chain
-		}
+		chains[svc] = mergeChain(chains[svc], w.cfg.Chain)
 		r := results[i]
 		if r.Err != nil || !r.HasHeight || r.Height == 0 || !chainMatches(w.cfg, r) {
 			continue
@@ -169,6 +167,16 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 		a.metrics.observeSources(svc, n.counted())
 	}
 	return nets
+}
+
+// mergeChain folds what one more node of a service says of its chain into what the others said: the fastest block
+// time and the deepest reorgs any of them declares.
+func mergeChain(c, n networkhead.Chain) networkhead.Chain {
+	if c.MinBlockTime == 0 || (n.MinBlockTime > 0 && n.MinBlockTime < c.MinBlockTime) {
+		c.MinBlockTime = n.MinBlockTime
+	}
+	c.Confirmations = max(c.Confirmations, n.Confirmations)
+	return c
 }
 
 func observation(name string, reference bool, r probe.Result, seen time.Time) networkhead.Observation {

@@ -24,6 +24,10 @@ const (
 	SourceNomad  = "nomad"  // a task of an allocation on the local Nomad client
 )
 
+// MaxReorgDepth is the deepest reorg_depth a node may set: hashes are compared within networkhead.Window blocks of
+// a source's head, and a comparison needs a few of them.
+const MaxReorgDepth = networkhead.Window / 2
+
 // Node is one chain node an agent watches.
 type Node struct {
 	Name    string     `hcl:"name,label"`
@@ -61,6 +65,10 @@ type Node struct {
 	// MinBlockTime is the fastest the chain makes blocks: what bounds how far ahead a source may be (see
 	// networkhead). Default per kind: ethereum 1s, cometbft 250ms.
 	MinBlockTime string `hcl:"min_block_time,optional"`
+	// ReorgDepth (ethereum): how deep the chain's races for its newest blocks go before they settle. Hashes are
+	// compared this far below the lower of two heads; a difference there is a fork. Default 2 (proof of stake);
+	// proof-of-authority chains whose signers seal out of turn (Clique, Parlia, Bor) reorganise deeper.
+	ReorgDepth *uint64 `hcl:"reorg_depth,optional"`
 
 	// Chainlink: API credentials (from env() or file(), never inline) — a user token (api_key, api_secret), the
 	// operator's email and password, or the node's .api file (email and password, one a line) — the wallet and
@@ -173,6 +181,17 @@ func (n *Node) Normalize() fielderr.List {
 		bad("warn_lag", "warn_lag %d is above max_lag %d", t.WarnLag, t.MaxLag)
 	}
 	n.Chain = networkhead.KindChain(n.Kind)
+	if n.ReorgDepth != nil {
+		switch {
+		case n.Kind != probe.Ethereum:
+			bad("reorg_depth", "reorg_depth is for ethereum nodes (a committed cometbft block is final)")
+		case *n.ReorgDepth > MaxReorgDepth:
+			bad("reorg_depth", "reorg_depth %d is above %d (the block hashes kept per source reach %d below its head)",
+				*n.ReorgDepth, MaxReorgDepth, networkhead.Window)
+		default:
+			n.Chain.Confirmations = *n.ReorgDepth
+		}
+	}
 	timed := map[string]*time.Duration{"warn_behind": &t.WarnBehind, "max_behind": &t.MaxBehind,
 		"max_finalized_behind": &t.MaxFinalizedBehind, "min_block_time": &n.Chain.MinBlockTime}
 	for _, f := range []struct {

@@ -25,6 +25,13 @@ func TestNormalizeAppliesKindDefaultsAndOverrides(t *testing.T) {
 	if n.WantChain() != "1" {
 		t.Fatalf("want chain %q", n.WantChain())
 	}
+	if n.Chain.Confirmations != 2 || n.Chain.MinBlockTime != time.Second {
+		t.Fatalf("chain %+v: want ethereum's defaults", n.Chain)
+	}
+	clique := Node{Name: "geth-1", Kind: probe.Ethereum, RPC: "http://h:1", Service: "s", ChainID: u64(1337), ReorgDepth: u64(6)}
+	if errs := clique.Normalize(); errs != nil || clique.Chain.Confirmations != 6 {
+		t.Fatalf("reorg_depth 6: chain %+v, %v", clique.Chain, errs)
+	}
 }
 
 func TestNormalizeErrorsNameTheField(t *testing.T) {
@@ -46,6 +53,10 @@ func TestNormalizeErrorsNameTheField(t *testing.T) {
 			`node "x": max_block_age: "-1s" is not a positive duration (like "1s" or "2m")`},
 		{"balance", Node{Name: "x", Kind: probe.Chainlink, RPC: "http://h:1", Service: "s", APIKey: "k", APISecret: "s", MinBalance: "abc"}, "min_balance",
 			`node "x": min_balance: "abc" is not a non-negative decimal amount of ether`},
+		{"reorg depth of a cometbft node", Node{Name: "x", Kind: probe.CometBFT, RPC: "http://h:1", Service: "s", Network: "n", ReorgDepth: u64(3)}, "reorg_depth",
+			`node "x": reorg_depth is for ethereum nodes (a committed cometbft block is final)`},
+		{"reorg depth too deep", Node{Name: "x", Kind: probe.Ethereum, RPC: "http://h:1", Service: "s", ChainID: u64(1), ReorgDepth: u64(65)}, "reorg_depth",
+			`node "x": reorg_depth 65 is above 64 (the block hashes kept per source reach 128 below its head)`},
 		{"dotted service", Node{Name: "x", Kind: probe.CometBFT, RPC: "http://h:1", Service: "a.b", Network: "n"}, "service",
 			`node "x": service "a.b" must be letters, digits and dashes (no dots)`},
 	} {
