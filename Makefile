@@ -42,7 +42,7 @@ bench-fleet: deps ## head sharing at fleet scale: 3 Consul servers, 100/300/1,00
 demo: deps build ## the demo stack: Consul, geth and CometBFT networks, Nomad jobs, the agent, the nginx proxy
 	go build -trimpath -o bin/chainwarden-dev ./cmd/chainwarden-dev && ./bin/chainwarden-dev -with-nomad -proxy-port 8545
 
-fleet-demo: deps build ## a fleet in network namespaces (3 Consul servers, 4 chain hosts, a proxy host) until Ctrl-C; root; docs/PRODUCTION.md
+fleet-demo: deps build ## a fleet in network namespaces (3 Consul and Nomad servers, 4 chain hosts, a proxy host) until Ctrl-C; root; docs/PRODUCTION.md
 	go build -trimpath -o bin/chainwarden-fleet ./cmd/chainwarden-fleet && ./bin/chainwarden-fleet
 
 ami: build ## build the node AMI on AWS (credentials from the SDK chain; Packer >= 1.10 after packer init)

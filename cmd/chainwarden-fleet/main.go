@@ -29,6 +29,7 @@ func run(args []string) int {
 	agentBin := fs.String("agent", "bin/chainwarden", "the chainwarden binary the chain hosts run")
 	chains := fs.Int("chain-hosts", 4, "chain hosts (3 to 9)")
 	uiAddr := fs.String("ui", "127.0.0.1:8500", "this machine's address forwarded to server1's Consul HTTP API and UI")
+	nomadAddr := fs.String("nomad-ui", "127.0.0.1:4646", "this machine's address forwarded to server1's Nomad HTTP API and UI")
 	nginxAddr := fs.String("nginx", "127.0.0.1:8545", "this machine's address forwarded to the nginx proxy")
 	haproxyAddr := fs.String("haproxy", "127.0.0.1:8546", "this machine's address forwarded to the HAProxy proxy")
 	if err := fs.Parse(args); err != nil {
@@ -72,6 +73,7 @@ func run(args []string) int {
 		target      string
 	}{
 		{"Consul UI (server1)", *uiAddr, f.Servers[0], "127.0.0.1:8500"},
+		{"Nomad UI (server1)", *nomadAddr, f.Servers[0], "127.0.0.1:4646"},
 		{"nginx RPC proxy", *nginxAddr, f.Proxy, f.NginxURL[len("http://"):]},
 		{"HAProxy RPC proxy", *haproxyAddr, f.Proxy, f.HAProxyURL[len("http://"):]},
 	} {

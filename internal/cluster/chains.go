@@ -47,6 +47,9 @@ func (f *Fleet) startChains(ctx context.Context) error {
 		if err := f.addConsul(h); err != nil {
 			return err
 		}
+		if err := f.addNomad(h); err != nil {
+			return err
+		}
 		f.addGeth(h)
 		f.addComet(h)
 		if err := f.addAgent(h); err != nil {
@@ -280,6 +283,9 @@ node %q {
   ws       = "ws://%s:%d"
   service  = %q
   chain_id = %d
+
+  # Clique: with a signer missing, the others race for its turns, and a losing branch can be a few blocks deep.
+  reorg_depth = 6
 }
 
 node %q {
@@ -325,4 +331,38 @@ func (h *Host) AgentCallsPassing(ctx context.Context, node string) error {
 		return fmt.Errorf("%s: %w", node, err)
 	}
 	return nil
+}
+
+// AgentSources is what the host's chainwarden agent counted toward a service's head in its last pass, by origin
+// (own, other_agents, reference): its chainwarden_network_head_sources gauge, read from its /metrics.
+func (h *Host) AgentSources(ctx context.Context, service string) (map[string]int, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+agentListen+"/metrics", nil)
+	resp, err := h.ns.httpClient(3 * time.Second).Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(resp.Body); err != nil {
+		return nil, err
+	}
+	out := map[string]int{}
+	for _, l := range strings.Split(b.String(), "\n") {
+		series, value, ok := strings.Cut(l, " ")
+		if !ok || !strings.HasPrefix(series, "chainwarden_network_head_sources{") ||
+			!strings.Contains(series, `service="`+service+`"`) {
+			continue
+		}
+		_, origin, _ := strings.Cut(series, `origin="`)
+		origin, _, _ = strings.Cut(origin, `"`)
+		n, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", h.Name, l, err)
+		}
+		out[origin] = int(n)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s's agent has no chainwarden_network_head_sources for %s yet", h.Name, service)
+	}
+	return out, nil
 }

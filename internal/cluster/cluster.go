@@ -1,9 +1,12 @@
 // Package cluster runs a whole chainwarden fleet on one machine, as operators run it on many: every host in a network
 // namespace of its own with its own address on one bridge, running what the node image (packer/) runs there, with
 // the image's own config files:
-//   - control hosts: Consul servers (real raft, gossip between the hosts' addresses, gossip encryption on);
-//   - chain hosts: a Consul client agent, a geth Clique sealer and a CometBFT validator (one network each across
-//     the chain hosts), and the chainwarden agent (the real binary) talking only to its local Consul agent;
+//   - control hosts: Consul servers (real raft, gossip between the hosts' addresses, gossip encryption on) and
+//     Nomad servers (finding each other through Consul);
+//   - chain hosts: a Consul client agent, a Nomad client (the image's nomad.hcl; it finds its servers through
+//     Consul; no jobs run here, the chain nodes are started by the harness), a geth Clique sealer and a CometBFT
+//     validator (one network each across the chain hosts), and the chainwarden agent (the real binary) talking
+//     only to its local Consul agent;
 //   - a proxy host: a Consul client agent, consul-template rendering nginx and HAProxy, both proxies serving.
 //
 // The harness can kill a host (every process in its namespace), cut its link and heal it, and restart any one
@@ -29,6 +32,7 @@ import (
 
 	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
+	nomadapi "github.com/hashicorp/nomad/api"
 
 	"github.com/chainwarden/chainwarden/internal/devnet"
 )
@@ -79,6 +83,8 @@ type Fleet struct {
 	sw     *netns
 	key    string // the gossip key, in the hosts' secrets.hcl only
 	mgmt   string // this run's ACL management token: in memory, and in a 0600 file Close removes
+	// nomadConsulToken is the Nomad agents' Consul token (policy nomad-agent), in their 0600 nomad.env files.
+	nomadConsulToken string
 
 	// ProxyTokenFile holds the proxy's read-only Consul token (chainwarden-proxy policy), on this machine.
 	ProxyTokenFile string
@@ -101,6 +107,8 @@ type Host struct {
 	consulToken string // its Consul agent's token (clients: in secrets.hcl)
 	consulOnce  sync.Once
 	consul      *consulapi.Client
+	nomadOnce   sync.Once
+	nomad       *nomadapi.Client
 	port        string // its veth on the switch
 	mu          sync.Mutex
 	procs       []*proc
@@ -167,7 +175,10 @@ func Start(ctx context.Context, o Options) (_ *Fleet, err error) {
 	if err := f.startProxy(ctx); err != nil {
 		return f, err
 	}
-	return f, f.waitAllRouted(ctx, 3*time.Minute)
+	if err := f.waitAllRouted(ctx, 3*time.Minute); err != nil {
+		return f, err
+	}
+	return f, f.WaitNomad(ctx)
 }
 
 // makeNetwork makes the switch (a namespace holding a bridge) and every host's namespace, linked to it by a veth

@@ -150,7 +150,19 @@ func (f *Fleet) startServers(ctx context.Context) error {
 	if _, err := f.WaitLeader(ctx, nil); err != nil {
 		return err
 	}
-	return f.bootstrapACL(ctx)
+	if err := f.bootstrapACL(ctx); err != nil {
+		return err
+	}
+	// The Nomad servers, once Consul's ACLs give them a token: they find each other through Consul.
+	for _, h := range f.Servers {
+		if err := f.addNomad(h); err != nil {
+			return err
+		}
+		if err := h.Start(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Leader returns the server that leads raft now, as the given server sees it (nil: the first one up).

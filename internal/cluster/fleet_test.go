@@ -29,7 +29,7 @@ import (
 // while a fault is in effect, the upstreams the proxies run.
 func TestFleet(t *testing.T) {
 	testenv.RequireRoot(t)
-	for _, c := range []string{"ip", "consul", "geth-clique", "cometbft", "consul-template", "nginx", "haproxy"} {
+	for _, c := range []string{"ip", "consul", "nomad", "geth-clique", "cometbft", "consul-template", "nginx", "haproxy"} {
 		testenv.Bin(t, c)
 	}
 	agent := testenv.GoBuild(t, "./cmd/chainwarden")
@@ -85,6 +85,27 @@ func TestFleet(t *testing.T) {
 		}
 	})
 
+	// Every agent counts the heads the other hosts' agents publish, not only its own nodes: the verdict of the fleet
+	// rests on that. (It did not when every agent took the shared hostname for its id: each saw the others' heads as
+	// its own and skipped them.)
+	t.Run("every agent counts the other hosts' heads", func(t *testing.T) {
+		others := len(f.Chains) - 1
+		testenv.Eventually(t, timeout, fmt.Sprintf("every agent counts %d other agents' heads", others), func() error {
+			for _, h := range f.Chains {
+				for _, svc := range []string{cluster.EthService, cluster.CometService} {
+					n, err := h.AgentSources(ctx, svc)
+					if err != nil {
+						return err
+					}
+					if n["own"] != 1 || n["other_agents"] != others {
+						return fmt.Errorf("%s's agent counts %v toward %s", h.Name, n, svc)
+					}
+				}
+			}
+			return nil
+		})
+	})
+
 	t.Run("chain host dies", func(t *testing.T) {
 		victim := f.Chains[1]
 		start := w.mark()
@@ -98,6 +119,10 @@ func TestFleet(t *testing.T) {
 		w.assertQuiet(t, start, victim)
 		w.assertReadsOnlyFailedIn(t, start, start.Add(left))
 		t.Logf("FIGURE host death: failed reads nginx %d, haproxy %d of %d", w.failed("nginx", start), w.failed("haproxy", start), w.reads(start))
+		// Nomad sees the host gone too: its servers mark the client down once its heartbeat TTL and grace run out.
+		waitNomadStatus(t, f, victim, "down")
+		t.Logf("FIGURE host death: nomad servers mark its client down after %s (heartbeat TTL and grace)",
+			time.Since(start).Round(10*time.Millisecond))
 
 		back := w.mark()
 		unjudged := watchUnjudged(t, f, victim)
@@ -112,6 +137,8 @@ func TestFleet(t *testing.T) {
 		judged := time.Since(back).Round(10 * time.Millisecond)
 		w.waitAllPassing(t, f)
 		u := unjudged()
+		waitNomadStatus(t, f, victim, "ready")
+		t.Logf("FIGURE host restart: its nomad client ready again after %s", time.Since(back).Round(10*time.Millisecond))
 		// Its Consul agent restores none of the agent's registrations (consul-forget before it starts): it never
 		// serves them passing before the agent judged them, and its first sync removes them from the servers'
 		// catalog (or replaces them with the agent's new registrations, critical until judged); from then on the catalog has them passing only once judged. Before that sync the servers still
@@ -462,6 +489,22 @@ func without(f *cluster.Fleet, h *cluster.Host) []string {
 		}
 	}
 	return out
+}
+
+// waitNomadStatus waits until the Nomad servers hold the host's client at status (ready, down).
+func waitNomadStatus(t *testing.T, f *cluster.Fleet, h *cluster.Host, status string) {
+	t.Helper()
+	testenv.Eventually(t, timeout, "nomad servers hold "+h.Name+" "+status, func() error {
+		var errs []error
+		for _, s := range f.Servers {
+			st, err := f.NomadNodeStatus(s, h.Name)
+			if err == nil && st == status {
+				return nil
+			}
+			errs = append(errs, fmt.Errorf("%s: %q %v", s.Name, st, err))
+		}
+		return errors.Join(errs...)
+	})
 }
 
 // waitRouted waits until both proxies route to exactly nodes and returns how long after since that was.
