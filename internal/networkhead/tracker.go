@@ -38,10 +38,10 @@ type Tracker struct {
 
 	prev       Previous
 	acceptedAt time.Time // when prev was accepted
-	known  map[string]*memory
-	pass   []Source
-	heads  history
-	finals history
+	known      map[string]*memory
+	pass       []Source
+	heads      history
+	finals     history
 }
 
 // memory is what a tracker remembers of one source.
