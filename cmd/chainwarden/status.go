@@ -94,23 +94,20 @@ func printStatus(ctx context.Context, c *consulapi.Client, f statusFlags, style 
 	if err != nil {
 		return err
 	}
+	flags, err := fleet.Flags(rctx, c, f.prefix)
+	if err != nil {
+		return err
+	}
 	if f.asJSON {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		if rows == nil {
-			rows = []fleet.Row{}
-		}
-		return enc.Encode(rows)
+		return enc.Encode(fleet.NewStatus(rows, flags))
 	}
 	if len(rows) == 0 {
 		_, err := fmt.Fprintln(w, "no chainwarden nodes registered in Consul")
 		return err
 	}
 	if err := style.WriteTable(w, rows); err != nil {
-		return err
-	}
-	flags, err := fleet.Flags(rctx, c, f.prefix)
-	if err != nil {
 		return err
 	}
 	return fleet.WriteFlags(w, flags, time.Now())

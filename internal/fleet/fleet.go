@@ -172,6 +172,37 @@ func Flags(ctx context.Context, c *consulapi.Client, kvPrefix string) ([]heads.F
 	return heads.DecodeFlags(prefix, pairs, nil), nil
 }
 
+// Status is what `chainwarden status -json` prints: the nodes as the table shows them, and the sources agents
+// flagged as not counting toward their network's head (nodes and references), as the table lists them under it.
+type Status struct {
+	Nodes []Row     `json:"nodes"`
+	Flags []FlagRow `json:"flags"`
+}
+
+// FlagRow is one flagged source: which agent flagged which node or reference of a service, since when, and why.
+type FlagRow struct {
+	Service   string    `json:"service"`
+	Source    string    `json:"source"`
+	Reference bool      `json:"reference"`
+	Agent     string    `json:"agent"`
+	Kind      string    `json:"kind"` // not_corroborated | fork
+	Reason    string    `json:"reason"`
+	Since     time.Time `json:"since"`
+}
+
+// NewStatus puts rows and flags together for JSON (never null lists).
+func NewStatus(rows []Row, flags []heads.Flag) Status {
+	st := Status{Nodes: rows, Flags: make([]FlagRow, 0, len(flags))}
+	if st.Nodes == nil {
+		st.Nodes = []Row{}
+	}
+	for _, f := range flags {
+		st.Flags = append(st.Flags, FlagRow{Service: f.Service, Source: f.Source, Reference: f.Reference, Agent: f.Agent,
+			Kind: f.Kind, Reason: f.Reason, Since: f.Since})
+	}
+	return st
+}
+
 // WriteFlags prints the flagged sources under the table: which agent flagged which node or reference, since when,
 // and why.
 func WriteFlags(w io.Writer, flags []heads.Flag, now time.Time) error {

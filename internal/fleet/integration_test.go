@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,36 @@ func TestReadAndWaitAgainstRealConsul(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Fatalf("flags table lacks %q:\n%s", want, out.String())
 		}
+	}
+
+	// -json: the same nodes and flags, the reference's flag included.
+	js, err := json.Marshal(NewStatus(rows, flags))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Nodes []struct{ Node string }
+		Flags []FlagRow
+	}
+	if err := json.Unmarshal(js, &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Nodes) != 3 || len(st.Flags) != 2 {
+		t.Fatalf("status -json: %s", js)
+	}
+	found := false
+	for _, f := range st.Flags {
+		if f.Source != "infura" {
+			continue
+		}
+		found = true
+		if d := f.Since.Sub(infura.Since); !f.Reference || f.Service != "eth-devnet" || f.Agent != "host-a" ||
+			f.Kind != "not_corroborated" || !strings.HasPrefix(f.Reason, "head 5000 not corroborated") || d < -time.Second || d > time.Second {
+			t.Fatalf("the reference's flag in status -json: %+v", f)
+		}
+	}
+	if !found {
+		t.Fatalf("status -json lacks the flagged reference: %s", js)
 	}
 
 	index, err := Wait(ctx, c.Client, 0, time.Second)
