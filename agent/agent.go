@@ -53,7 +53,10 @@ func ConsulAPI(c *consulapi.Client) Consul {
 
 // Options are the parts of an agent that the command, tests and the benchmark choose.
 type Options struct {
-	ID         string       // agent identity in Consul meta and KV (`chainwarden agent`: the Consul node name); default: the hostname
+	ID string // agent identity in Consul meta and KV (`chainwarden agent`: the Consul node name); default: the hostname
+	// FormerIDs are identities this agent had before (`chainwarden agent`: the hostname, when the ID is now the
+	// Consul node name): its registrations and heads under them are its own.
+	FormerIDs  []string
 	Clock      clock.Clock  // default: the wall clock
 	HTTPClient *http.Client // for probes; default probe.NewHTTPClient()
 	Consul     Consul       // required
@@ -193,11 +196,11 @@ func New(cfg *config.Config, log hclog.Logger, opts Options) (*Agent, error) {
 		OnHead: a.onPushHead, OnState: a.onPushState}, log.Named("push"))
 	a.metrics.watchPush(a.push)
 	a.reg = registry.New(opts.Consul.Agent, registry.Options{
-		AgentID: opts.ID, TTL: cfg.Consul.CheckTTL, DeregisterAfter: cfg.Consul.DeregisterAfter, Clock: clk,
+		AgentID: opts.ID, FormerAgentIDs: opts.FormerIDs, TTL: cfg.Consul.CheckTTL, DeregisterAfter: cfg.Consul.DeregisterAfter, Clock: clk,
 		Catalog: opts.Consul.Catalog,
 	}, log.Named("consul"))
 	a.heads = heads.New(opts.Consul.KV, opts.Consul.Txn, kvlayout.New(cfg.Consul.KVPrefix), log.Named("heads"), clk)
-	a.heads.SetPublishers(heads.Publishers{Max: cfg.Consul.HeadPublishers, Sessions: opts.Consul.Sessions, Agent: opts.ID,
+	a.heads.SetPublishers(heads.Publishers{Max: cfg.Consul.HeadPublishers, Sessions: opts.Consul.Sessions, Agent: opts.ID, FormerAgents: opts.FormerIDs,
 		MaxAge: cfg.HeadMaxAge, ClaimWindow: cmp.Or(opts.HeadClaimWindow, heads.DefaultClaimWindow)})
 	a.reg.OnStateLost = a.heads.Forget
 	if cfg.Restart != nil {

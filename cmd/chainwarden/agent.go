@@ -60,6 +60,9 @@ func runAgent(args []string) int {
 	sctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	opts := agent.Options{Consul: agent.ConsulAPI(consul), ID: agentID(sctx, conn, log.Named("consul"))}
+	if host, _ := os.Hostname(); host != "" && host != opts.ID {
+		opts.FormerIDs = []string{host} // the id of versions before it was the node name: what they left is ours
+	}
 	if cfg.Restart != nil { // restarts of stalled nodes go through the local Nomad agent (NOMAD_* variables apply)
 		nc := nomadapi.DefaultConfig()
 		if cfg.Nomad.Address != "" {

@@ -414,8 +414,12 @@ func (c *Consul) UpdateTTLOpts(checkID, output, status string, _ *consulapi.Quer
 	return nil
 }
 
-// servicesFilter is the one filter form the registry sends: `"TAG" in Tags and Meta.agent == "ID"`.
-var servicesFilter = regexp.MustCompile(`^"([^"]+)" in Tags and Meta\.agent == "([^"]*)"$`)
+// servicesFilter is the one filter form the registry sends: `"TAG" in Tags and (Meta.agent == "ID" or ...)`, one
+// Meta.agent term per ID it owns.
+var (
+	servicesFilter = regexp.MustCompile(`^"([^"]+)" in Tags and \((Meta\.agent == "[^"]*"(?: or Meta\.agent == "[^"]*")*)\)$`)
+	agentTerm      = regexp.MustCompile(`Meta\.agent == "([^"]*)"`)
+)
 
 // ServicesWithFilterOpts lists the services matching the registry's filter; any other filter is an error, so a change
 // of the filter shows up in the unit tests.
@@ -428,9 +432,13 @@ func (c *Consul) ServicesWithFilterOpts(filter string, _ *consulapi.QueryOptions
 	if m == nil {
 		return nil, fmt.Errorf("fakes: unsupported filter %q", filter)
 	}
+	var agents []string
+	for _, t := range agentTerm.FindAllStringSubmatch(m[2], -1) {
+		agents = append(agents, t[1])
+	}
 	out := map[string]*consulapi.AgentService{}
 	for id, s := range c.services {
-		if slices.Contains(s.Tags, m[1]) && s.Meta["agent"] == m[2] {
+		if slices.Contains(s.Tags, m[1]) && slices.Contains(agents, s.Meta["agent"]) {
 			cp := *s
 			out[id] = &cp
 		}

@@ -41,10 +41,13 @@ type Sessions interface {
 
 // Publishers bounds the nodes publishing heads per service.
 type Publishers struct {
-	Max      int           // W: publishers per service (>= 2)
-	Sessions Sessions      // required
-	Agent    string        // this agent's ID (the Agent field of its heads)
-	MaxAge   time.Duration // heads older than this hold no slot
+	Max      int      // W: publishers per service (>= 2)
+	Sessions Sessions // required
+	Agent    string   // this agent's ID (the Agent field of its heads)
+	// FormerAgents are IDs this agent ran under before (the hostname, before the ID became the Consul node name):
+	// heads written under them are its own too, so it lets an earlier run's session go instead of deferring to it.
+	FormerAgents []string
+	MaxAge       time.Duration // heads older than this hold no slot
 	// ClaimWindow spreads the claims of a free slot (0: claim at once). A node that could claim waits a delay drawn
 	// from a truncated exponential distribution over the window (most near its end, a few early), and claims at its
 	// first pass after it if the slot is still free: the first claims reach every agent's watch before the others
@@ -172,6 +175,11 @@ type slot struct {
 	rank int
 }
 
+// mine says whether heads written by agent are this agent's: its ID, or one it ran under before.
+func (s *Store) mine(agent string) bool {
+	return agent == s.pub.Agent || slices.Contains(s.pub.FormerAgents, agent)
+}
+
 // publishBounded is Publish with bounded publishers: see the comment at the top of this file.
 func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string) (int, error) {
 	session, err := s.ensureSession(ctx)
@@ -253,7 +261,7 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 				delete(s.claimAt, key)
 				delete(s.reclaim, key)
 				if cur, ok := s.all[h.Service][h.Node]; ok && cur.Session != "" && cur.Session != session {
-					if cur.Agent != s.pub.Agent {
+					if !s.mine(cur.Agent) {
 						continue // another agent's node of the same name holds it
 					}
 					// An earlier session of this agent (a run before, or one Consul lost): let it go first.
@@ -269,7 +277,7 @@ func (s *Store) publishBounded(ctx context.Context, heads []Head, gone []string)
 		}
 		if !keep {
 			cur, inView := s.all[h.Service][h.Node]
-			if held || (inView && cur.Session == "" && cur.Agent == s.pub.Agent) { // give the slot up; clear our old unheld key
+			if held || (inView && cur.Session == "" && s.mine(cur.Agent)) { // give the slot up; clear our old unheld key
 				releases = append(releases, &consulapi.TxnOp{KV: &consulapi.KVTxnOp{Verb: consulapi.KVDelete, Key: key}})
 				released = append(released, key)
 			}

@@ -448,3 +448,39 @@ func TestClaimWindowStretchesWithSlowWrites(t *testing.T) {
 		t.Fatalf("window %s once writes are fast again", got)
 	}
 }
+
+// An agent whose ID changed (the hostname before, its Consul node name now) finds its node's key held by its run
+// before, under the former ID (a crash: the session lives on while the host does). It lets that session go and
+// claims the key; without FormerAgents it would take it for another agent's node of the same name and never publish.
+func TestPublishersTakeOverFromFormerAgentID(t *testing.T) {
+	for _, former := range []bool{true, false} {
+		c := fakes.NewConsul()
+		old := bounded(c, c, c, "ip-10-0-1-23", 2)
+		h := head("a", StatusPassing, 10)
+		h.Agent = "ip-10-0-1-23"
+		refresh(t, old)
+		publish(t, []*Store{old}, h)
+		if got := heldNodes(c); !slices.Equal(got, []string{"a"}) {
+			t.Fatalf("the run before holds %v", got)
+		}
+		oldSession := c.Sessions()[0]
+
+		cur := New(c, c, kvlayout.New(""), hclog.NewNullLogger(), nil)
+		p := Publishers{Max: 2, Sessions: c, Agent: "chain1", MaxAge: time.Minute}
+		if former {
+			p.FormerAgents = []string{"ip-10-0-1-23"}
+		}
+		cur.SetPublishers(p)
+		h.Agent, h.Height, h.Observed = "chain1", 11, time.Now()
+		refresh(t, cur)
+		publish(t, []*Store{cur}, h)
+		pair, _, err := c.Get("chainwarden/heads/eth/a", nil)
+		if err != nil || pair == nil {
+			t.Fatalf("key: %v %v", pair, err)
+		}
+		taken := pair.Session != "" && pair.Session != oldSession && strings.Contains(string(pair.Value), `"agent":"chain1"`)
+		if taken != former {
+			t.Fatalf("former agents %v: key held by session %q (the run before: %q): %s", former, pair.Session, oldSession, pair.Value)
+		}
+	}
+}

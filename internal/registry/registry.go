@@ -100,6 +100,7 @@ type pushed struct {
 type Registry struct {
 	agent           AgentAPI
 	agentID         string // meta "agent": which chainwarden registered it, so only ours are ever removed
+	formerIDs       []string
 	ttl             time.Duration
 	deregisterAfter time.Duration
 	log             hclog.Logger
@@ -129,7 +130,10 @@ type Registry struct {
 
 // Options configure a Registry.
 type Options struct {
-	AgentID         string
+	AgentID string
+	// FormerAgentIDs are IDs this agent registered under before (the hostname, before the ID became the Consul node
+	// name): services registered under them are its own too (resumed, audited, removed when no longer wanted).
+	FormerAgentIDs  []string
 	TTL             time.Duration
 	DeregisterAfter time.Duration
 	AuditEvery      time.Duration // how often the agent's services are listed to catch lost registrations
@@ -150,7 +154,7 @@ func New(agent AgentAPI, opts Options, log hclog.Logger) *Registry {
 	if opts.FreshEvery == 0 {
 		opts.FreshEvery = DefaultFreshEvery
 	}
-	return &Registry{agent: agent, agentID: opts.AgentID, ttl: opts.TTL, deregisterAfter: opts.DeregisterAfter,
+	return &Registry{agent: agent, agentID: opts.AgentID, formerIDs: opts.FormerAgentIDs, ttl: opts.TTL, deregisterAfter: opts.DeregisterAfter,
 		log: log, clock: clock.OrReal(opts.Clock), registered: map[string]*Service{}, lastTTL: map[string]sent{},
 		agentStatus: map[string]string{}, catalog: opts.Catalog, freshEvery: opts.FreshEvery,
 		pushed: map[string]pushed{}, deferred: map[string]*Service{}, refused: map[string]bool{},
@@ -550,7 +554,7 @@ func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
 // agent's previous run within its TTL; one whose TTL ran out is critical. (A restarted host has none: its Consul
 // agent forgot them, see internal/consulstate.)
 func (r *Registry) Standing(ctx context.Context) (map[string]Standing, error) {
-	filter := fmt.Sprintf("%q in Tags and Meta.agent == %q", Tag, r.agentID)
+	filter := r.ownFilter()
 	have, err := r.agent.ServicesWithFilterOpts(filter, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("list services: %w", err)
@@ -571,6 +575,15 @@ func (r *Registry) Standing(ctx context.Context) (map[string]Standing, error) {
 	return out, nil
 }
 
+// ownFilter selects the services this agent registered, under its ID or one it had before.
+func (r *Registry) ownFilter() string {
+	ids := []string{fmt.Sprintf("Meta.agent == %q", r.agentID)}
+	for _, id := range r.formerIDs {
+		ids = append(ids, fmt.Sprintf("Meta.agent == %q", id))
+	}
+	return fmt.Sprintf("%q in Tags and (%s)", Tag, strings.Join(ids, " or "))
+}
+
 // Standing is a service this agent registered as the local Consul agent holds it, with its check's status.
 type Standing struct {
 	Service string
@@ -581,7 +594,7 @@ type Standing struct {
 // audit lists our services on the agent: registrations we think exist but Consul lost are marked for registering
 // again; services registered by this agent that are no longer wanted (left from before a restart) are removed.
 func (r *Registry) audit(ctx context.Context, want map[string]bool) error {
-	filter := fmt.Sprintf("%q in Tags and Meta.agent == %q", Tag, r.agentID)
+	filter := r.ownFilter()
 	have, err := r.agent.ServicesWithFilterOpts(filter, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
 		return fmt.Errorf("list services: %w", err)

@@ -161,3 +161,41 @@ func TestCatalogOutputsAgainstRealConsul(t *testing.T) {
 		t.Fatalf("without the catalog write, the catalog has %q: is check_update_interval in force?", got)
 	}
 }
+
+// An agent whose ID changed (the hostname before, its Consul node name now) takes what it registered under its
+// former ID as its own: resumed by Standing, kept or removed by its audit. Another agent's services stay.
+func TestFormerAgentIDAgainstRealConsul(t *testing.T) {
+	if testing.Short() {
+		t.Skip("integration")
+	}
+	c := testenv.StartConsul(t)
+	ctx := context.Background()
+	before := New(c.Client.Agent(), Options{AgentID: "ip-10-0-1-23", TTL: time.Minute, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	if err := before.Sync(ctx, []Service{svc("geth-a", "passing", "height 10"), svc("geth-b", "passing", "height 10")}); err != nil {
+		t.Fatal(err)
+	}
+	other := New(c.Client.Agent(), Options{AgentID: "someone-else", TTL: time.Minute, DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	if err := other.Sync(ctx, []Service{svc("geth-z", "passing", "height 10")}); err != nil {
+		t.Fatal(err)
+	}
+
+	now := New(c.Client.Agent(), Options{AgentID: "chain-host-1", FormerAgentIDs: []string{"ip-10-0-1-23"}, TTL: time.Minute,
+		DeregisterAfter: time.Minute}, hclog.NewNullLogger())
+	st, err := now.Standing(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 2 || st["geth-a"].Status != "passing" || st["geth-b"].Status != "passing" {
+		t.Fatalf("standing under the former id: %+v", st)
+	}
+	if err := now.Sync(ctx, []Service{svc("geth-a", "passing", "height 11")}); err != nil {
+		t.Fatal(err)
+	}
+	assertCheck(t, c, "geth-a", "passing", "height 11")
+	assertCheck(t, c, "geth-b", "", "") // its own, registered under the former id and no longer wanted: removed
+	assertCheck(t, c, "geth-z", "passing", "height 10")
+	s, _, err := c.Client.Agent().Service("geth-a", nil)
+	if err != nil || s.Meta["agent"] != "chain-host-1" {
+		t.Fatalf("geth-a re-registered under the new id: %+v %v", s, err)
+	}
+}
