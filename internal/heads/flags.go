@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,7 +36,7 @@ func (f *Flag) key() string {
 }
 
 // PublishFlags makes this agent's flags in KV what flags says: written when new or changed, deleted when cleared.
-// The first call also deletes the flags an earlier run of the agent left behind.
+// The first call also deletes the flags an earlier run of the agent left behind (under its ID or a former one).
 func (s *Store) PublishFlags(ctx context.Context, agent string, flags []Flag) error {
 	s.mu.Lock()
 	first := !s.flagsRead
@@ -47,7 +48,7 @@ func (s *Store) PublishFlags(ctx context.Context, agent string, flags []Flag) er
 		}
 		s.mu.Lock()
 		for _, p := range pairs {
-			if f, ok := decodeFlag(s.layout.Flags(), p, nil); ok && f.Agent == agent {
+			if f, ok := decodeFlag(s.layout.Flags(), p, nil); ok && (f.Agent == agent || slices.Contains(s.pub.FormerAgents, f.Agent)) {
 				if _, mine := s.flagged[p.Key]; !mine {
 					s.flagged[p.Key] = f // unknown content: deleted below unless flagged again
 				}

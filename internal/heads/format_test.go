@@ -112,6 +112,15 @@ func TestPublishFlags(t *testing.T) {
 	if keys := c.Keys(layout.Flags()); len(keys) != 1 || keys[0] != layout.Flag("eth", "host-b", "geth-b") {
 		t.Fatalf("keys after the restart: %v", keys)
 	}
+	// host-b upgraded: its id is now its Consul node name, chain-b; what it left under host-b is its own and goes.
+	s3 := New(c, c, layout, hclog.NewNullLogger(), nil)
+	s3.SetPublishers(Publishers{Max: 2, Sessions: c, Agent: "chain-b", FormerAgents: []string{"host-b"}, MaxAge: time.Minute})
+	if err := s3.PublishFlags(ctx, "chain-b", []Flag{infura}); err != nil {
+		t.Fatal(err)
+	}
+	if keys := c.Keys(layout.Flags()); len(keys) != 1 || keys[0] != layout.Flag("eth", "chain-b", "infura") {
+		t.Fatalf("keys after the upgrade: %v", keys)
+	}
 }
 
 func kvPairs(t *testing.T, c *fakes.Consul, prefix string) consulapi.KVPairs {
