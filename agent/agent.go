@@ -629,9 +629,19 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 			t.Session = nodes[i].st.session
 			go run(&results[i], t)
 		}
+		// An Ethereum reference is asked for its finalized block when a node of its service is judged on finality:
+		// the network's finalized block may then come from it (a lone node and a provider, say).
+		finality := map[string]bool{}
+		for i := range nodes {
+			if nodes[i].cfg.JudgesFinality() {
+				finality[nodes[i].cfg.Service] = true
+			}
+		}
 		for i := range refs {
 			wg.Add(1)
-			go run(&refResults[i], refs[i].Target())
+			t := refs[i].Target()
+			t.Finality = t.Kind == probe.Ethereum && finality[refs[i].Service]
+			go run(&refResults[i], t)
 		}
 		wg.Wait()
 		if ctx.Err() != nil {

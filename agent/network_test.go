@@ -210,3 +210,31 @@ func grep(text, word string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A lone node with a provider as its reference: the reference is asked for its finalized block (the node is judged
+// on finality), and the node's finalized block is judged against it.
+func TestStepReferenceFinality(t *testing.T) {
+	clk := start()
+	node, u := newFakeEth(t, 100, clk)
+	ref, refURL := newFakeEth(t, 100, clk)
+	a := newUnit(t, clk, nodeWith("geth-a", u, "  max_finalized_behind = \"30s\"\n")+
+		fmt.Sprintf("reference \"provider\" {\n  service = \"eth-mainnet\"\n  rpc = %q\n}\n", refURL))
+	ctx := context.Background()
+	node.Finalized.Store(64)
+	ref.Finalized.Store(64)
+	a.Step(ctx)
+	ref.Finalized.Store(96)
+	for _, step := range []struct {
+		advance time.Duration
+		want    string
+	}{{time.Second, "passing"}, {35 * time.Second, "warning"}} {
+		clk.Advance(step.advance)
+		a.Step(ctx)
+		if h := health(t, a.Agent, "geth-a"); h.Status != step.want {
+			t.Fatalf("after %s: %+v", step.advance, h)
+		}
+	}
+	if h := health(t, a.Agent, "geth-a"); !strings.HasPrefix(h.Output, "finalized block 64 behind the network's 96 (provider)") {
+		t.Fatalf("output %q", h.Output)
+	}
+}

@@ -287,7 +287,13 @@ func (n *Node) WantChain() string {
 func (n *Node) Target() probe.Target {
 	return probe.Target{Name: n.Name, Kind: n.Kind, URL: n.RPC, APIKey: n.APIKey, APISecret: n.APISecret,
 		APIEmail: n.APIEmail, APIPassword: n.APIPassword, APICredentialsFile: n.APICredentialsFile, AuthEvery: n.AuthEvery,
-		Finality: n.Kind == probe.Ethereum && n.Thresholds.MaxFinalizedBehind > 0}
+		Finality: n.JudgesFinality()}
+}
+
+// JudgesFinality says whether the node is judged on its finalized block (an Ethereum node with max_finalized_behind
+// on): its probes ask for it.
+func (n *Node) JudgesFinality() bool {
+	return n.Kind == probe.Ethereum && n.Thresholds.MaxFinalizedBehind > 0
 }
 
 // DefaultAuthChecksInterval is how often a Chainlink node's authenticated checks (keys and balances, job runs)
