@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	consulapi "github.com/hashicorp/consul/api"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chainwarden/chainwarden/agent/config"
@@ -189,12 +190,17 @@ func TestAgentSurvivesConsulLosingStateAndExpiresWhenKilled(t *testing.T) {
 		return nil
 	})
 
-	c.Restart() // all state gone
-	if st, _, _ := c.CheckStatus("geth-a"); st != "" {
-		t.Fatalf("fresh consul still has the check (%s)", st)
+	// A key only this test writes shows that the restart lost every state (the agent re-registers its check within
+	// a pass of Consul coming back, so the check itself cannot show it).
+	if _, err := c.Client.KV().Put(&consulapi.KVPair{Key: "test/before-the-restart", Value: []byte("x")}, nil); err != nil {
+		t.Fatal(err)
 	}
-	// Registered again; the new check starts critical and needs pass_after good probes. The publisher claims its
-	// slot again at once (a new session; no claim window for a slot it held).
+	c.Restart() // all state gone
+	if p, _, err := c.Client.KV().Get("test/before-the-restart", nil); err != nil || p != nil {
+		t.Fatalf("consul kept its state across the restart (%v, %v)", p, err)
+	}
+	// Registered again, with the agent's current verdict. The publisher claims its slot again at once (a new
+	// session; no claim window for a slot it held).
 	c.WaitCheck(t, "geth-a", 30*time.Second, "passing")
 	testenv.Eventually(t, 5*time.Second, "heads published again after consul lost state", func() error {
 		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
