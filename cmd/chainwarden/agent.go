@@ -164,8 +164,10 @@ func checkACL(ctx context.Context, conn *consulclient.Conn, cfg *config.Config, 
 	}
 }
 
-// agentIDWait is how long the agent waits at start for its local Consul agent to say its node name.
-const agentIDWait = 30 * time.Second
+// agentIDWait is how long the agent waits at start for its local Consul agent to say its node name. Short: the
+// image starts the agent after Consul (systemd After=consul.service), and an agent started without Consul still
+// probes and serves its health and metrics at once.
+const agentIDWait = 3 * time.Second
 
 // agentID is the agent's identity in Consul (service meta "agent", the heads it publishes, its flags): the local
 // Consul agent's node name, which Consul keeps unique in the cluster. Another agent's heads are told from this
@@ -176,7 +178,7 @@ func agentID(ctx context.Context, conn *consulclient.Conn, log hclog.Logger) str
 	host, _ := os.Hostname()
 	ctx, cancel := context.WithTimeout(ctx, agentIDWait)
 	defer cancel()
-	b := backoff.New(250*time.Millisecond, 5*time.Second)
+	b := backoff.New(250*time.Millisecond, time.Second)
 	for {
 		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
 		name, err := agent.ConsulNodeName(cctx, conn.Client.Raw())
