@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"strings"
 	"time"
 
@@ -48,7 +47,7 @@ func (s *Store) PublishFlags(ctx context.Context, agent string, flags []Flag) er
 		}
 		s.mu.Lock()
 		for _, p := range pairs {
-			if f, ok := decodeFlag(s.layout.Flags(), p, nil); ok && (f.Agent == agent || slices.Contains(s.pub.FormerAgents, f.Agent)) {
+			if f, ok := decodeFlag(s.layout.Flags(), p, nil); ok && (f.Agent == agent || s.mine(f.Agent)) {
 				if _, mine := s.flagged[p.Key]; !mine {
 					s.flagged[p.Key] = f // unknown content: deleted below unless flagged again
 				}
