@@ -17,6 +17,8 @@ import (
 	"github.com/ethereum/go-ethereum/accounts/keystore"
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/crypto"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/chainwarden/chainwarden/internal/devnet"
 )
@@ -342,24 +344,22 @@ func (h *Host) AgentSources(ctx context.Context, service string) (map[string]int
 		return nil, err
 	}
 	defer resp.Body.Close()
-	var b bytes.Buffer
-	if _, err := b.ReadFrom(resp.Body); err != nil {
-		return nil, err
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("%s's agent /metrics: %w", h.Name, err)
 	}
 	out := map[string]int{}
-	for _, l := range strings.Split(b.String(), "\n") {
-		series, value, ok := strings.Cut(l, " ")
-		if !ok || !strings.HasPrefix(series, "chainwarden_network_head_sources{") ||
-			!strings.Contains(series, `service="`+service+`"`) {
-			continue
+	if mf := families["chainwarden_network_head_sources"]; mf != nil {
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["service"] == service {
+				out[labels["origin"]] = int(m.GetGauge().GetValue())
+			}
 		}
-		_, origin, _ := strings.Cut(series, `origin="`)
-		origin, _, _ = strings.Cut(origin, `"`)
-		n, err := strconv.ParseFloat(value, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %q: %w", h.Name, l, err)
-		}
-		out[origin] = int(n)
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s's agent has no chainwarden_network_head_sources for %s yet", h.Name, service)
