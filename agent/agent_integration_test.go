@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/chainwarden/chainwarden/agent/config"
+	"github.com/chainwarden/chainwarden/internal/heads"
 	"github.com/chainwarden/chainwarden/internal/nodespec"
 	"github.com/chainwarden/chainwarden/internal/testenv"
 )
@@ -234,12 +236,20 @@ func TestAgentRemovedNodeIsDeregistered(t *testing.T) {
 		}
 	}
 	a.SetNodes(nodespec.SourceConfig, keep)
-	testenv.Eventually(t, 10*time.Second, "geth-b deregistered", func() error {
+	testenv.Eventually(t, 10*time.Second, "geth-b deregistered, its head gone", func() error {
 		if st, _, err := c.CheckStatus("geth-b"); err != nil || st != "" {
 			return fmt.Errorf("geth-b still %q (%v)", st, err)
 		}
 		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
-		if err != nil || len(keys) != 1 {
+		if err != nil || slices.Contains(keys, "chainwarden/heads/eth-devnet/geth-b") {
+			return fmt.Errorf("heads keys %v (%v)", keys, err)
+		}
+		return nil
+	})
+	// geth-a publishes its head, if it did not already, once its claim (spread over the claim window) comes due.
+	testenv.Eventually(t, heads.DefaultClaimWindow+10*time.Second, "geth-a's head published", func() error {
+		keys, _, err := c.Client.KV().Keys("chainwarden/heads/eth-devnet/", "", nil)
+		if err != nil || !slices.Equal(keys, []string{"chainwarden/heads/eth-devnet/geth-a"}) {
 			return fmt.Errorf("heads keys %v (%v)", keys, err)
 		}
 		return nil
