@@ -102,7 +102,10 @@ const (
 	DefaultInterval   = time.Second
 	DefaultHeadMaxAge = time.Minute
 	DefaultDeregister = 10 * time.Minute
-	MinCheckTTL       = 10 * time.Second
+	// MinCheckTTL is check_ttl's default floor: three rounds of figures (registry.DefaultFreshEvery, 10 s), each of
+	// which refreshes every check, so a dead agent's nodes go critical within 30 s and a big host makes one call per
+	// check per 10 s (a 10 s TTL would need one per 3.3 s).
+	MinCheckTTL = 30 * time.Second
 )
 
 // DefaultPushPollInterval is push_poll_interval's default (never below the interval).

@@ -79,15 +79,16 @@ type Service struct {
 	Meta    map[string]string
 	Status  string // passing | warning | critical
 	Output  string
-	// Key is the part of Output whose change must reach Consul at once (Output without figures that tick every
-	// probe, like the age of the last block); "" means all of Output. Between changes of Status or Key, the check is
-	// only refreshed often enough for its TTL: Consul writes follow status changes and new heads, not probes.
+	// Key is the part of Output whose change must reach Consul at once (its reasons, without the figures: height,
+	// head, lag, peers, the age of the last block); "" means all of Output. Between changes of Status or Key, the
+	// check's figures go to Consul in rounds (see Registry): Consul writes follow status changes and reasons, not
+	// probes or blocks.
 	Key string
 }
 
 type sent struct {
-	status, key string
-	at          time.Time
+	status, key, output string
+	at                  time.Time
 }
 
 // pushed is what the catalog was last given for a check by a catalog write.
@@ -97,6 +98,12 @@ type pushed struct {
 }
 
 // Registry syncs services to the local Consul agent.
+//
+// A change of a check's status or reasons (Service.Key) goes to the local agent and the catalog in the pass that
+// sees it. Figures alone go in rounds: every roundEvery (FreshEvery, or a third of the TTL when that is shorter) a
+// pass gives the local agent every check's latest output, which also refreshes its TTL, and writes the ones the
+// local agent holds back to the catalog in one registration. One call per check per round, and one catalog write
+// per round for the host, however many blocks came meanwhile.
 type Registry struct {
 	agent           AgentAPI
 	agentID         string // meta "agent": which chainwarden registered it, so only ours are ever removed
@@ -109,6 +116,7 @@ type Registry struct {
 	mu          sync.Mutex
 	registered  map[string]*Service // as last registered
 	lastTTL     map[string]sent     // what the check was last updated with, and when
+	nextRound   time.Time           // when the next round of figures is due
 	agentStatus map[string]string   // the status the local agent has for a check (registration or update)
 
 	catalog     CatalogAPI
@@ -284,17 +292,24 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 		}
 	}
 	r.mu.Unlock()
-	if err := r.parallel(ctx, known, func(s *Service) error { return r.syncOne(ctx, s) }); err != nil {
+	now := r.clock.Now()
+	r.mu.Lock()
+	round := !now.Before(r.nextRound)
+	if round {
+		r.nextRound = now.Add(r.roundEvery())
+	}
+	r.mu.Unlock()
+	if err := r.parallel(ctx, known, func(s *Service) error { return r.syncOne(ctx, s, round) }); err != nil {
 		return err
 	}
-	if err := r.parallel(ctx, fresh, func(s *Service) error { return r.refusedAlone(s, r.syncOne(ctx, s)) }); err != nil {
+	if err := r.parallel(ctx, fresh, func(s *Service) error { return r.refusedAlone(s, r.syncOne(ctx, s, round)) }); err != nil {
 		return err
 	}
 	// The catalog write goes to the servers, which hold it through a leader election (rpc_hold_timeout, 7 s by
 	// default): bounded to a quarter of the TTL, so the next pass updates the TTLs in time.
 	pctx, cancel := context.WithTimeout(ctx, r.serverTimeout())
 	defer cancel()
-	r.pushOutputs(pctx)
+	r.pushOutputs(pctx, round)
 	return nil
 }
 
@@ -302,6 +317,10 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 // at once): a quarter of the TTL (at least a second), so that two of them and a probe fit in one TTL and a leader
 // election never lets the checks expire.
 func (r *Registry) serverTimeout() time.Duration { return ServerTimeout(r.ttl) }
+
+// roundEvery is how often a round brings every check's figures to Consul: FreshEvery, or a third of the TTL when
+// that is shorter (a round is also what refreshes the TTL of a check whose status and reasons stand).
+func (r *Registry) roundEvery() time.Duration { return min(r.freshEvery, r.ttl/3) }
 
 // ServerTimeout is the deadline of a call to the Consul servers made in a pass, for checks with this TTL.
 func ServerTimeout(ttl time.Duration) time.Duration { return max(ttl/4, time.Second) }
@@ -316,11 +335,12 @@ func (r *Registry) forget(id string) {
 }
 
 // pushOutputs writes the outputs the local agent holds back to the catalog, in one registration for every check of
-// this host that needs it: a check whose reasons changed, and one whose figures are older than freshEvery there. It
+// this host that needs it: a check whose reasons changed, and in a round every one (its figures; a check held back
+// for longer than freshEvery goes too, should a round have failed). It
 // reads the catalog's own copy of the checks first and changes only status and output, so the agent's anti-entropy
 // finds the catalog in sync with it. A failure is logged (once) and retried next pass; the checks' TTLs never depend
 // on it.
-func (r *Registry) pushOutputs(ctx context.Context) {
+func (r *Registry) pushOutputs(ctx context.Context, round bool) {
 	if r.catalog == nil {
 		return
 	}
@@ -333,7 +353,7 @@ func (r *Registry) pushOutputs(ctx context.Context) {
 			delete(r.deferred, id)
 			continue
 		}
-		if !ok || p.key != s.key() || now.Sub(p.at) >= r.freshEvery {
+		if !ok || round || p.key != s.key() || now.Sub(p.at) >= r.freshEvery {
 			due = append(due, *s)
 		}
 	}
@@ -455,7 +475,7 @@ func (r *Registry) refusedAlone(s *Service, err error) error {
 	return err
 }
 
-func (r *Registry) syncOne(ctx context.Context, s *Service) error {
+func (r *Registry) syncOne(ctx context.Context, s *Service, round bool) error {
 	r.mu.Lock()
 	prev := r.registered[s.ID]
 	r.mu.Unlock()
@@ -464,7 +484,7 @@ func (r *Registry) syncOne(ctx context.Context, s *Service) error {
 			return err
 		}
 	}
-	err := r.updateTTL(ctx, s)
+	err := r.updateTTL(ctx, s, round)
 	if errors.Is(err, errCheckGone) {
 		// Consul lost the check (restart without state): register again and retry once.
 		r.log.Warn("consul lost the registration, registering again", "node", s.ID)
@@ -474,7 +494,7 @@ func (r *Registry) syncOne(ctx context.Context, s *Service) error {
 		if err := r.register(ctx, s); err != nil {
 			return err
 		}
-		err = r.updateTTL(ctx, s)
+		err = r.updateTTL(ctx, s, round)
 	}
 	return err
 }
@@ -517,13 +537,17 @@ func (s *Service) key() string {
 	return s.Output
 }
 
-func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
+// updateTTL gives the local agent a check's status and output when its status or reasons changed, and in a round
+// when its figures did or its TTL wants a refresh; never later than half the TTL (a round that failed).
+func (r *Registry) updateTTL(ctx context.Context, s *Service, round bool) error {
 	now := r.clock.Now()
 	r.mu.Lock()
 	last, ok := r.lastTTL[s.ID]
 	r.mu.Unlock()
-	if ok && last.status == s.Status && last.key == s.key() && now.Sub(last.at) < r.ttl/3 {
-		return nil // nothing new, and the TTL has plenty of time left
+	if ok && last.status == s.Status && last.key == s.key() && now.Sub(last.at) < r.ttl/2 {
+		if !round || (last.output == s.Output && now.Sub(last.at) < r.roundEvery()/2) {
+			return nil // nothing new, or figures between rounds; and the TTL has plenty of time left
+		}
 	}
 	err := r.agent.UpdateTTLOpts(CheckID(s.ID), s.Output, s.Status, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
@@ -534,7 +558,7 @@ func (r *Registry) updateTTL(ctx context.Context, s *Service) error {
 	}
 	r.mu.Lock()
 	r.writes++
-	r.lastTTL[s.ID] = sent{status: s.Status, key: s.key(), at: now}
+	r.lastTTL[s.ID] = sent{status: s.Status, key: s.key(), output: s.Output, at: now}
 	if r.agentStatus[s.ID] == s.Status {
 		// The local agent keeps an output-only change from the servers for check_update_interval.
 		cp := *s

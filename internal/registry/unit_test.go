@@ -243,20 +243,29 @@ func TestCatalogGetsOutputsTheAgentHoldsBack(t *testing.T) {
 		t.Fatalf("%d catalog writes for two changed checks, want 1", got)
 	}
 
-	// Figures only: held back until FreshEvery (10 s) has passed since the last write, then written.
+	// Figures only: held back until the next round, FreshEvery (10 s) after the last one (the first Sync), then
+	// written: to the local agent (one call per check) and to the catalog (one write for both).
 	reasonOut := a.Output
 	for i := 1; i <= 10; i++ {
 		clk.Advance(time.Second)
 		a = critical("geth-a", "no new block for 2m0s", fmt.Sprintf("height 10, last block 2m%ds ago", i))
+		b = critical("geth-b", "no new block for 2m0s", fmt.Sprintf("height 10, last block 2m%ds ago", i))
+		writes, updates := c.CatalogWrites(), c.Calls("UpdateTTLOpts")
 		if err := r.Sync(ctx, []Service{a, b}); err != nil {
 			t.Fatal(err)
 		}
-		want := reasonOut
-		if i == 10 {
-			want = a.Output
+		round := i == 9 // 10 s after the first Sync
+		want, wantWrites, wantUpdates := reasonOut, 0, 0
+		if round {
+			want, wantWrites, wantUpdates = a.Output, 1, 2
+		} else if i == 10 {
+			want = fmt.Sprintf("no new block for 2m0s — height 10, last block 2m%ds ago", 9)
 		}
 		if got := catalog("geth-a"); got != want {
 			t.Fatalf("%d s after the reason: catalog %q, want %q", i, got, want)
+		}
+		if got, gotU := c.CatalogWrites()-writes, c.Calls("UpdateTTLOpts")-updates; got != wantWrites || gotU != wantUpdates {
+			t.Fatalf("%d s after the reason: %d catalog writes and %d check updates, want %d and %d", i, got, gotU, wantWrites, wantUpdates)
 		}
 	}
 	// A status change reaches the catalog through the agent itself, with its output.

@@ -139,6 +139,8 @@ type Report struct {
 	Holding string
 	// keys are the Reasons without their ticking figures (for Key); "" where a reason has none.
 	keys []string
+	// noFigures leaves the figures out of Output (for Key).
+	noFigures bool
 	// Note is what was done about the node, at the end of the output, e.g. "restarted 2m ago, 1 of 3 this hour";
 	// NoteKey is the same without the figures that tick (Key uses it).
 	Note, NoteKey string
@@ -383,6 +385,9 @@ func (r Report) probeOutput() string {
 	if stats == "" {
 		stats = r.Summary
 	}
+	if r.noFigures {
+		stats = ""
+	}
 	if len(r.Reasons) == 0 {
 		if stats == "" {
 			return "healthy"
@@ -396,10 +401,11 @@ func (r Report) probeOutput() string {
 	return out
 }
 
-// Key is Output without the figures that tick every probe (the age of the last block, how long the node has been
-// behind): what must reach Consul at once. The reasons stay whole, time included.
+// Key is Output without its figures (height, head, lag, peers, blocks' age, finalized and safe blocks, a Chainlink
+// node's summary) and without the figures that tick in its reasons (how long the node has been behind): what must
+// reach Consul at once. Figures follow within registry.DefaultFreshEvery; a new block alone writes nothing.
 func (r Report) Key() string {
-	r.BlockAge, r.Behind = 0, 0
+	r.noFigures = true
 	if len(r.keys) == len(r.Reasons) {
 		reasons := make([]string, len(r.Reasons))
 		for i, k := range r.keys {
