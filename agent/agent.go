@@ -116,6 +116,29 @@ type Agent struct {
 	// probes read, for the push passes until the next.
 	markErr string
 	marks   map[string]restored.Mark
+	scratch passScratch
+	obs     map[string][]networkhead.Observation // by service: the network head rule's input, kept for its memory
+}
+
+// passScratch is what a pass needs for each node, kept from one pass to the next: a pass over a thousand nodes
+// would otherwise allocate a few megabytes each time, and the collector's work with it.
+type passScratch struct {
+	nodes           []work
+	results, latest []probe.Result
+	pub             []heads.Head
+	pubAt           map[string]int
+	services        []registry.Service
+	judged          []*nodeState
+}
+
+// zeroed returns s resized to n elements, all zero.
+func zeroed[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	s = s[:n]
+	clear(s)
+	return s
 }
 
 // pushState is a node's push subscription as the agent last heard of it.
@@ -129,7 +152,7 @@ type pushState struct {
 // held; the others belong to Step, which runs one pass at a time.
 type nodeState struct {
 	// guarded
-	cfg     nodespec.Node
+	cfg     *nodespec.Node // replaced, never changed in place
 	damper  *verdict.Damper
 	report  verdict.Report
 	result  probe.Result
@@ -258,7 +281,7 @@ func (a *Agent) SetNodes(source string, nodes []nodespec.Node) {
 			a.nodes[name] = a.newNodeState(n)
 			continue
 		}
-		st.cfg = n
+		st.cfg = &n // a new value, never changed in place: a pass holds the one it started with
 		st.damper.SetLimits(n.Thresholds.FailAfter, n.Thresholds.PassAfter)
 	}
 	for name, n := range want {
@@ -349,7 +372,7 @@ func (a *Agent) pushDetail(st *nodeState) string {
 }
 
 func (a *Agent) newNodeState(n nodespec.Node) *nodeState {
-	st := &nodeState{cfg: n, damper: verdict.NewDamper(n.Thresholds.FailAfter, n.Thresholds.PassAfter)}
+	st := &nodeState{cfg: &n, damper: verdict.NewDamper(n.Thresholds.FailAfter, n.Thresholds.PassAfter)}
 	if s, ok := a.standing[n.Name]; ok { // found in Consul at start, added since (discovered through Nomad)
 		delete(a.standing, n.Name)
 		a.resumeNode(st, s)
@@ -492,7 +515,7 @@ const maxParallelProbes = 256
 // work is one node of a pass: its state and its spec as they were when the pass began, and what the pass found.
 type work struct {
 	st  *nodeState
-	cfg nodespec.Node
+	cfg *nodespec.Node // st.cfg when the pass began
 
 	due    bool         // probed in this pass
 	void   bool         // removed or replaced while the pass probed
@@ -591,10 +614,11 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	started := time.Now()
 	start := a.clock.Now()
 	a.mu.Lock()
-	nodes := make([]work, 0, len(a.nodes))
+	nodes := a.scratch.nodes[:0]
 	for _, st := range a.nodes {
 		nodes = append(nodes, work{st: st, cfg: st.cfg, due: poll && a.due(st, start)})
 	}
+	a.scratch.nodes = nodes
 	refs, refResults := a.refsLast, a.refLast
 	if poll {
 		refs = slices.Clone(a.refs)
@@ -608,7 +632,8 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	slices.SortFunc(nodes, func(x, y work) int { return strings.Compare(x.cfg.Name, y.cfg.Name) })
 
 	// Probe the due nodes and the references in parallel, each under the probe deadline.
-	results := make([]probe.Result, len(nodes))
+	results := zeroed(a.scratch.results, len(nodes))
+	a.scratch.results = results
 	if poll {
 		sem := make(chan struct{}, maxParallelProbes)
 		var wg sync.WaitGroup
@@ -683,8 +708,12 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 
 	// Heads to publish, for the other agents: this pass's nodes on the right chain. Whether a node may hold a
 	// publisher slot is its verdict, set below once judged.
-	var pub []heads.Head
-	pubAt := map[string]int{} // node -> index in pub
+	pub := a.scratch.pub[:0]
+	if a.scratch.pubAt == nil {
+		a.scratch.pubAt = map[string]int{}
+	}
+	pubAt := a.scratch.pubAt // node -> index in pub
+	clear(pubAt)
 	for i := range nodes {
 		w := &nodes[i]
 		if w.due {
@@ -705,6 +734,7 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		pubAt[w.cfg.Name] = len(pub)
 		pub = append(pub, h)
 	}
+	a.scratch.pub = pub
 	for i, ref := range refs {
 		if i >= len(refResults) {
 			break
@@ -726,7 +756,8 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 	}
 	// The network head of each service: corroborated, from this pass's nodes, other agents' heads in KV and the
 	// references (see internal/networkhead).
-	latest := make([]probe.Result, len(nodes)) // each node's latest (zero: void, or not probed yet)
+	latest := zeroed(a.scratch.latest, len(nodes)) // each node's latest (zero: void, or not probed yet)
+	a.scratch.latest = latest
 	for i := range nodes {
 		if !nodes[i].void && nodes[i].polled {
 			latest[i] = nodes[i].r
@@ -742,8 +773,9 @@ func (a *Agent) pass(ctx context.Context, poll bool) {
 		marks = a.restoreMarks()
 		a.marks = marks
 	}
-	services := make([]registry.Service, 0, len(nodes))
-	judged := make([]*nodeState, 0, len(nodes)) // in a pass that probes, one for each of services
+	services := a.scratch.services[:0]
+	judged := a.scratch.judged[:0] // in a pass that probes, one for each of services
+	defer func() { a.scratch.services, a.scratch.judged = services, judged }()
 	var seen []restart.Node
 	statusChanged := false
 	keep := func(st *nodeState) {
@@ -993,7 +1025,7 @@ func serviceChain(nodes []work, service string) string {
 	return ""
 }
 
-func chainMatches(n nodespec.Node, r probe.Result) bool {
+func chainMatches(n *nodespec.Node, r probe.Result) bool {
 	w := n.WantChain()
 	return w == "" || r.ChainID == w
 }
@@ -1058,7 +1090,7 @@ func (a *Agent) restoreMarks() map[string]restored.Mark {
 
 // followCatchUp starts following a node once its volume is marked restored, stops when the mark is gone, and
 // records this probe.
-func (a *Agent) followCatchUp(n nodespec.Node, st *nodeState, marks map[string]restored.Mark, r probe.Result,
+func (a *Agent) followCatchUp(n *nodespec.Node, st *nodeState, marks map[string]restored.Mark, r probe.Result,
 	head verdict.Head, now time.Time) {
 	mark, ok := marks[n.Name]
 	switch {
@@ -1076,7 +1108,7 @@ func (a *Agent) followCatchUp(n nodespec.Node, st *nodeState, marks map[string]r
 }
 
 // caughtUp ends following a restored node: its mark goes, it is judged as any node from now on.
-func (a *Agent) caughtUp(n nodespec.Node, st *nodeState, mark restored.Mark, now time.Time) {
+func (a *Agent) caughtUp(n *nodespec.Node, st *nodeState, mark restored.Mark, now time.Time) {
 	st.catchUp = nil
 	if err := restored.Remove(a.cfg.StateDir, n.Name); err != nil {
 		a.log.Warn("cannot remove the restore mark", "node", n.Name, "error", err)

@@ -102,32 +102,32 @@ func (m *metrics) watchPush(p *push.Manager) {
 		func() float64 { return float64(p.Subscribed()) }))
 }
 
-func labels(n nodespec.Node) prometheus.Labels {
-	return prometheus.Labels{"node": n.Name, "service": n.Service, "kind": string(n.Kind)}
-}
+// labelValues are a node's values of nodeLabels, in their order: one slice for all of a node's series (a
+// prometheus.Labels map would be built and hashed for each).
+func labelValues(n *nodespec.Node) []string { return []string{n.Name, n.Service, string(n.Kind)} }
 
-func (m *metrics) observeProbe(n nodespec.Node, r probe.Result) {
+func (m *metrics) observeProbe(n *nodespec.Node, r probe.Result) {
 	m.probeSeconds.WithLabelValues(string(n.Kind)).Observe(r.Duration.Seconds())
-	m.probeUp.With(labels(n)).Set(boolGauge(r.Err == nil))
+	m.probeUp.WithLabelValues(labelValues(n)...).Set(boolGauge(r.Err == nil))
 }
 
-func (m *metrics) observeVerdict(n nodespec.Node, rep verdict.Report, head verdict.Head, netFinalized uint64) {
-	l := labels(n)
-	m.status.With(l).Set(float64(rep.Status))
-	m.catchingUp.With(l).Set(boolGauge(rep.CatchingUp))
+func (m *metrics) observeVerdict(n *nodespec.Node, rep verdict.Report, head verdict.Head, netFinalized uint64) {
+	l := labelValues(n)
+	m.status.WithLabelValues(l...).Set(float64(rep.Status))
+	m.catchingUp.WithLabelValues(l...).Set(boolGauge(rep.CatchingUp))
 	if rep.Err != "" || n.Kind == probe.Chainlink {
 		return
 	}
-	m.height.With(l).Set(float64(rep.Height))
-	m.peers.With(l).Set(float64(rep.Peers))
-	m.lag.With(l).Set(float64(rep.Lag))
-	m.blockAge.With(l).Set(rep.BlockAge.Seconds())
-	m.behind.With(l).Set(rep.Behind.Seconds())
+	m.height.WithLabelValues(l...).Set(float64(rep.Height))
+	m.peers.WithLabelValues(l...).Set(float64(rep.Peers))
+	m.lag.WithLabelValues(l...).Set(float64(rep.Lag))
+	m.blockAge.WithLabelValues(l...).Set(rep.BlockAge.Seconds())
+	m.behind.WithLabelValues(l...).Set(rep.Behind.Seconds())
 	if rep.HasFinalized {
-		m.finalized.With(l).Set(float64(rep.Finalized))
+		m.finalized.WithLabelValues(l...).Set(float64(rep.Finalized))
 	}
 	if rep.HasSafe {
-		m.safe.With(l).Set(float64(rep.Safe))
+		m.safe.WithLabelValues(l...).Set(float64(rep.Safe))
 	}
 	if head.Height > 0 {
 		m.head.WithLabelValues(n.Service).Set(float64(head.Height))
@@ -146,10 +146,10 @@ func (m *metrics) observeRestart(e restart.Event) {
 }
 
 // forget drops a removed node's series (not its restart counts: a node being restarted leaves the set for a moment).
-func (m *metrics) forget(n nodespec.Node) {
-	l := labels(n)
+func (m *metrics) forget(n *nodespec.Node) {
+	l := labelValues(n)
 	for _, v := range []*prometheus.GaugeVec{m.height, m.lag, m.peers, m.blockAge, m.status, m.probeUp, m.behind, m.finalized, m.safe, m.catchingUp} {
-		v.Delete(l)
+		v.DeleteLabelValues(l...)
 	}
 	m.transitions.DeletePartialMatch(prometheus.Labels{"node": n.Name, "service": n.Service})
 }

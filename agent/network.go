@@ -55,9 +55,14 @@ type sourceSeen struct {
 // common height, in one call each, under the probe deadline.
 func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Result, refs []nodespec.Reference,
 	refResults []probe.Result, now time.Time) map[string]*network {
-	obs := map[string][]networkhead.Observation{}
+	if a.obs == nil {
+		a.obs = map[string][]networkhead.Observation{}
+	}
+	obs := a.obs // kept from pass to pass (the tracker copies what it keeps)
+	for svc, o := range obs {
+		obs[svc] = o[:0]
+	}
 	chains := map[string]networkhead.Chain{}
-	targets := map[string]map[string]probe.Target{} // service -> source -> how to ask it
 	nets := map[string]*network{}
 	for i, w := range nodes {
 		svc := w.cfg.Service
@@ -66,7 +71,6 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 		}
 		if nets[svc] == nil {
 			nets[svc] = &network{own: map[string]bool{}, origin: map[string]string{}}
-			targets[svc] = map[string]probe.Target{}
 		}
 		nets[svc].own[w.cfg.Name] = true
 		chains[svc] = mergeChain(chains[svc], w.cfg.Chain)
@@ -76,7 +80,6 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 		}
 		nets[svc].origin[w.cfg.Name] = originOwn
 		obs[svc] = append(obs[svc], observation(w.cfg.Name, false, r, w.st.since))
-		targets[svc][w.cfg.Name] = w.cfg.Target()
 	}
 	for i, ref := range refs {
 		n, r := nets[ref.Service], refResults[i]
@@ -94,7 +97,6 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 		n.own[ref.Name] = true
 		n.origin[ref.Name] = originReference
 		obs[ref.Service] = append(obs[ref.Service], observation(ref.Name, true, r, seen.since))
-		targets[ref.Service][ref.Name] = ref.Target()
 	}
 
 	// Other agents' nodes: fresh heads in KV, not this agent's own (its nodes are in this pass already).
@@ -126,7 +128,8 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 		n.tracker = tr
 		slices.SortFunc(obs[svc], func(x, y networkhead.Observation) int { return strings.Compare(x.Name, y.Name) })
 		tr.Observe(obs[svc], now)
-		canAsk := func(name string) bool { _, ok := targets[svc][name]; return ok }
+		// This agent can ask its own nodes and references for blocks (those counted this pass).
+		canAsk := func(name string) bool { o := n.origin[name]; return o == originOwn || o == originReference }
 		for _, l := range tr.Lookups(canAsk, maxLookupHeights, now) {
 			lookups = append(lookups, &lookup{svc: svc, l: l})
 		}
@@ -134,6 +137,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 	for svc := range a.trackers {
 		if nets[svc] == nil {
 			delete(a.trackers, svc)
+			delete(obs, svc)
 			a.metrics.forgetService(svc)
 		}
 	}
@@ -147,7 +151,7 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 				defer func() { <-sem }()
 				lctx, cancel := context.WithTimeout(ctx, a.cfg.Timeout)
 				defer cancel()
-				hs, err := probe.BlockHashes(lctx, a.client, targets[lk.svc][lk.l.Source], lk.l.Heights)
+				hs, err := probe.BlockHashes(lctx, a.client, sourceTarget(nodes, refs, lk.svc, lk.l.Source), lk.l.Heights)
 				if err != nil {
 					a.log.Debug("block hash lookup failed", "source", lk.l.Source, "heights", lk.l.Heights, "error", err)
 				}
@@ -167,6 +171,21 @@ func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Resu
 		a.metrics.observeSources(svc, n.counted())
 	}
 	return nets
+}
+
+// sourceTarget is how to ask a source of a service this agent can ask (canAsk) for blocks: its node or reference.
+func sourceTarget(nodes []work, refs []nodespec.Reference, svc, name string) probe.Target {
+	for _, w := range nodes {
+		if w.cfg.Service == svc && w.cfg.Name == name {
+			return w.cfg.Target()
+		}
+	}
+	for _, r := range refs {
+		if r.Service == svc && r.Name == name {
+			return r.Target()
+		}
+	}
+	return probe.Target{}
 }
 
 // mergeChain folds what one more node of a service says of its chain into what the others said: the fastest block
