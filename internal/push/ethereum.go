@@ -16,7 +16,7 @@ import (
 var ethSubscribe = []byte(`{"jsonrpc":"2.0","id":1,"method":"eth_subscribe","params":["newHeads"]}`)
 
 // ethMessage is a JSON-RPC message on an Ethereum node's WebSocket: the answer to eth_subscribe (id, result or
-// error), then notifications (method eth_subscription, params.subscription, params.result).
+// error), then notifications (method eth_subscription, params.subscription, params.result), decoded in one go.
 type ethMessage struct {
 	ID     json.RawMessage `json:"id"`
 	Result json.RawMessage `json:"result"`
@@ -26,8 +26,8 @@ type ethMessage struct {
 	} `json:"error"`
 	Method string `json:"method"`
 	Params struct {
-		Subscription string          `json:"subscription"`
-		Result       json.RawMessage `json:"result"`
+		Subscription string  `json:"subscription"`
+		Result       ethHead `json:"result"`
 	} `json:"params"`
 }
 
@@ -66,7 +66,16 @@ func subscribeEthereum(ctx context.Context, url string, timeout time.Duration, s
 			return fmt.Errorf("newHeads subscription: %w", tidy(err, url))
 		}
 		var m ethMessage
-		if err := json.Unmarshal(data, &m); err != nil {
+		err = json.Unmarshal(data, &m)
+		var typeErr *json.UnmarshalTypeError
+		notification := m.Method == "eth_subscription"
+		ours := notification && sub != "" && m.Params.Subscription == sub
+		switch {
+		case errors.As(err, &typeErr) && notification && !ours:
+			continue // a notification of no subscription of ours, shaped otherwise
+		case typeErr != nil && ours:
+			return fmt.Errorf("newHeads: %w", err)
+		case err != nil:
 			return fmt.Errorf("newHeads subscription: a message that is not JSON-RPC: %w", err)
 		}
 		switch {
@@ -82,10 +91,7 @@ func subscribeEthereum(ctx context.Context, url string, timeout time.Duration, s
 			}
 			s.Subscribed()
 		case m.Method == "eth_subscription" && m.Params.Subscription == sub:
-			var h ethHead
-			if err := json.Unmarshal(m.Params.Result, &h); err != nil {
-				return fmt.Errorf("newHeads: %w", err)
-			}
+			h := m.Params.Result
 			if h.Number == nil {
 				return errors.New("newHeads: a head without a number")
 			}

@@ -85,6 +85,30 @@ func TestEthereumNewHeads(t *testing.T) {
 	}
 }
 
+// A notification of another subscription, shaped otherwise, is passed over; a head of ours that cannot be read
+// ends the subscription (the manager subscribes again).
+func TestEthereumOddMessages(t *testing.T) {
+	c := newScriptServer(t, "/", `{"jsonrpc":"2.0","id":1,"result":"0xabc"}`)
+	s, errc := run(t, probe.Ethereum, wsURL(c.srv.URL, "/"))
+	wait(t, s.up, "subscribed")
+	hash := func(b byte) string { return "0x" + strings.Repeat(fmt.Sprintf("%02x", b), 32) }
+	c.send <- []byte(`{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xother","result":"0x1"}}`)
+	c.send <- []byte(`{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xabc","result":{"number":"0x65",` +
+		`"timestamp":"0x5","hash":"` + hash(1) + `","parentHash":"` + hash(2) + `","logsBloom":"0x00"}}}`)
+	if h := wait(t, s.heads, "a head"); h.Height != 101 || h.Hash.String() != hash(1) || h.ParentHash.String() != hash(2) || h.Time.Unix() != 5 {
+		t.Fatalf("head %+v", h)
+	}
+	c.send <- []byte(`{"jsonrpc":"2.0","method":"eth_subscription","params":{"subscription":"0xabc","result":{"number":{"x":1}}}}`)
+	if err := wait(t, errc, "the end"); err == nil || !strings.HasPrefix(err.Error(), "newHeads: ") {
+		t.Fatalf("ended with %v, want a newHeads error", err)
+	}
+	select {
+	case h := <-s.heads:
+		t.Fatalf("a head from bad input: %+v", h)
+	default:
+	}
+}
+
 func TestEthereumNoWebSocket(t *testing.T) {
 	// An HTTP-only endpoint (a node with WebSocket off, or the wrong port).
 	srv := httptest.NewServer(ethfake.New(1, 1, nil))
@@ -105,10 +129,16 @@ type cometServer struct {
 }
 
 func newCometServer(t *testing.T) *cometServer {
+	return newScriptServer(t, "/websocket", `{"jsonrpc":"2.0","id":1,"result":{}}`)
+}
+
+// newScriptServer is a WebSocket endpoint at path that answers the first call with answer, then writes what the
+// test sends (nil: drop the connection).
+func newScriptServer(t *testing.T, path, answer string) *cometServer {
 	c := &cometServer{query: make(chan string, 1), send: make(chan []byte, 16), closed: make(chan struct{})}
 	up := websocket.Upgrader{}
 	c.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/websocket" {
+		if r.URL.Path != path {
 			http.NotFound(w, r)
 			return
 		}
@@ -126,7 +156,7 @@ func newCometServer(t *testing.T) *cometServer {
 		}
 		_ = json.Unmarshal(req.Params, &p)
 		c.query <- req.Method + " " + p.Query
-		_ = conn.WriteMessage(websocket.TextMessage, []byte(`{"jsonrpc":"2.0","id":1,"result":{}}`))
+		_ = conn.WriteMessage(websocket.TextMessage, []byte(answer))
 		for {
 			select {
 			case b := <-c.send:
