@@ -189,6 +189,13 @@ func run(bc bench) (string, error) {
 	raft0, _ := raftIndex(consul.Addr)
 	c0, _ := agentCounters(metricsURL)
 	var rssMax, rssSum, samples int64
+	if bc.memProfile != "" {
+		// The heap profile's allocation counts run from the agent's start; this one at the window's start lets
+		// `go tool pprof -base FILE-start FILE` show the steady state's allocations alone.
+		if err := fetch(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/heap", pprofPort), bc.memProfile+"-start"); err != nil {
+			return "", fmt.Errorf("heap profile: %w", err)
+		}
+	}
 	profDone := make(chan error, 1)
 	if bc.cpuProfile != "" {
 		go func() {
