@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -75,6 +76,17 @@ func TestBenchProxyOverhead(t *testing.T) {
 		// Not deployed: what HAProxy's 64 KB buffers cost. Its L7 retries (retry-on empty-response etc., for reads)
 		// copy the whole request buffer before each send, so a call's cost grows with tune.bufsize.
 		benchProxy(t, "HAProxy, 16 KB buffers", "haproxy", consul, svc, "bufsize=16384"),
+	}
+	if v := os.Getenv("CHAINWARDEN_BENCH_HAPROXY_GLOBAL"); v != "" {
+		// Not deployed: HAProxy with one more global setting (e.g. "nbthread 1"), to try a tuning in the same run.
+		targets = append(targets, benchProxy(t, "HAProxy, "+v, "haproxy", consul, svc, "global="+v))
+	}
+	if re := os.Getenv("CHAINWARDEN_BENCH_TARGETS"); re != "" {
+		// Only the targets whose names match (and the two every ratio needs: direct, the bare nginx hop).
+		keep := regexp.MustCompile(re)
+		targets = slices.DeleteFunc(targets, func(tg overheadTarget) bool {
+			return tg.name != "direct" && tg.name != "nginx, bare hop" && !keep.MatchString(tg.name)
+		})
 	}
 	for i := range targets {
 		tg := &targets[i]
@@ -318,19 +330,24 @@ func benchProxy(t *testing.T, name, kind string, consul *testenv.Consul, svc, fi
 	if err := os.MkdirAll(filepath.Join(dir, "staging"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if size, ok := strings.CutPrefix(filter, "bufsize="); ok {
-		cfg := filepath.Join(dir, "haproxy.cfg")
-		b, err := os.ReadFile(cfg)
+	patch := func(file, old, new string) {
+		t.Helper()
+		b, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
 		}
-		patched := strings.Replace(string(b), "tune.bufsize 65536", "tune.bufsize "+size, 1)
+		patched := strings.Replace(string(b), old, new, 1)
 		if patched == string(b) {
-			t.Fatalf("%s: no tune.bufsize 65536 to replace", cfg)
+			t.Fatalf("%s: no %q to replace", file, old)
 		}
-		if err := os.WriteFile(cfg, []byte(patched), 0o600); err != nil {
+		if err := os.WriteFile(file, []byte(patched), 0o600); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if size, ok := strings.CutPrefix(filter, "bufsize="); ok {
+		patch(filepath.Join(dir, "haproxy.cfg"), "tune.bufsize 65536", "tune.bufsize "+size)
+	} else if line, ok := strings.CutPrefix(filter, "global="); ok { // one more line in HAProxy's global section
+		patch(filepath.Join(dir, "haproxy.cfg"), "global\n", "global\n    "+line+"\n")
 	} else if filter != "" {
 		b, err := os.ReadFile(filepath.Join("testdata", filter))
 		if err != nil {

@@ -3,7 +3,10 @@
 # network; one geth --dev node for overhead), the chainwarden agent, consul-template, nginx and HAProxy:
 #   overhead   CPU per call of each proxy process and the latency it adds, at a fixed open-loop rate, and
 #              saturated throughput: geth direct, bare nginx and HAProxy hops, the filters before and now (same run;
-#              CHAINWARDEN_BENCH_RATE calls/s, default 500; CHAINWARDEN_BENCH_ROUNDS, default 5)
+#              CHAINWARDEN_BENCH_RATE calls/s, default 500; CHAINWARDEN_BENCH_ROUNDS, default 5;
+#              CHAINWARDEN_BENCH_TARGETS=REGEX keeps only the targets it matches, besides direct and the bare nginx
+#              hop; CHAINWARDEN_BENCH_HAPROXY_GLOBAL="nbthread 1" adds an HAProxy with that global line, to try a
+#              tuning side by side)
 #   drain      failed client reads during planned drains and during crashes
 #   failover   time from a node stopping (SIGSTOP, peers removed) to nginx sending it no more requests
 # Usage: scripts/bench-proxy.sh [overhead|drain|failover|all]   (CHAINWARDEN_BENCH_TRIALS=N for failover, default 20)
