@@ -230,19 +230,28 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 	r.mu.Lock()
 	wasDown := r.down
 	r.mu.Unlock()
-	if wasDown {
+	now := r.clock.Now()
+	r.mu.Lock()
+	round := !now.Before(r.nextRound)
+	if round {
+		r.nextRound = now.Add(r.roundEvery())
+	}
+	r.mu.Unlock()
+	switch {
+	case wasDown:
 		// Consul may have lost its state while we could not reach it: register everything again.
-		r.mu.Lock()
-		r.registered = map[string]*Service{}
-		r.lastTTL = map[string]sent{}
-		r.agentStatus = map[string]string{}
-		r.pushed = map[string]pushed{}
-		r.deferred = map[string]*Service{}
-		r.mu.Unlock()
-		if r.OnStateLost != nil {
-			r.OnStateLost()
-		}
+		r.stateLost()
 		audit = true
+	case !round: // a round updates every check, and finds a lost one itself
+		lost, err := r.sentinel(ctx, services)
+		if err != nil {
+			return err
+		}
+		if lost {
+			r.log.Warn("consul lost this agent's registrations (restarted without its state?), registering them again")
+			r.stateLost()
+			audit = true
+		}
 	}
 	want := map[string]bool{}
 	for i := range services {
@@ -292,13 +301,6 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 		}
 	}
 	r.mu.Unlock()
-	now := r.clock.Now()
-	r.mu.Lock()
-	round := !now.Before(r.nextRound)
-	if round {
-		r.nextRound = now.Add(r.roundEvery())
-	}
-	r.mu.Unlock()
 	if err := r.parallel(ctx, known, func(s *Service) error { return r.syncOne(ctx, s, round) }); err != nil {
 		return err
 	}
@@ -317,6 +319,54 @@ func (r *Registry) sync(ctx context.Context, services []Service, audit bool) err
 // at once): a quarter of the TTL (at least a second), so that two of them and a probe fit in one TTL and a leader
 // election never lets the checks expire.
 func (r *Registry) serverTimeout() time.Duration { return ServerTimeout(r.ttl) }
+
+// stateLost forgets what the local agent was given, so this pass registers everything again.
+func (r *Registry) stateLost() {
+	r.mu.Lock()
+	r.registered = map[string]*Service{}
+	r.lastTTL = map[string]sent{}
+	r.agentStatus = map[string]string{}
+	r.pushed = map[string]pushed{}
+	r.deferred = map[string]*Service{}
+	r.mu.Unlock()
+	if r.OnStateLost != nil {
+		r.OnStateLost()
+	}
+}
+
+// sentinel touches, every pass, the check the local agent was given longest ago, with what it already holds (so
+// the figures still change only in rounds): between rounds a check may go untouched for up to a round, and a local
+// agent restarted without its state must be found within a pass, not a round. One call a pass; lost says the local
+// agent no longer knows the check.
+func (r *Registry) sentinel(ctx context.Context, services []Service) (lost bool, err error) {
+	r.mu.Lock()
+	var pick string
+	var last sent
+	for i := range services {
+		id := services[i].ID
+		l, ok := r.lastTTL[id]
+		if ok && r.registered[id] != nil && (pick == "" || l.at.Before(last.at)) {
+			pick, last = id, l
+		}
+	}
+	r.mu.Unlock()
+	if pick == "" {
+		return false, nil
+	}
+	err = r.agent.UpdateTTLOpts(CheckID(pick), last.output, last.status, (&consulapi.QueryOptions{}).WithContext(ctx))
+	if err != nil {
+		if isNotFound(err) || strings.Contains(err.Error(), "does not have associated TTL") {
+			return true, nil
+		}
+		return false, fmt.Errorf("update check of %s: %w", pick, err)
+	}
+	r.mu.Lock()
+	r.writes++
+	last.at = r.clock.Now()
+	r.lastTTL[pick] = last
+	r.mu.Unlock()
+	return false, nil
+}
 
 // roundEvery is how often a round brings every check's figures to Consul: FreshEvery, or a third of the TTL when
 // that is shorter (a round is also what refreshes the TTL of a check whose status and reasons stand).

@@ -83,10 +83,10 @@ func TestUpdatesFollowChangesNotProbes(t *testing.T) {
 	if err := r.Sync(ctx, []Service{s}); err != nil {
 		t.Fatal(err)
 	}
-	if r.Writes() != writes {
-		t.Fatal("an age-only change was written")
+	if got := r.Writes() - writes; got != 1 {
+		t.Fatalf("%d writes in a pass between rounds, want 1 (the sentinel's, with the output the agent holds)", got)
 	}
-	wantCheck(t, c, "geth-a", "passing", "height 10, at head 10, last block 1s ago")
+	wantCheck(t, c, "geth-a", "passing", "height 10, at head 10, last block 1s ago") // not the age-only change
 
 	clk.Advance(time.Second)
 	s.Output, s.Key = "height 11, at head 11, last block 0s ago", "height 11, at head 11"
@@ -143,6 +143,39 @@ func TestLostRegistrationIsRegisteredAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantCheck(t, c, "geth-a", "warning", "b")
+}
+
+// A local agent restarted without its state between rounds, with nothing new to write: the sentinel (one check
+// touched a pass) finds it at the next pass, and every registration is back in that pass, not at the next round or
+// audit.
+func TestSentinelFindsLostStateBetweenRounds(t *testing.T) {
+	r, c, clk, lost := newLosing(t)
+	ctx := context.Background()
+	services := []Service{svc("geth-a", "passing", "a"), svc("geth-b", "passing", "b"), svc("geth-c", "warning", "c")}
+	if err := r.Sync(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // passes between rounds: one touch each, the check touched longest ago
+		clk.Advance(time.Second)
+		before := c.Calls("UpdateTTLOpts")
+		if err := r.Sync(ctx, services); err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Calls("UpdateTTLOpts") - before; got != 1 {
+			t.Fatalf("%d check updates in a pass between rounds, want 1", got)
+		}
+	}
+	c.Wipe(false)
+	clk.Advance(time.Second)
+	if err := r.Sync(ctx, services); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range services {
+		wantCheck(t, c, s.ID, s.Status, s.Output)
+	}
+	if *lost != 1 {
+		t.Fatalf("OnStateLost called %d times, want 1", *lost)
+	}
 }
 
 // While Consul is down, Sync fails once, then returns at once without calling Consul until the backoff (1 s, 2 s,
@@ -255,7 +288,7 @@ func TestCatalogGetsOutputsTheAgentHoldsBack(t *testing.T) {
 			t.Fatal(err)
 		}
 		round := i == 9 // 10 s after the first Sync
-		want, wantWrites, wantUpdates := reasonOut, 0, 0
+		want, wantWrites, wantUpdates := reasonOut, 0, 1 // between rounds, the sentinel's touch of one check
 		if round {
 			want, wantWrites, wantUpdates = a.Output, 1, 2
 		} else if i == 10 {
