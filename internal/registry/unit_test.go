@@ -287,7 +287,7 @@ func TestCatalogGetsOutputsTheAgentHoldsBack(t *testing.T) {
 		if err := r.Sync(ctx, []Service{a, b}); err != nil {
 			t.Fatal(err)
 		}
-		round := i == 9 // 10 s after the first Sync
+		round := i == 9                                  // 10 s after the first Sync
 		want, wantWrites, wantUpdates := reasonOut, 0, 1 // between rounds, the sentinel's touch of one check
 		if round {
 			want, wantWrites, wantUpdates = a.Output, 1, 2
