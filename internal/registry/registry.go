@@ -227,11 +227,9 @@ func (r *Registry) Sync(ctx context.Context, services []Service) error {
 }
 
 func (r *Registry) sync(ctx context.Context, services []Service, audit bool) error {
-	r.mu.Lock()
-	wasDown := r.down
-	r.mu.Unlock()
 	now := r.clock.Now()
 	r.mu.Lock()
+	wasDown := r.down
 	round := !now.Before(r.nextRound)
 	if round {
 		r.nextRound = now.Add(r.roundEvery())
@@ -355,7 +353,7 @@ func (r *Registry) sentinel(ctx context.Context, services []Service) (lost bool,
 	}
 	err = r.agent.UpdateTTLOpts(CheckID(pick), last.output, last.status, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		if isNotFound(err) || strings.Contains(err.Error(), "does not have associated TTL") {
+		if checkGone(err) {
 			return true, nil
 		}
 		return false, fmt.Errorf("update check of %s: %w", pick, err)
@@ -601,7 +599,7 @@ func (r *Registry) updateTTL(ctx context.Context, s *Service, round bool) error 
 	}
 	err := r.agent.UpdateTTLOpts(CheckID(s.ID), s.Output, s.Status, (&consulapi.QueryOptions{}).WithContext(ctx))
 	if err != nil {
-		if isNotFound(err) || strings.Contains(err.Error(), "does not have associated TTL") {
+		if checkGone(err) {
 			return fmt.Errorf("update check of %s: %w", s.ID, errCheckGone)
 		}
 		return fmt.Errorf("update check of %s: %w", s.ID, err)
@@ -714,6 +712,11 @@ func sameRegistration(a, b *Service) bool {
 		}
 	}
 	return true
+}
+
+// checkGone says a TTL update failed because the local agent does not know the check (any more).
+func checkGone(err error) bool {
+	return isNotFound(err) || strings.Contains(err.Error(), "does not have associated TTL")
 }
 
 func isNotFound(err error) bool {
