@@ -117,7 +117,6 @@ type Agent struct {
 	markErr string
 	marks   map[string]restored.Mark
 	scratch passScratch
-	obs     map[string][]networkhead.Observation // by service: the network head rule's input, kept for its memory
 }
 
 // passScratch is what a pass needs for each node, kept from one pass to the next: a pass over a thousand nodes
@@ -129,6 +128,7 @@ type passScratch struct {
 	pubAt           map[string]int
 	services        []registry.Service
 	judged          []*nodeState
+	obs             map[string][]networkhead.Observation // by service: the network head rule's input
 }
 
 // zeroed returns s resized to n elements, all zero.

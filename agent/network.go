@@ -55,10 +55,10 @@ type sourceSeen struct {
 // common height, in one call each, under the probe deadline.
 func (a *Agent) networks(ctx context.Context, nodes []work, results []probe.Result, refs []nodespec.Reference,
 	refResults []probe.Result, now time.Time) map[string]*network {
-	if a.obs == nil {
-		a.obs = map[string][]networkhead.Observation{}
+	if a.scratch.obs == nil {
+		a.scratch.obs = map[string][]networkhead.Observation{}
 	}
-	obs := a.obs // kept from pass to pass (the tracker copies what it keeps)
+	obs := a.scratch.obs // kept from pass to pass (the tracker copies what it keeps)
 	for svc, o := range obs {
 		obs[svc] = o[:0]
 	}
